@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Idempotent setup: Debian packages, a .venv on the system Python with graph-tool linked in,
+# and the project installed in editable mode. Quick when already done (stamp files).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(python3-graph-tool python3-venv dataset-fashion-mnist postgresql)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "[setup] installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# graph-tool from Debian is built for Debian's Python 3.11 and numpy 1.x: the venv must use that
+# interpreter (not a pyenv/conda one) and pin numpy<2.
+PY=/usr/bin/python3.11
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv with $PY"
+  $PY -m venv .venv
+fi
+SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+[ -e "$SITE/graph_tool" ] || ln -s /usr/lib/python3/dist-packages/graph_tool "$SITE/graph_tool"
+
+stamp=.venv/.epochgraph-installed
+want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "[setup] installing Python dependencies into .venv (first time: a few minutes)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  echo "$want" > "$stamp"
+fi
+.venv/bin/python -c "import graph_tool, torch, mlflow, optuna" \
+  || { echo "[setup] the environment does not import; remove .venv and run 'make setup' again" >&2; exit 1; }
