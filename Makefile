@@ -1,0 +1,36 @@
+# epochgraph: setup / run / test / ui / bench.  Every target installs what it needs first (idempotent).
+SHELL := /bin/bash
+PY := .venv/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 5000
+MLFLOW_DB ?= mlruns/mlflow.db
+
+.PHONY: setup run test test-slow ui server bench lint clean
+
+setup:
+	@bash scripts/setup.sh
+
+run: setup
+	$(PY) -m epochgraph.cli.train
+	@echo "Browse the runs: make ui"
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+ui: setup
+	@mkdir -p mlruns/artifacts
+	@echo "MLflow UI on http://$(HOST):$(PORT) (store: sqlite:///$(MLFLOW_DB), artifacts: mlruns/artifacts)"
+	.venv/bin/mlflow server --backend-store-uri sqlite:///$(MLFLOW_DB) \
+		--default-artifact-root $(CURDIR)/mlruns/artifacts --host $(HOST) --port $(PORT)
+
+bench: setup
+	$(PY) bench/graph_bench.py
+
+lint: setup
+	.venv/bin/ruff check src tests bench
+
+clean:
+	rm -rf outputs multirun .pytest_cache

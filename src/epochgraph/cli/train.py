@@ -1,0 +1,25 @@
+"""``epochgraph-train``: Hydra entry point; composes the config and hands it to `epochgraph.job`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from epochgraph.errors import report_errors
+
+CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@report_errors
+def main(cfg: DictConfig) -> float | None:
+    from epochgraph.job import run_job
+
+    job = run_job(cfg)
+    return job.result.history[-1]["val_acc"] if job.result.history else None
+
+
+if __name__ == "__main__":
+    main()

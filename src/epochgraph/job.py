@@ -1,0 +1,73 @@
+"""One training job: train a model from a config and log everything to one MLflow run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from epochgraph import tracking
+from epochgraph.hooks import EpochHook
+from epochgraph.training import TrainResult, check_config, train
+
+log = logging.getLogger("epochgraph")
+
+
+@dataclass
+class JobResult:
+    run_id: str
+    result: TrainResult
+
+
+def graph_hooks(cfg: Mapping[str, Any]) -> list[EpochHook]:
+    """The graph stage (rolled graph -> centralities -> signature) when ``graph.enabled``."""
+    graph = cfg.get("graph") or {}
+    if not graph.get("enabled", False):
+        return []
+    from epochgraph.graph_stage import GraphStage
+
+    return [GraphStage(centralities=tuple(graph.get("centralities", ("degree", "eigenvector"))))]
+
+
+def keep_weights_epochs(cfg: Mapping[str, Any]) -> set[int] | None:
+    keep = cfg["mlflow"].get("keep_weights")
+    if keep is None:
+        return None
+    return {int(e) for e in keep} | {int(cfg["trainer"]["epochs"])}
+
+
+def run_job(cfg: DictConfig, *, extra_hooks: Sequence[EpochHook] = (), parent_run_id: str | None = None,
+            tags: Mapping[str, str] | None = None, run_name: str | None = None) -> JobResult:
+    """Train ``cfg`` with the graph stage and ``extra_hooks`` and log it all to a new MLflow run.
+
+    The run ends FINISHED (a diverged training too: it is a result, tagged ``diverged=true``), FAILED
+    on an error, KILLED on an interrupt. Exceptions raised by hooks (``optuna.TrialPruned``) propagate
+    after the run is closed.
+    """
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    splits = check_config(plain)
+    client = tracking.get_client(cfg["mlflow"]["tracking_uri"])
+    all_tags = {"model": str(cfg["model"]["name"]), "dataset": str(cfg["data"]["name"]), **(tags or {})}
+    name = run_name or cfg["mlflow"].get("run_name")
+    with tracking.mlflow_run(client, cfg["mlflow"]["experiment"], run_name=name, tags=all_tags,
+                             parent_run_id=parent_run_id) as run_id:
+        tracking.log_config(client, run_id, cfg)
+        logger = tracking.MlflowEpochLogger(client, run_id, bool(cfg["mlflow"].get("log_weights", True)),
+                                            keep_weights_epochs(cfg))
+        # the logger runs last so that it sees the metrics and tags the other hooks added
+        hooks = [*graph_hooks(cfg), logger, *extra_hooks]
+        log.info("MLflow run %s in experiment %r (%s)", run_id, cfg["mlflow"]["experiment"],
+                 client.tracking_uri)
+        result = train(plain, hooks=hooks, splits=splits)
+        final = {"test_acc": result.test_acc, "test_loss": result.test_loss, "epochs_run": result.epochs_run,
+                 "weights_bytes": logger.weights_bytes}
+        if result.history:
+            final["final_val_acc"] = result.history[-1]["val_acc"]
+        tracking.log_metrics(client, run_id, final, step=result.epochs_run)
+        tracking.set_tags(client, run_id, {"diverged": str(result.diverged).lower()})
+        log.info("test_acc %.4f after %d epochs%s", result.test_acc, result.epochs_run,
+                 " (diverged)" if result.diverged else "")
+    return JobResult(run_id=run_id, result=result)

@@ -1,0 +1,205 @@
+"""MLflow: the embedded store, one run per training, per-epoch metrics and weights artifacts.
+
+The embedded store is ``sqlite:///mlruns/mlflow.db`` with artifacts under ``mlruns/artifacts`` (MLflow 3
+deprecates the plain file store). Runs are driven through `MlflowClient` rather than the fluent API,
+so several runs (a sweep's parent and its trials) can be open in one process without a global stack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import save_file
+
+from epochgraph.errors import EpochgraphError
+from epochgraph.hooks import EpochState
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+WEIGHTS_DIR = "weights"
+
+
+def weights_artifact(epoch: int) -> str:
+    """Artifact path of the weights after ``epoch``: ``weights/epoch_003.safetensors``."""
+    return f"{WEIGHTS_DIR}/epoch_{epoch:03d}.safetensors"
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """Absolute form of ``uri`` (relative SQLite paths are taken from the current directory)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path = Path(uri[len("sqlite:///"):]).absolute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{path}"
+    return uri
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Where a new experiment keeps artifacts: beside a local SQLite db; a server decides for itself."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
+    return None
+
+
+def get_client(tracking_uri: str | None) -> MlflowClient:
+    uri = resolve_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)
+    except Exception as err:  # an unreachable server or a bad URI: one line, not a wall
+        raise EpochgraphError(f"cannot reach the MLflow store at mlflow.tracking_uri={uri!r}: "
+                              f"{str(err).splitlines()[0][:200]}; start it (make server) or fix the URI") from None
+    return client
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_root(client.tracking_uri))
+    except mlflow.exceptions.MlflowException:  # created meanwhile by another worker
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"width": 1}}`` -> ``{"model.width": 1}``."""
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+class _Terminated(Exception):
+    """SIGTERM turned into an exception so that open runs are closed as KILLED."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_exception() -> Iterator[None]:
+    def handler(signum, frame):  # noqa: ARG001
+        raise _Terminated("terminated by SIGTERM")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (joblib workers): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def mlflow_run(client: MlflowClient, experiment: str, *, run_name: str | None = None,
+               tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
+               run_id: str | None = None) -> Iterator[str]:
+    """Open (or reopen, with ``run_id``) a run and always close it: FINISHED, FAILED or KILLED.
+
+    The body may set the final status itself through `set_outcome` (e.g. a pruned trial ends FINISHED
+    with tag ``pruned=true``); an exception ends the run FAILED, an interrupt KILLED.
+    """
+    all_tags = dict(tags or {})
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    if run_id is None:
+        run = client.create_run(experiment_id(client, experiment), run_name=run_name, tags=all_tags)
+        run_id = run.info.run_id
+    else:
+        client.update_run(run_id, status="RUNNING")
+        for k, v in all_tags.items():
+            client.set_tag(run_id, k, v)
+    status = "FINISHED"
+    try:
+        with _sigterm_as_exception():
+            yield run_id
+    except (KeyboardInterrupt, _Terminated):
+        status = "KILLED"
+        raise
+    except BaseException as err:
+        status = "FAILED"
+        with contextlib.suppress(Exception):
+            client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:500])
+        raise
+    finally:
+        client.set_terminated(run_id, status=status)
+
+
+def log_config(client: MlflowClient, run_id: str, cfg: DictConfig | Mapping[str, Any]) -> None:
+    """Params (flattened, once) and the resolved config as ``config.yaml``."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    params = [Param(k, str(v)[:6000]) for k, v in flatten(container).items() if not k.startswith("hydra.")]
+    for i in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[i:i + 100])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "config.yaml")
+        path.write_text(OmegaConf.to_yaml(OmegaConf.create(container)))
+        client.log_artifact(run_id, str(path))
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+    ts = mlflow.utils.time.get_current_time_millis()
+    batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+    for i in range(0, len(batch), 1000):
+        client.log_batch(run_id, metrics=batch[i:i + 1000])
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
+    if tags:
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+class MlflowEpochLogger:
+    """Epoch hook: logs every metric in the state with ``step=epoch`` and the weights as safetensors.
+
+    ``keep_weights`` limits which epochs' weights are stored (``None``: all).
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, log_weights: bool = True,
+                 keep_weights: set[int] | None = None) -> None:
+        self.client, self.run_id = client, run_id
+        self.log_weights, self.keep_weights = log_weights, keep_weights
+        self.weights_bytes = 0
+
+    def on_epoch_end(self, state: EpochState) -> None:
+        log_metrics(self.client, self.run_id, {k: v for k, v in state.metrics.items()
+                                               if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                    step=state.epoch)
+        set_tags(self.client, self.run_id, state.tags)
+        if self.log_weights and (self.keep_weights is None or state.epoch in self.keep_weights
+                                 or state.diverged):
+            self.weights_bytes += log_weights(self.client, self.run_id, state.model, state.epoch)
+
+
+def log_weights(client: MlflowClient, run_id: str, model, epoch: int) -> int:
+    """Store ``model``'s state_dict as ``weights/epoch_NNN.safetensors``; returns its size in bytes."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, Path(weights_artifact(epoch)).name)
+        save_file(tensors, str(path), metadata={"epoch": str(epoch)})
+        client.log_artifact(run_id, str(path), artifact_path=WEIGHTS_DIR)
+        return path.stat().st_size
+
+
+def finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None

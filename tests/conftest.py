@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def compose_train(overrides: list[str], tracking_uri: str | None = None) -> DictConfig:
+    """The real `conf/train.yaml` with ``overrides``, as `epochgraph-train` would see it."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        extra = [f"mlflow.tracking_uri={tracking_uri}"] if tracking_uri else []
+        return compose(config_name="train", overrides=[*overrides, *extra])
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path) -> str:
+    """A fresh embedded MLflow store (SQLite + artifacts) in a temporary folder."""
+    return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+
+
+TINY = ["data.train_size=200", "data.val_size=100", "data.test_size=100", "trainer.epochs=2",
+        "trainer.batch_size=50", "trainer.threads=1"]

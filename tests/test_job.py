@@ -1,0 +1,58 @@
+import subprocess
+import sys
+
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+from epochgraph.job import run_job
+from tests.conftest import TINY, compose_train
+
+
+def test_job_logs_params_metrics_weights_and_tags(tracking_uri, tmp_path):
+    cfg = compose_train([*TINY, "graph.enabled=false"], tracking_uri)
+    job = run_job(cfg)
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(job.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["model"] == "lenet" and run.data.tags["dataset"] == "fashion_mnist"
+    assert run.data.params["optim.lr"] == str(cfg.optim.lr) and run.data.params["model.name"] == "lenet"
+    history = client.get_metric_history(job.run_id, "val_acc")
+    assert [m.step for m in history] == [1, 2]
+    assert history[-1].value == job.result.history[-1]["val_acc"]
+    assert abs(run.data.metrics["test_acc"] - job.result.test_acc) < 1e-12
+    names = [f.path for f in client.list_artifacts(job.run_id, "weights")]
+    assert names == ["weights/epoch_001.safetensors", "weights/epoch_002.safetensors"]
+    local = client.download_artifacts(job.run_id, "weights/epoch_002.safetensors", str(tmp_path))
+    saved = load_file(local)
+    final = job.result.model.state_dict()
+    assert saved.keys() == final.keys() and all((saved[k] == final[k]).all() for k in saved)
+    assert "config.yaml" in [f.path for f in client.list_artifacts(job.run_id)]
+
+
+def test_keep_weights_stores_only_the_listed_epochs_and_the_last(tracking_uri):
+    cfg = compose_train([*TINY, "graph.enabled=false", "trainer.epochs=3", "mlflow.keep_weights=[1]"],
+                        tracking_uri)
+    job = run_job(cfg)
+    names = [f.path for f in MlflowClient(tracking_uri).list_artifacts(job.run_id, "weights")]
+    assert names == ["weights/epoch_001.safetensors", "weights/epoch_003.safetensors"]
+
+
+def test_diverged_run_ends_finished_and_tagged(tracking_uri):
+    job = run_job(compose_train([*TINY, "graph.enabled=false", "optim.lr=1e6", "trainer.epochs=3"],
+                                tracking_uri))
+    run = MlflowClient(tracking_uri).get_run(job.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["diverged"] == "true"
+    assert run.data.metrics["diverged"] == 1.0
+
+
+def test_cli_bad_value_is_one_line_and_leaves_no_run(tracking_uri):
+    proc = subprocess.run(
+        [sys.executable, "-m", "epochgraph.cli.train", "optim.lr=-1", f"mlflow.tracking_uri={tracking_uri}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "epochgraph: error: optim.lr=-1 must be a positive number, e.g. optim.lr=0.01")
+    assert "Traceback" not in proc.stderr
+    client = MlflowClient(tracking_uri)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
