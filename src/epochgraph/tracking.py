@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import signal
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -44,10 +45,11 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
-def _artifact_root(uri: str) -> str | None:
+def _artifact_root(uri: str, experiment: str) -> str | None:
     """Where a new experiment keeps artifacts: beside a local SQLite db; a server decides for itself."""
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
+        folder = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment)
+        return (Path(uri[len("sqlite:///"):]).parent / "artifacts" / folder).as_uri()
     return None
 
 
@@ -70,7 +72,7 @@ def experiment_id(client: MlflowClient, name: str) -> str:
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=_artifact_root(client.tracking_uri))
+        return client.create_experiment(name, artifact_location=_artifact_root(client.tracking_uri, name))
     except mlflow.exceptions.MlflowException:  # created meanwhile by another worker
         exp = client.get_experiment_by_name(name)
         if exp is None:
