@@ -29,7 +29,8 @@ def graph_hooks(cfg: Mapping[str, Any]) -> list[EpochHook]:
         return []
     from epochgraph.graph_stage import GraphStage
 
-    return [GraphStage(centralities=tuple(graph.get("centralities", ("degree", "eigenvector"))))]
+    return [GraphStage(centralities=tuple(graph.get("centralities", ("degree", "eigenvector"))),
+                       backend=str(graph.get("backend", "graph_tool")))]
 
 
 def keep_weights_epochs(cfg: Mapping[str, Any]) -> set[int] | None:

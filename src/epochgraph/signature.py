@@ -1,0 +1,168 @@
+"""Graph signatures (paper S3): five aggregators of each centrality per snapshot, and their temporal
+concatenation up to epoch t in three variants.
+
+Aggregators, per centrality: median, mean, std (population, ddof=0), skewness and kurtosis (Fisher's
+definition, so a normal distribution has 0; biased moment estimators, as ``scipy.stats`` defaults).
+A centrality vector with zero spread has skewness and kurtosis defined as 0.
+
+Weights with NaN or inf give a defined signature: every value NaN and the flag ``sig/nonfinite`` = 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from scipy import stats
+
+from epochgraph.centrality import (
+    CENTRALITIES,
+    eigenvector_centrality,
+    eigenvector_centrality_arrays,
+    weighted_degree,
+    weighted_degree_arrays,
+)
+from epochgraph.errors import EpochgraphError, choice_error
+from epochgraph.rolled_graph import edge_arrays, graph_from_arrays
+from epochgraph.topology import Topology
+
+AGGREGATORS = ("median", "mean", "std", "skewness", "kurtosis")
+VARIANTS = ("plain", "wavg", "expavg")
+NONFINITE = "sig/nonfinite"
+BACKENDS = ("graph_tool", "arrays")
+
+
+def metric_name(centrality: str, aggregator: str) -> str:
+    return f"sig/{centrality}/{aggregator}"
+
+
+def aggregate(values: np.ndarray) -> np.ndarray:
+    """The five aggregators of a centrality vector, in `AGGREGATORS` order."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 0 or not np.all(np.isfinite(values)):
+        return np.full(len(AGGREGATORS), np.nan)
+    std = values.std()
+    if std <= 1e-12 * max(1.0, abs(values.mean())):
+        skew = kurt = 0.0
+    else:
+        skew, kurt = float(stats.skew(values)), float(stats.kurtosis(values))
+    return np.array([np.median(values), values.mean(), std, skew, kurt])
+
+
+def check_centralities(centralities: Sequence[str]) -> tuple[str, ...]:
+    for c in centralities:
+        if c not in CENTRALITIES:
+            raise choice_error("centrality", c, CENTRALITIES, key="graph.centralities")
+    if not centralities:
+        raise EpochgraphError("graph.centralities is empty; use e.g. graph.centralities=[degree,eigenvector]")
+    return tuple(centralities)
+
+
+def _all_finite(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(torch.as_tensor(v)).all()) for v in state_dict.values()
+               if torch.as_tensor(v).is_floating_point())
+
+
+def snapshot_signature(topology: Topology, state_dict: Mapping[str, torch.Tensor],
+                       centralities: Sequence[str] = CENTRALITIES, backend: str = "graph_tool") -> dict[str, float]:
+    """``{"sig/<centrality>/<aggregator>": value, ..., "sig/nonfinite": 0.0 or 1.0}`` of one snapshot.
+
+    ``backend="graph_tool"`` builds the `graph_tool.Graph`; ``"arrays"`` computes the same numbers
+    from the edge arrays without it (faster on large graphs).
+    """
+    centralities = check_centralities(centralities)
+    if backend not in BACKENDS:
+        raise choice_error("graph backend", backend, BACKENDS, key="graph.backend")
+    out = {metric_name(c, a): float("nan") for c in centralities for a in AGGREGATORS}
+    if not _all_finite(state_dict):
+        out[NONFINITE] = 1.0
+        return out
+    edges = edge_arrays(topology, state_dict)
+    if backend == "graph_tool":
+        g = graph_from_arrays(edges)
+        funcs = {"degree": lambda: weighted_degree(g), "eigenvector": lambda: eigenvector_centrality(g)}
+    else:
+        funcs = {"degree": lambda: weighted_degree_arrays(edges),
+                 "eigenvector": lambda: eigenvector_centrality_arrays(edges)}
+    for c in centralities:
+        for a, v in zip(AGGREGATORS, aggregate(funcs[c]())):
+            out[metric_name(c, a)] = float(v)
+    out[NONFINITE] = 0.0
+    return out
+
+
+class TemporalSignature:
+    """The signatures s^1, s^2, ... of one training run, built epoch by epoch.
+
+    >>> ts = TemporalSignature()
+    >>> ts.append({"sig/degree/mean": 1.0, ...})      # after epoch 1   # doctest: +SKIP
+    >>> ts.vector(t=3, variant="wavg")                  # s^1 (+) s^2 (+) s^3  # doctest: +SKIP
+    """
+
+    def __init__(self, centralities: Sequence[str] = CENTRALITIES) -> None:
+        self.centralities = check_centralities(centralities)
+        self._rows: list[np.ndarray] = []
+        self._nonfinite: list[bool] = []
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def append(self, signature: Mapping[str, float]) -> None:
+        """Add the snapshot signature of the next epoch (missing keys count as NaN)."""
+        row = np.array([float(signature.get(metric_name(c, a), np.nan))
+                        for c in self.centralities for a in AGGREGATORS])
+        self._rows.append(row)
+        self._nonfinite.append(bool(signature.get(NONFINITE, 0.0)) or not np.all(np.isfinite(row)))
+
+    @property
+    def nonfinite(self) -> bool:
+        """True when any snapshot so far came from non-finite weights."""
+        return any(self._nonfinite)
+
+    @classmethod
+    def from_metric_history(cls, history: Mapping[str, Sequence[float]],
+                            centralities: Sequence[str] = CENTRALITIES) -> TemporalSignature:
+        """Rebuild from per-metric value lists (index 0 = epoch 1), e.g. read back from MLflow."""
+        ts = cls(centralities)
+        keys = [metric_name(c, a) for c in ts.centralities for a in AGGREGATORS]
+        length = max((len(history.get(k, ())) for k in keys), default=0)
+        for i in range(length):
+            snap = {k: history[k][i] if i < len(history.get(k, ())) else np.nan for k in keys}
+            flags = history.get(NONFINITE, ())
+            if i < len(flags):
+                snap[NONFINITE] = flags[i]
+            ts.append(snap)
+        return ts
+
+    def matrix(self, t: int, variant: str = "plain", alpha: float = 0.5) -> np.ndarray:
+        """``[t, 5 * len(centralities)]``: row tau is s^(tau) under ``variant``.
+
+        plain: s^(tau); wavg: sum_{j<=tau} j s^(j) / sum_{j<=tau} j; expavg: alpha s^(tau) +
+        (1 - alpha) * (the expavg row tau-1), starting from s^(1).
+        """
+        if variant not in VARIANTS:
+            raise choice_error("signature variant", variant, VARIANTS, key="variant")
+        if not 0 < alpha <= 1:
+            raise EpochgraphError(f"alpha={alpha} must be in (0, 1], e.g. alpha=0.5")
+        if t < 1 or t > len(self._rows):
+            raise EpochgraphError(f"t={t} is outside the {len(self._rows)} recorded epochs")
+        s = np.vstack(self._rows[:t])
+        if variant == "plain":
+            return s
+        if variant == "wavg":
+            j = np.arange(1, t + 1, dtype=float)[:, None]
+            return np.cumsum(j * s, axis=0) / np.cumsum(j, axis=0)
+        out = np.empty_like(s)
+        out[0] = s[0]
+        for tau in range(1, t):
+            out[tau] = alpha * s[tau] + (1 - alpha) * out[tau - 1]
+        return out
+
+    def vector(self, t: int, variant: str = "plain", alpha: float = 0.5) -> np.ndarray:
+        """The temporal signature s^t = s^1 (+) ... (+) s^t (concatenation) under ``variant``."""
+        return self.matrix(t, variant, alpha).reshape(-1)
+
+    def feature_names(self, t: int) -> list[str]:
+        return [f"{metric_name(c, a)}@{tau}" for tau in range(1, t + 1)
+                for c in self.centralities for a in AGGREGATORS]
