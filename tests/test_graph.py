@@ -12,12 +12,14 @@ from scipy import stats
 from epochgraph.centrality import (
     eigenvector_centrality,
     eigenvector_centrality_arrays,
+    eigenvector_centrality_blocks,
     weighted_degree,
     weighted_degree_arrays,
+    weighted_degree_blocks,
 )
 from epochgraph.errors import EpochgraphError
 from epochgraph.models import build_model
-from epochgraph.rolled_graph import BN_EPS, edge_arrays, rolled_graph
+from epochgraph.rolled_graph import BN_EPS, block_graph, edge_arrays, rolled_graph
 from epochgraph.signature import AGGREGATORS, TemporalSignature, aggregate, snapshot_signature
 from epochgraph.topology import TopologyBuilder
 
@@ -142,10 +144,15 @@ def test_graph_tool_and_array_paths_agree_on_the_zoo(name):
     assert g.num_vertices() == e.num_nodes and g.num_edges() == e.num_edges
     assert np.allclose(weighted_degree(g), weighted_degree_arrays(e), rtol=1e-12)
     assert np.allclose(eigenvector_centrality(g), eigenvector_centrality_arrays(e), atol=1e-9)
+    blocks = block_graph(topo, sd)
+    assert np.allclose(weighted_degree_blocks(blocks), weighted_degree(g), rtol=1e-12)
+    assert np.allclose(eigenvector_centrality_blocks(blocks), eigenvector_centrality(g), atol=1e-9)
     a = snapshot_signature(topo, sd, backend="graph_tool")
-    b = snapshot_signature(topo, sd, backend="arrays")
-    assert a.keys() == b.keys() and all(np.isfinite(v) for v in a.values())
-    assert all(a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9) for k in a)
+    assert all(np.isfinite(v) for v in a.values())
+    for backend in ("arrays", "blocks"):
+        b = snapshot_signature(topo, sd, backend=backend)
+        assert a.keys() == b.keys()
+        assert all(a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9) for k in a)
 
 
 def test_aggregators_match_numpy_and_scipy():

@@ -30,7 +30,7 @@ WEIGHTS_RE = re.compile(r"weights/epoch_(\d+)\.safetensors$")
 class GraphStage:
     """Epoch hook computing the rolled-graph signature of the model after every epoch."""
 
-    def __init__(self, centralities: Sequence[str] = CENTRALITIES, backend: str = "graph_tool") -> None:
+    def __init__(self, centralities: Sequence[str] = CENTRALITIES, backend: str = "auto") -> None:
         self.centralities = check_centralities(centralities)
         self.backend = backend
 
@@ -90,7 +90,7 @@ def load_weights(client, run_id: str, path: str, dst: str):
 
 
 def recompute_signatures(run_id: str, tracking_uri: str | None = None,
-                         centralities: Sequence[str] = CENTRALITIES, backend: str = "graph_tool") -> int:
+                         centralities: Sequence[str] = CENTRALITIES, backend: str = "auto") -> int:
     """Recompute and log the signature of every weights snapshot of ``run_id``; returns how many.
 
     A missing or corrupt artifact is named in one line on stderr and skipped.
@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("run_id")
     parser.add_argument("--tracking-uri", default=None)
     parser.add_argument("--centralities", default=",".join(CENTRALITIES))
-    parser.add_argument("--backend", default="graph_tool")
+    parser.add_argument("--backend", default="auto")
     args = parser.parse_args(argv)
     n = recompute_signatures(args.run_id, args.tracking_uri, args.centralities.split(","), args.backend)
     print(f"{n} snapshots recomputed for run {args.run_id}")

@@ -30,7 +30,7 @@ def graph_hooks(cfg: Mapping[str, Any]) -> list[EpochHook]:
     from epochgraph.graph_stage import GraphStage
 
     return [GraphStage(centralities=tuple(graph.get("centralities", ("degree", "eigenvector"))),
-                       backend=str(graph.get("backend", "graph_tool")))]
+                       backend=str(graph.get("backend", "auto")))]
 
 
 def keep_weights_epochs(cfg: Mapping[str, Any]) -> set[int] | None:

@@ -20,17 +20,20 @@ from epochgraph.centrality import (
     CENTRALITIES,
     eigenvector_centrality,
     eigenvector_centrality_arrays,
+    eigenvector_centrality_blocks,
     weighted_degree,
     weighted_degree_arrays,
+    weighted_degree_blocks,
 )
 from epochgraph.errors import EpochgraphError, choice_error
-from epochgraph.rolled_graph import edge_arrays, graph_from_arrays
+from epochgraph.rolled_graph import block_graph, edge_arrays, graph_from_arrays
 from epochgraph.topology import Topology
 
 AGGREGATORS = ("median", "mean", "std", "skewness", "kurtosis")
 VARIANTS = ("plain", "wavg", "expavg")
 NONFINITE = "sig/nonfinite"
-BACKENDS = ("graph_tool", "arrays")
+BACKENDS = ("auto", "graph_tool", "arrays", "blocks")
+AUTO_BLOCKS_EDGES = 200_000  # above this many edges "auto" uses the blocks path, below the arrays path
 
 
 def metric_name(centrality: str, aggregator: str) -> str:
@@ -65,11 +68,13 @@ def _all_finite(state_dict: Mapping[str, torch.Tensor]) -> bool:
 
 
 def snapshot_signature(topology: Topology, state_dict: Mapping[str, torch.Tensor],
-                       centralities: Sequence[str] = CENTRALITIES, backend: str = "graph_tool") -> dict[str, float]:
+                       centralities: Sequence[str] = CENTRALITIES, backend: str = "auto") -> dict[str, float]:
     """``{"sig/<centrality>/<aggregator>": value, ..., "sig/nonfinite": 0.0 or 1.0}`` of one snapshot.
 
-    ``backend="graph_tool"`` builds the `graph_tool.Graph`; ``"arrays"`` computes the same numbers
-    from the edge arrays without it (faster on large graphs).
+    ``backend="graph_tool"`` builds the `graph_tool.Graph` (the reference); ``"arrays"`` computes the
+    same numbers from the edge arrays, ``"blocks"`` from one dense weight block per layer pair (the
+    fastest on large graphs: no index arrays, Lanczos on block products); ``"auto"`` picks arrays or
+    blocks by edge count. All agree with graph-tool to 1e-9 (tests) — see bench/results/graph_stage.md.
     """
     centralities = check_centralities(centralities)
     if backend not in BACKENDS:
@@ -78,11 +83,19 @@ def snapshot_signature(topology: Topology, state_dict: Mapping[str, torch.Tensor
     if not _all_finite(state_dict):
         out[NONFINITE] = 1.0
         return out
-    edges = edge_arrays(topology, state_dict)
-    if backend == "graph_tool":
-        g = graph_from_arrays(edges)
+    if backend == "auto":
+        edges_total = sum(topology.groups[c.src] * (1 if c.kind == "identity" else topology.groups[c.dst])
+                          for c in topology.connections)
+        backend = "blocks" if edges_total > AUTO_BLOCKS_EDGES else "arrays"
+    if backend == "blocks":
+        blocks = block_graph(topology, state_dict)
+        funcs = {"degree": lambda: weighted_degree_blocks(blocks),
+                 "eigenvector": lambda: eigenvector_centrality_blocks(blocks)}
+    elif backend == "graph_tool":
+        g = graph_from_arrays(edge_arrays(topology, state_dict))
         funcs = {"degree": lambda: weighted_degree(g), "eigenvector": lambda: eigenvector_centrality(g)}
     else:
+        edges = edge_arrays(topology, state_dict)
         funcs = {"degree": lambda: weighted_degree_arrays(edges),
                  "eigenvector": lambda: eigenvector_centrality_arrays(edges)}
     for c in centralities:
