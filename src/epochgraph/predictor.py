@@ -40,7 +40,7 @@ class FeatureSpec:
     * ``signature``: the temporal signature s^t of ``centralities`` (``variant``: plain / wavg / expavg,
       ``alpha`` for expavg), plus a flag that is 1 when any snapshot had non-finite weights;
     * ``curve``: val_acc, val_loss, train_acc, train_loss for epochs 1..t (the learning curve, the signal
-      Optuna's own pruners use);
+      Optuna's own pruners use), plus the same non-finite flag;
     * ``hybrid``: signature (+) curve;
     * ``b_wl`` / ``b_what`` / ``b_wprime``: the paper's last-layer weight baselines at epoch t, and
       ``unrolled``: the degree signature of the unrolled graph, epochs 1..t; these read precomputed
@@ -85,7 +85,8 @@ class FeatureSpec:
         for j, name in enumerate(CURVE_METRICS):
             values = np.asarray(list(history.get(name, []))[: self.t], dtype=float)
             out[: len(values), j] = values
-        return out.reshape(-1)
+        # the same divergence flag the signature carries: missing or non-finite epochs
+        return np.append(out.reshape(-1), float(not np.all(np.isfinite(out))))
 
     def vector(self, history: History) -> np.ndarray:
         """The feature vector of one run (NaN where an epoch is missing, e.g. after divergence)."""

@@ -7,6 +7,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from epochgraph import resolvers  # noqa: F401 - registers ${eg.*} for the config
 from epochgraph.errors import report_errors
 
 CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")

@@ -1,0 +1,337 @@
+"""Compare forecasters on recorded runs (paper Q1, Q2): classifiers x features x t, plus baselines.
+
+Reads finished runs of an MLflow experiment (metric histories and weights artifacts; nothing is
+retrained), labels them high / low by final accuracy, and scores every variant with stratified k-fold
+cross-validation (or, with ``train_on`` / ``test_on``, fitted on one subset and scored on another).
+Output: a long CSV, markdown tables (balanced accuracy and ROC-AUC, mean +- std over folds), and
+plots of balanced accuracy vs. t, logged to a comparison MLflow run and saved under ``output_dir``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from sklearn.model_selection import StratifiedKFold, cross_validate
+from tqdm import tqdm
+
+from epochgraph import tracking
+from epochgraph.baselines import OverBudget, b_what, b_wl, b_wprime, unrolled_degree
+from epochgraph.errors import EpochgraphError
+from epochgraph.predictor import (
+    CURVE_METRICS,
+    WEIGHT_SOURCES,
+    FeatureSpec,
+    LabelRule,
+    SignaturePredictor,
+    make_classifier,
+)
+from epochgraph.signature import AGGREGATORS, NONFINITE, aggregate, metric_name
+
+log = logging.getLogger("epochgraph")
+
+
+@dataclass
+class RunRecord:
+    """One recorded training: its params, tags, per-epoch history and final accuracy."""
+
+    run_id: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    history: dict[str, list[Any]]
+    final_acc: float
+    weight_sources: set[str] = field(default_factory=set)  # weight baselines available for this run
+
+
+def _history_keys(centralities: Sequence[str]) -> list[str]:
+    return [metric_name(c, a) for c in centralities for a in AGGREGATORS] + [NONFINITE, *CURVE_METRICS]
+
+
+def _matches(run: RunRecord, flt: Mapping[str, Any] | None) -> bool:
+    if not flt:
+        return True
+    for key, want in flt.items():
+        have = run.params.get(key, run.tags.get(key))
+        if have is None:
+            return False
+        try:
+            if not math.isclose(float(have), float(want)):
+                return False
+        except (TypeError, ValueError):
+            if str(have) != str(want):
+                return False
+    return True
+
+
+def load_runs(client, experiment: str, epochs: int, label_metric: str = "final_val_acc",
+              centralities: Sequence[str] = ("degree", "eigenvector"), weight_sources: Sequence[str] = (),
+              unrolled_budget: int = 2 * 1024**3) -> list[RunRecord]:
+    """The finished, unpruned training runs of ``experiment`` with their first ``epochs`` epochs."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise EpochgraphError(f"unknown MLflow experiment {experiment!r}; existing: {', '.join(names) or 'none'} "
+                              f"(set experiment=<name>)")
+    runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
+                              max_results=50000)
+    records = []
+    keys = _history_keys(centralities)
+    for run in tqdm(runs, desc="reading runs", unit="run", file=sys.stderr):
+        tags, metrics = run.data.tags, run.data.metrics
+        if tags.get("pruned") == "true" or tags.get("epochgraph.role") == "sweep" or "val_acc" not in metrics:
+            continue
+        history: dict[str, list[Any]] = {}
+        for key in keys:
+            values = [math.nan] * epochs
+            for m in client.get_metric_history(run.info.run_id, key):
+                if 1 <= m.step <= epochs:
+                    values[m.step - 1] = m.value
+            history[key] = values
+        final = metrics.get(label_metric, metrics.get("val_acc"))
+        rec = RunRecord(run.info.run_id, dict(run.data.params), dict(tags), history, float(final))
+        if weight_sources:
+            _add_weight_features(client, rec, epochs, weight_sources, unrolled_budget)
+        records.append(rec)
+    if not records:
+        raise EpochgraphError(f"experiment {experiment!r} has no finished training runs; "
+                              f"record some with epochgraph-train mlflow.experiment={experiment}")
+    return records
+
+
+def _add_weight_features(client, rec: RunRecord, epochs: int, sources: Sequence[str], budget: int) -> None:
+    """Per-epoch B_Wl, B_What, B_W' and unrolled-degree aggregates from the weights artifacts."""
+    from epochgraph.graph_stage import load_weights, model_from_params, weights_epochs
+
+    available = weights_epochs(client, rec.run_id)
+    model = model_from_params(rec.params)
+    topo = model.topology()
+    per_source: dict[str, list[Any]] = {s: [None] * epochs for s in sources}
+    unrolled_ok = "unrolled" in sources
+    last: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for epoch in range(1, epochs + 1):
+            if epoch not in available:
+                # a run that stopped early (diverged) keeps its last snapshot
+                for s in sources:
+                    per_source[s][epoch - 1] = last.get(s)
+                continue
+            try:
+                sd = load_weights(client, rec.run_id, available[epoch], str(Path(tmp) / str(epoch)))
+            except EpochgraphError as err:
+                print(f"epochgraph: skipped for the weight baselines: {err}", file=sys.stderr)
+                return
+            feats = {"b_wl": lambda: b_wl(topo, sd), "b_what": lambda: b_what(topo, sd),
+                     "b_wprime": lambda: b_wprime(topo, sd)}
+            for s in sources:
+                if s in feats:
+                    per_source[s][epoch - 1] = last[s] = feats[s]()
+            if unrolled_ok:
+                try:
+                    model.load_state_dict(sd)
+                    deg = unrolled_degree(model, int(rec.params.get("data.in_channels", 1)),
+                                          int(rec.params.get("data.image_size", 28)), budget)
+                    per_source["unrolled"][epoch - 1] = last["unrolled"] = aggregate(deg)
+                except OverBudget:
+                    unrolled_ok = False
+    for s in sources:
+        if s == "unrolled" and not unrolled_ok:
+            continue
+        if all(v is not None for v in per_source[s]):
+            rec.history[s] = per_source[s]
+            rec.weight_sources.add(s)
+
+
+def feature_specs(cfg: Mapping[str, Any], t: int) -> list[FeatureSpec]:
+    cents = list(cfg["centralities"])
+    sets = [[c] for c in cents] + ([cents] if len(cents) > 1 else [])
+    specs = [FeatureSpec("signature", tuple(c), t, v, float(cfg["alpha"])) for c in sets for v in cfg["variants"]]
+    for b in cfg["baselines"]:
+        specs.append(FeatureSpec(b, tuple(cents), t, "plain", float(cfg["alpha"])))
+    return specs
+
+
+def _scores(y_true: np.ndarray, proba: np.ndarray) -> tuple[float, float]:
+    bal = balanced_accuracy_score(y_true, (proba >= 0.5).astype(int))
+    auc = roc_auc_score(y_true, proba) if len(np.unique(y_true)) == 2 else math.nan
+    return bal, auc
+
+
+def evaluate(spec: FeatureSpec, kind: str, params: Mapping[str, Any], runs: Sequence[RunRecord],
+             rule: LabelRule, folds: int, seed: int, train_on=None, test_on=None) -> dict[str, Any]:
+    """Scores of one (classifier, features, t) cell."""
+    if spec.source in WEIGHT_SOURCES:
+        runs = [r for r in runs if spec.source in r.weight_sources]
+        if not runs:
+            return {"n_runs": 0, "note": "over budget" if spec.source == "unrolled" else "no weights"}
+    if train_on or test_on:
+        train = [r for r in runs if _matches(r, train_on)]
+        test = [r for r in runs if _matches(r, test_on)]
+        if not train or not test:
+            raise EpochgraphError(f"train_on={train_on} matches {len(train)} runs and test_on={test_on} "
+                                  f"{len(test)}; both need runs")
+        cut = rule.cut([r.final_acc for r in train])
+        y_tr = rule.labels([r.final_acc for r in train], cut)
+        y_te = (np.nan_to_num([r.final_acc for r in test]) >= cut).astype(int)
+        model = make_classifier(kind, seed, **params).fit(spec.matrix([r.history for r in train]), y_tr)
+        bal, auc = _scores(y_te, model.predict_proba(spec.matrix([r.history for r in test]))[:, 1])
+        return {"n_runs": len(train) + len(test), "bal_acc_mean": bal, "bal_acc_std": 0.0,
+                "auc_mean": auc, "auc_std": 0.0}
+    y = rule.labels([r.final_acc for r in runs])
+    n_splits = min(folds, int(np.bincount(y).min()))
+    if n_splits < 2:
+        return {"n_runs": len(runs), "note": "a class has < 2 runs"}
+    cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    res = cross_validate(make_classifier(kind, seed, **params), spec.matrix([r.history for r in runs]), y, cv=cv,
+                         scoring=["balanced_accuracy", "roc_auc"], error_score="raise")
+    return {"n_runs": len(runs), "bal_acc_mean": float(res["test_balanced_accuracy"].mean()),
+            "bal_acc_std": float(res["test_balanced_accuracy"].std()),
+            "auc_mean": float(res["test_roc_auc"].mean()), "auc_std": float(res["test_roc_auc"].std())}
+
+
+def compare(runs: Sequence[RunRecord], cfg: Mapping[str, Any]) -> pd.DataFrame:
+    """The long table: one row per (classifier, features, t)."""
+    rule = LabelRule(cfg["label"].get("threshold"), cfg["label"].get("quantile"))
+    rule.labels([r.final_acc for r in runs])  # fail early, with one line, if a class is empty
+    cells = [(kind, spec) for t in range(1, int(cfg["epochs"]) + 1) for kind in cfg["classifiers"]
+             for spec in feature_specs(cfg, t)]
+    rows = []
+    for kind, spec in tqdm(cells, desc="cross-validating", unit="cell", file=sys.stderr):
+        params = dict(cfg["predictors"][kind].get("params") or {})
+        scores = evaluate(spec, kind, params, runs, rule, int(cfg["folds"]), int(cfg["seed"]),
+                          cfg.get("train_on"), cfg.get("test_on"))
+        rows.append({"classifier": kind, "features": spec.label, "t": spec.t, **scores})
+    return pd.DataFrame(rows)
+
+
+def _cell(mean: float, std: float) -> str:
+    return "-" if mean is None or (isinstance(mean, float) and math.isnan(mean)) else f"{mean:.2f} ± {std:.2f}"
+
+
+def markdown_tables(df: pd.DataFrame) -> str:
+    out = []
+    for metric, title in (("bal_acc", "Balanced accuracy"), ("auc", "ROC-AUC")):
+        if f"{metric}_mean" not in df:
+            continue
+        table = df.assign(cell=[
+            _cell(m, s) if isinstance(m, float) and not math.isnan(m) else (n if isinstance(n, str) else "-")
+            for m, s, n in zip(df[f"{metric}_mean"], df[f"{metric}_std"], df.get("note", [None] * len(df)))
+        ]).pivot_table(index=["classifier", "features"], columns="t", values="cell", aggfunc="first")
+        table.columns = [f"t={c}" for c in table.columns]
+        out.append(f"### {title} (mean ± std over folds)\n\n{table.reset_index().to_markdown(index=False)}\n")
+    return "\n".join(out)
+
+
+def winners(df: pd.DataFrame) -> str:
+    """Per t: the best cell overall, the best graph signature and the best learning-curve cell."""
+    lines = ["| t | best overall | best graph signature | learning curve (best classifier) | signature - curve |",
+             "|---|---|---|---|---|"]
+    scored = df.dropna(subset=["bal_acc_mean"]) if "bal_acc_mean" in df else df.iloc[0:0]
+    for t, g in scored.groupby("t"):
+        best = g.loc[g["bal_acc_mean"].idxmax()]
+        sig = g[g["features"].str.startswith("signature")]
+        cur = g[g["features"] == "curve"]
+        s = sig.loc[sig["bal_acc_mean"].idxmax()] if len(sig) else None
+        c = cur.loc[cur["bal_acc_mean"].idxmax()] if len(cur) else None
+        diff = f"{s['bal_acc_mean'] - c['bal_acc_mean']:+.2f}" if s is not None and c is not None else "-"
+        fmt = lambda r: "-" if r is None else f"{r['classifier']} {r['features']} {r['bal_acc_mean']:.2f}"  # noqa: E731
+        lines.append(f"| {t} | {fmt(best)} | {fmt(s)} | {fmt(c)} | {diff} |")
+    return "\n".join(lines)
+
+
+def plot(df: pd.DataFrame, path: Path, title: str) -> Path:
+    """Balanced accuracy vs. t, one panel per classifier, one line per feature set (paper Fig. 3)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classifiers = list(dict.fromkeys(df["classifier"]))
+    fig, axes = plt.subplots(1, len(classifiers), figsize=(5.5 * len(classifiers), 4.2), sharey=True, squeeze=False)
+    scored = df.dropna(subset=["bal_acc_mean"])
+    for ax, kind in zip(axes[0], classifiers):
+        sub = scored[scored["classifier"] == kind]
+        for feat, g in sub.groupby("features", sort=False):
+            style = "-" if feat.startswith("signature") else ("--" if feat in ("curve", "hybrid") else ":")
+            ax.errorbar(g["t"], g["bal_acc_mean"], yerr=g["bal_acc_std"], ls=style, marker="o", ms=3,
+                        capsize=2, label=feat, lw=1.2)
+        ax.set_title(f"{title}: {kind}")
+        ax.set_xlabel("epochs used (t)")
+        ax.set_ylim(0.3, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("balanced accuracy (CV)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def register_predictor(runs: Sequence[RunRecord], cfg: Mapping[str, Any]) -> tuple[SignaturePredictor, str]:
+    """Fit ``cfg.select`` on all runs and register it; returns the predictor and its models:/ URI."""
+    import mlflow
+
+    sel = cfg["select"]
+    spec = FeatureSpec(sel["source"], tuple(sel["centralities"]), int(sel["t"]), sel["variant"],
+                       float(cfg["alpha"]))
+    kind = sel["classifier"]
+    pred = SignaturePredictor(spec, LabelRule(cfg["label"].get("threshold"), cfg["label"].get("quantile")), kind,
+                              dict(cfg["predictors"][kind].get("params") or {}), int(cfg["seed"]))
+    pred.fit([r.history for r in runs], [r.final_acc for r in runs])
+    name, alias = cfg["registry"]["name"], cfg["registry"]["alias"]
+    info = pred.log_model(registered_model_name=name)
+    client = mlflow.tracking.MlflowClient()
+    version = info.registered_model_version
+    if version is None:
+        version = max(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    client.set_registered_model_alias(name, alias, str(version))
+    return pred, f"models:/{name}@{alias}"
+
+
+def run_compare(cfg: Mapping[str, Any]) -> pd.DataFrame:
+    """The whole command: read runs, compare, write and log the tables and plots, optionally register."""
+    import mlflow
+
+    client = tracking.get_client(cfg["mlflow"]["tracking_uri"])
+    sources = [b for b in cfg["baselines"] if b in WEIGHT_SOURCES]
+    runs = load_runs(client, cfg["experiment"], int(cfg["epochs"]), cfg["label"].get("metric", "final_val_acc"),
+                     tuple(cfg["centralities"]), sources, int(cfg["unrolled_budget_mb"]) * 2**20)
+    rule = LabelRule(cfg["label"].get("threshold"), cfg["label"].get("quantile"))
+    y = rule.labels([r.final_acc for r in runs])
+    log.info("%d runs from %r: %d high, %d low (cut %.4f on %s)", len(runs), cfg["experiment"], int(y.sum()),
+             int(len(y) - y.sum()), rule.cut([r.final_acc for r in runs]), cfg["label"].get("metric"))
+    exp_id = tracking.experiment_id(client, cfg["mlflow"]["experiment"])
+    out = Path(cfg["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"compare-{cfg['experiment']}") as run:
+        mlflow.set_tags({"epochgraph.role": "compare", "population": cfg["experiment"]})
+        mlflow.log_params({"experiment": cfg["experiment"], "epochs": cfg["epochs"], "n_runs": len(runs),
+                           "label.threshold": rule.threshold, "label.quantile": rule.quantile,
+                           "folds": cfg["folds"], "train_on": cfg.get("train_on"), "test_on": cfg.get("test_on")})
+        df = compare(runs, cfg)
+        md = (f"# Comparison on `{cfg['experiment']}`\n\n{len(runs)} runs, {int(y.sum())} high / "
+              f"{int(len(y) - y.sum())} low.\n\n## Which signal wins at each t\n\n{winners(df)}\n\n"
+              f"{markdown_tables(df)}")
+        df.to_csv(out / "comparison.csv", index=False)
+        (out / "comparison.md").write_text(md)
+        plot(df, out / "balanced_accuracy_vs_t.png", cfg["experiment"])
+        for f in ("comparison.csv", "comparison.md", "balanced_accuracy_vs_t.png"):
+            mlflow.log_artifact(str(out / f))
+        for _, row in df.dropna(subset=["bal_acc_mean"]).iterrows():
+            key = f"bal_acc/{row['classifier']}/{row['features']}".replace("@", "_")
+            mlflow.log_metric(key, row["bal_acc_mean"], step=int(row["t"]))
+        print(md)
+        if cfg.get("register"):
+            _, uri = register_predictor(runs, cfg)
+            mlflow.set_tag("registered_model", uri)
+            print(f"registered the predictor as {uri}")
+        print(f"comparison run {run.info.run_id}; tables and plots in {out}/")
+    return df

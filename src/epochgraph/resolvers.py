@@ -1,0 +1,43 @@
+"""OmegaConf resolvers for seeded random search inside a plain Hydra multirun.
+
+``${eg.loguniform:1e-3,1.0,${seed},lr}`` draws one value per (seed, name) pair, reproducibly, so that
+``epochgraph-train -m seed=range(0,60) +experiment=population_lenet`` is a random search of 60 runs
+with Hydra's own basic sweeper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+from omegaconf import OmegaConf
+
+
+def _rng(seed: int, name: str) -> np.random.Generator:
+    digest = hashlib.sha256(f"{int(seed)}/{name}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def loguniform(low: float, high: float, seed: int, name: str) -> float:
+    u = _rng(seed, name).random()
+    return float(math.exp(math.log(low) + u * (math.log(high) - math.log(low))))
+
+
+def uniform(low: float, high: float, seed: int, name: str) -> float:
+    return float(low + _rng(seed, name).random() * (high - low))
+
+
+def choice(*args):
+    """``${eg.choice:a,b,c,${seed},name}``: one of the options."""
+    *options, seed, name = args
+    return options[int(_rng(seed, name).integers(len(options)))]
+
+
+def register() -> None:
+    for fname, fn in (("eg.loguniform", loguniform), ("eg.uniform", uniform), ("eg.choice", choice)):
+        if not OmegaConf.has_resolver(fname):
+            OmegaConf.register_new_resolver(fname, fn)
+
+
+register()
