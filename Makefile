@@ -11,7 +11,7 @@ setup:
 	@bash scripts/setup.sh
 
 run: setup
-	$(PY) -m epochgraph.cli.train
+	$(PY) -m epochgraph.cli.train +experiment=pruned_sweep
 	@echo "Browse the runs: make ui"
 
 test: setup

@@ -15,7 +15,8 @@ class EpochState:
     ``metrics`` holds train_loss, train_acc, val_loss, val_acc and time/epoch_s; hooks add their own
     entries (for example the graph stage adds ``sig/<centrality>/<aggregator>`` and ``time/graph_s``),
     and the MLflow logger, which runs last, logs all of them with ``step=epoch``.
-    ``tags`` collects run tags the hooks want set (for example ``diverged``).
+    ``tags`` collects run tags the hooks want set (for example ``diverged``). A hook sets ``prune``
+    to stop the run after this epoch (the remaining hooks still see the epoch).
     """
 
     epoch: int
@@ -23,9 +24,10 @@ class EpochState:
     metrics: dict[str, float]
     diverged: bool = False
     tags: dict[str, str] = field(default_factory=dict)
+    prune: bool = False
 
 
 class EpochHook(Protocol):
-    """Called after every epoch; may raise ``optuna.TrialPruned`` to stop the run."""
+    """Called after every epoch, in order; may set ``state.prune`` to stop the run."""
 
     def on_epoch_end(self, state: EpochState) -> None: ...

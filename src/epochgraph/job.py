@@ -59,7 +59,7 @@ def run_job(cfg: DictConfig, *, extra_hooks: Sequence[EpochHook] = (), parent_ru
         logger = tracking.MlflowEpochLogger(client, run_id, bool(cfg["mlflow"].get("log_weights", True)),
                                             keep_weights_epochs(cfg))
         # the logger runs last so that it sees the metrics and tags the other hooks added
-        hooks = [*graph_hooks(cfg), logger, *extra_hooks]
+        hooks = [*graph_hooks(cfg), *extra_hooks, logger]
         log.info("MLflow run %s in experiment %r (%s)", run_id, cfg["mlflow"]["experiment"],
                  client.tracking_uri)
         result = train(plain, hooks=hooks, splits=splits)
@@ -68,7 +68,10 @@ def run_job(cfg: DictConfig, *, extra_hooks: Sequence[EpochHook] = (), parent_ru
         if result.history:
             final["final_val_acc"] = result.history[-1]["val_acc"]
         tracking.log_metrics(client, run_id, final, step=result.epochs_run)
-        tracking.set_tags(client, run_id, {"diverged": str(result.diverged).lower()})
+        end_tags = {"diverged": str(result.diverged).lower()}
+        if result.pruned_at_epoch is not None:
+            end_tags.update(pruned="true", pruned_at_epoch=str(result.pruned_at_epoch))
+        tracking.set_tags(client, run_id, end_tags)
         log.info("test_acc %.4f after %d epochs%s", result.test_acc, result.epochs_run,
                  " (diverged)" if result.diverged else "")
     return JobResult(run_id=run_id, result=result)

@@ -32,6 +32,7 @@ class TrainResult:
     test_acc: float = float("nan")
     test_loss: float = float("nan")
     model: nn.Module | None = None
+    pruned_at_epoch: int | None = None
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -105,7 +106,8 @@ def train(cfg: Mapping[str, Any], hooks: Sequence[EpochHook] = (), splits: Split
     """Train ``cfg.model`` on ``cfg.data`` for ``cfg.trainer.epochs`` epochs, calling ``hooks`` after each.
 
     A non-finite training loss stops the run: the epoch is reported with ``diverged=True`` (so the hooks
-    can log it) and no further epoch runs. Hooks may raise ``optuna.TrialPruned`` to stop early.
+    can log it) and no further epoch runs. A hook that sets ``state.prune`` stops the run after that
+    epoch (``pruned_at_epoch``).
     """
     trainer = cfg["trainer"]
     seed = int(cfg["seed"])
@@ -161,6 +163,10 @@ def train(cfg: Mapping[str, Any], hooks: Sequence[EpochHook] = (), splits: Split
         _log_epoch(epoch, epochs, state)
         for hook in hooks:
             hook.on_epoch_end(state)
+        if state.prune:
+            result.pruned_at_epoch = epoch
+            log.info("epoch %d: pruned", epoch)
+            break
         if diverged:
             log.warning("epoch %d: the loss is no longer finite; the run diverged and stops here", epoch)
             break

@@ -15,7 +15,11 @@ CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 @report_errors
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float | dict | None:
+    if cfg.get("optuna") and cfg.optuna.get("trial_number") is not None:
+        from epochgraph.trial import run_trial
+
+        return run_trial(cfg)
     from epochgraph.job import run_job
 
     job = run_job(cfg)

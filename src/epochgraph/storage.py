@@ -1,0 +1,53 @@
+"""Optuna storage from the ``storage`` config group: SQLite embedded, PostgreSQL for many workers."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from epochgraph.errors import EpochgraphError
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced, for logs and MLflow params."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def resolve_url(url: str) -> str:
+    """Absolute SQLite paths (relative ones are taken from the current directory), folder created."""
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):]).absolute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{path}"
+    return url
+
+
+def make_storage(cfg: Mapping[str, Any]) -> optuna.storages.RDBStorage:
+    """RDB storage with heartbeats, so a dead worker's trial does not stay RUNNING forever."""
+    url = resolve_url(str(cfg["url"]))
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # several processes on one SQLite file: wait for the lock instead of failing at once
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    heartbeat = cfg.get("heartbeat_interval")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # heartbeat and retry callback are marked experimental
+        retry = optuna.storages.RetryFailedTrialCallback(max_retry=int(cfg.get("max_retry", 0))) if heartbeat else None
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs,
+                heartbeat_interval=int(heartbeat) if heartbeat else None,
+                grace_period=int(cfg["grace_period"]) if heartbeat and cfg.get("grace_period") else None,
+                failed_trial_callback=retry,
+            )
+        except Exception as err:  # SQLAlchemy: bad URL, unreachable server, missing driver
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise EpochgraphError(f"cannot open the Optuna storage storage.url={redact(url)!r}: {first}; "
+                                  f"check the URL (or EPOCHGRAPH_STORAGE_URL) and that the server is up") from None

@@ -1,0 +1,81 @@
+"""The end of a sweep: its summary (printed and on the MLflow parent run) and a plot of every trial."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from epochgraph import tracking
+
+log = logging.getLogger("epochgraph")
+COLORS = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red"}
+
+
+def summary(study: optuna.Study, epochs: int) -> dict[str, float]:
+    trials = study.get_trials(deepcopy=False)
+    count = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    trained = sum(len(t.intermediate_values) for t in finished)
+    budget = epochs * len(finished)
+    out = {"trials_complete": count[TrialState.COMPLETE], "trials_pruned": count[TrialState.PRUNED],
+           "trials_failed": count[TrialState.FAIL], "epochs_trained": trained, "epochs_budget": budget,
+           "epochs_saved_frac": 1 - trained / budget if budget else 0.0}
+    if count[TrialState.COMPLETE]:
+        out["best_value"] = study.best_value
+    return out
+
+
+def plot_curves(study: optuna.Study, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    seen = set()
+    for t in study.get_trials(deepcopy=False):
+        if not t.intermediate_values:
+            continue
+        steps = sorted(t.intermediate_values)
+        state = t.state.name
+        ax.plot(steps, [t.intermediate_values[s] for s in steps], color=COLORS.get(state, "grey"), lw=1.1,
+                alpha=0.8, marker="o" if state == "PRUNED" else None, ms=3,
+                label=state.lower() if state not in seen else None)
+        seen.add(state)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(f"{study.study_name}: every trial, coloured by state")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def report(study: optuna.Study, client, parent_run_id: str, epochs: int, out_dir: Path) -> dict[str, float]:
+    """Log the summary and the curve plot on the parent run, and print them."""
+    s = summary(study, epochs)
+    tracking.log_metrics(client, parent_run_id, s, step=0)
+    if s.get("trials_complete"):
+        best = study.best_trial
+        tracking.set_tags(client, parent_run_id, {f"best.{k}": v for k, v in best.params.items()})
+        tracking.set_tags(client, parent_run_id, {"best.trial": best.number})
+    png = plot_curves(study, out_dir / "sweep_curves.png")
+    client.log_artifact(parent_run_id, str(png))
+    lines = [
+        f"Sweep {study.study_name}: {s['trials_complete']} complete, {s['trials_pruned']} pruned, "
+        f"{s['trials_failed']} failed",
+        f"Epochs trained {s['epochs_trained']} of {s['epochs_budget']} without pruning "
+        f"({100 * s['epochs_saved_frac']:.0f}% saved)",
+    ]
+    if "best_value" in s and math.isfinite(s["best_value"]):
+        lines.append(f"Best val_acc {s['best_value']:.4f} (trial {study.best_trial.number}): {study.best_trial.params}")
+    lines += [f"Curves: {png}", f"MLflow parent run {parent_run_id}", "Browse the runs: make ui"]
+    print("\n".join(lines), flush=True)
+    return s

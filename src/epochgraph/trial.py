@@ -1,0 +1,103 @@
+"""The job side of a pruned sweep: reconnect to the Optuna trial, report every epoch, obey the pruner.
+
+The sweeper asks the trial and passes its number to the job (``optuna.trial_number``); the job loads
+the study from the shared storage with the pruner built from the same config, and wraps the trial with
+``optuna.trial.Trial(study, trial_id)``. Each epoch it stores the epoch's signature and learning-curve
+values in a user attr, reports val_acc and asks ``should_prune()``. The job never finishes the trial:
+it returns its outcome and the sweeper tells it (exactly one side may).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import optuna
+from hydra.utils import instantiate
+from optuna.storages._heartbeat import get_heartbeat_thread
+
+from epochgraph.errors import EpochgraphError
+from epochgraph.hooks import EpochState
+from epochgraph.predictor import CURVE_METRICS
+from epochgraph.pruner import EPOCH_ATTR, FORECAST_ATTR
+from epochgraph.storage import make_storage
+
+log = logging.getLogger("epochgraph")
+
+
+def build_pruner(cfg: Mapping[str, Any]) -> optuna.pruners.BasePruner:
+    """The pruner of the ``pruner`` config group (``_target_`` + arguments)."""
+    try:
+        return instantiate(cfg["pruner"], _convert_="all")
+    except Exception as err:
+        cause = err.__cause__ or err
+        raise EpochgraphError(f"cannot build pruner={cfg['pruner'].get('_target_')}: "
+                              f"{str(cause).splitlines()[0][:200]}") from None
+
+
+class TrialReporter:
+    """Epoch hook connecting a training to its Optuna trial (see the module docstring)."""
+
+    def __init__(self, study: optuna.Study, trial: optuna.trial.Trial) -> None:
+        self.study, self.trial = study, trial
+        self.forecast: float | None = None
+        self._heartbeat = get_heartbeat_thread(trial._trial_id, study._storage)
+        self._heartbeat.__enter__()
+
+    @classmethod
+    def connect(cls, cfg: Mapping[str, Any]) -> TrialReporter:
+        opt = cfg["optuna"]
+        storage = make_storage(cfg["storage"])
+        try:
+            study = optuna.load_study(study_name=opt["study_name"], storage=storage, pruner=build_pruner(cfg))
+        except KeyError:
+            raise EpochgraphError(f"no Optuna study {opt['study_name']!r} in the storage; "
+                                  f"start the sweep with -m hydra/sweeper=epochgraph") from None
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, int(opt["trial_number"]))
+        return cls(study, optuna.trial.Trial(study, trial_id))
+
+    def close(self) -> None:
+        self._heartbeat.__exit__(None, None, None)
+
+    def on_epoch_end(self, state: EpochState) -> None:
+        m = state.metrics
+        attrs = {k: (v if math.isfinite(v) else None) for k, v in m.items()
+                 if k.startswith("sig/") or k in CURVE_METRICS}
+        self.trial.set_user_attr(EPOCH_ATTR.format(state.epoch), attrs)
+        value = m["val_acc"] if math.isfinite(m["val_acc"]) else 0.0
+        self.trial.report(value, state.epoch)
+        prune = self.trial.should_prune()
+        forecast = getattr(self.study.pruner, "last_forecast", {}).get(self.trial.number)
+        if forecast is not None and forecast != self.forecast:
+            self.forecast = forecast
+            self.trial.set_user_attr(FORECAST_ATTR, forecast)
+            m["forecast_p_high"] = forecast
+            state.tags["forecast_p_high"] = f"{forecast:.3f}"
+        if prune:
+            state.prune = True
+
+
+def run_trial(cfg) -> dict[str, Any]:
+    """Train one sweep trial, logged as a nested MLflow run; returns the outcome for the sweeper."""
+    from epochgraph.job import run_job
+
+    opt = cfg["optuna"]
+    reporter = TrialReporter.connect(cfg)
+    number = reporter.trial.number
+    try:
+        job = run_job(cfg, extra_hooks=[reporter], parent_run_id=opt.get("parent_run_id"),
+                      tags={"trial": str(number), "study": str(opt["study_name"])}, run_name=f"trial-{number:03d}")
+    finally:
+        reporter.close()
+    res = job.result
+    reporter.trial.set_user_attr("mlflow_run_id", job.run_id)
+    state = "PRUNED" if res.pruned_at_epoch is not None else "COMPLETE"
+    from epochgraph import tracking
+
+    client = tracking.get_client(cfg["mlflow"]["tracking_uri"])
+    tracking.set_tags(client, job.run_id, {"state": state})
+    value = res.history[-1]["val_acc"] if res.history else float("nan")
+    return {"state": state, "value": value if math.isfinite(value) else 0.0, "epochs": res.epochs_run,
+            "run_id": job.run_id, "forecast": reporter.forecast, "diverged": res.diverged}
