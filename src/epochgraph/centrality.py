@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
 
 from epochgraph.rolled_graph import BlockGraph, EdgeArrays
 
@@ -50,6 +50,22 @@ def adjacency_arrays(edges: EdgeArrays) -> sp.csr_matrix:
     return sp.csr_matrix((vals, (rows, cols)), shape=(n, n))
 
 
+DENSE_MAX_NODES = 400  # below this a dense symmetric solver is as fast as Lanczos, and never fails
+
+
+def _lanczos(adj, n: int) -> np.ndarray:
+    """Lanczos (ARPACK) from a deterministic start; a second, seeded random start if ARPACK breaks down
+    (the uniform start can lie in an invariant subspace), and the dense solver as the last resort."""
+    starts = [np.ones(n) / np.sqrt(n), np.random.default_rng(0).random(n) + 0.5]
+    for v0 in starts:
+        try:
+            _, vecs = eigsh(adj, k=1, which="LA", v0=v0, tol=1e-10, maxiter=20 * n)
+            return vecs[:, 0]
+        except (ArpackNoConvergence, ArpackError):
+            continue
+    return np.linalg.eigh(adj @ np.eye(n))[1][:, -1]
+
+
 def leading_eigenvector(adj: sp.spmatrix | LinearOperator, has_edges: bool | None = None) -> np.ndarray:
     """Unit-norm, positive-sum eigenvector of the largest algebraic eigenvalue of symmetric ``adj``."""
     n = adj.shape[0]
@@ -59,20 +75,11 @@ def leading_eigenvector(adj: sp.spmatrix | LinearOperator, has_edges: bool | Non
         has_edges = adj.nnz > 0 and bool(np.any(adj.data > 0))
     if not has_edges:
         return np.full(n, 1 / np.sqrt(n))
-    if n < 3:
-        vals, vecs = np.linalg.eigh(adj @ np.eye(n))
-        x = vecs[:, -1]
+    if n <= DENSE_MAX_NODES:
+        dense = adj @ np.eye(n)
+        x = np.linalg.eigh(dense / np.abs(dense).max())[1][:, -1]
     else:
-        v0 = np.ones(n) / np.sqrt(n)  # deterministic start
-        try:
-            _, vecs = eigsh(adj, k=1, which="LA", v0=v0, tol=1e-10, maxiter=20 * n)
-        except ArpackNoConvergence as err:  # fall back to the dense solver, still exact
-            if n > 20000:
-                raise
-            del err
-            _, dense = np.linalg.eigh(adj @ np.eye(n))
-            vecs = dense[:, -1:]
-        x = vecs[:, 0]
+        x = _lanczos(adj, n)
     x = x / np.linalg.norm(x)
     return -x if x.sum() < 0 else x
 

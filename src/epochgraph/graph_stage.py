@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 import tempfile
@@ -19,11 +20,14 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from epochgraph.centrality import CENTRALITIES
 from epochgraph.errors import EpochgraphError, report_errors
 from epochgraph.hooks import EpochState
-from epochgraph.signature import NONFINITE, check_centralities, snapshot_signature
+from epochgraph.signature import AGGREGATORS, NONFINITE, check_centralities, metric_name, snapshot_signature
 
+log = logging.getLogger("epochgraph")
 WEIGHTS_RE = re.compile(r"weights/epoch_(\d+)\.safetensors$")
 
 
@@ -36,8 +40,15 @@ class GraphStage:
 
     def on_epoch_end(self, state: EpochState) -> None:
         start = time.perf_counter()
-        sig = snapshot_signature(state.model.topology(), state.model.state_dict(), self.centralities,
-                                 backend=self.backend)
+        try:
+            sig = snapshot_signature(state.model.topology(), state.model.state_dict(), self.centralities,
+                                     backend=self.backend)
+        except (ArithmeticError, ValueError, RuntimeError, np.linalg.LinAlgError) as err:
+            # a numerical failure must not end the training: the epoch gets an undefined signature
+            log.warning("epoch %d: graph stage failed (%s); signature left undefined", state.epoch, err)
+            sig = {metric_name(c, a): float("nan") for c in self.centralities for a in AGGREGATORS}
+            sig[NONFINITE] = 0.0
+            state.tags["graph_error"] = str(err)[:250]
         state.metrics.update(sig)
         state.metrics["time/graph_s"] = time.perf_counter() - start
         if sig[NONFINITE]:
