@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,7 +31,9 @@ log = logging.getLogger("epochgraph")
 def build_pruner(cfg: Mapping[str, Any]) -> optuna.pruners.BasePruner:
     """The pruner of the ``pruner`` config group (``_target_`` + arguments)."""
     try:
-        return instantiate(cfg["pruner"], _convert_="all")
+        with warnings.catch_warnings():  # several of Optuna's pruners are marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return instantiate(cfg["pruner"], _convert_="all")
     except Exception as err:
         cause = err.__cause__ or err
         raise EpochgraphError(f"cannot build pruner={cfg['pruner'].get('_target_')}: "

@@ -10,7 +10,7 @@ plot of all val-accuracy curves at the end.
 from __future__ import annotations
 
 import logging
-import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +136,9 @@ class EpochgraphSweeper(Sweeper):
     def _loop(self, study: optuna.Study, space: dict[str, BaseDistribution], fixed: dict[str, str],
               parent_id: str) -> None:
         while (to_go := self.n_trials - self._finished(study)) > 0:
-            batch = [study.ask(space) for _ in range(min(self.n_jobs, to_go))]
+            with warnings.catch_warnings():  # heartbeats are meant for study.optimize; our jobs beat
+                warnings.simplefilter("ignore", UserWarning)
+                batch = [study.ask(space) for _ in range(min(self.n_jobs, to_go))]
             overrides = [
                 tuple(f"{k}={v}" for k, v in {**t.params, **fixed}.items())
                 + (f"optuna.study_name={study.study_name}", f"optuna.trial_number={t.number}",

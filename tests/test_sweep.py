@@ -1,0 +1,70 @@
+"""A tiny pruned sweep through Hydra, the sweeper plugin and the basic launcher, end to end."""
+
+import subprocess
+import sys
+
+import optuna
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import TINY
+
+
+def _sweep(tmp_path, *overrides):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    tracking = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    cmd = [sys.executable, "-m", "epochgraph.cli.train", "+experiment=pruned_sweep", *TINY,
+           f"storage.url={storage}", f"mlflow.tracking_uri={tracking}", f"hydra.sweep.dir={tmp_path / 'multirun'}",
+           "hydra.sweeper.study_name=tiny", *overrides]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, storage, tracking
+
+
+def test_pruned_trials_are_recorded_in_optuna_and_mlflow(tmp_path):
+    proc, storage, tracking = _sweep(tmp_path, "hydra.sweeper.n_trials=3", "pruner=threshold",
+                                     "pruner.lower=0.99", "pruner.n_warmup_steps=2",
+                                     "trainer.epochs=3")
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.PRUNED] * 3
+    assert all(sorted(t.intermediate_values) == [1, 2] for t in study.trials)  # pruned after epoch 2
+    client = MlflowClient(tracking)
+    exp = client.get_experiment_by_name("pruned_sweep")
+    runs = client.search_runs([exp.experiment_id])
+    parent = [r for r in runs if r.data.tags.get("epochgraph.role") == "sweep"]
+    trials = [r for r in runs if "trial" in r.data.tags]
+    assert len(parent) == 1 and len(trials) == 3
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parent[0].info.run_id}
+    for r in trials:
+        assert r.info.status == "FINISHED"
+        assert r.data.tags["pruned"] == "true" and r.data.tags["pruned_at_epoch"] == "2"
+        assert r.data.tags["state"] == "PRUNED"
+        assert study.trials[int(r.data.tags["trial"])].user_attrs["mlflow_run_id"] == r.info.run_id
+    p = parent[0]
+    assert p.info.status == "FINISHED"
+    assert p.data.metrics["trials_pruned"] == 3 and p.data.metrics["epochs_trained"] == 6
+    assert p.data.metrics["epochs_budget"] == 9 and abs(p.data.metrics["epochs_saved_frac"] - 1 / 3) < 1e-9
+    assert "sweep_curves.png" in [f.path for f in client.list_artifacts(p.info.run_id)]
+    assert "3 pruned" in proc.stdout and "make ui" in proc.stdout
+
+
+def test_signature_pruner_prunes_after_warm_up_and_sweep_resumes(tmp_path):
+    over = ["trainer.epochs=3", "data.train_size=1000", "hydra.sweeper.n_trials=6", "pruner.n_startup_trials=3", "pruner.min_per_class=1",
+            "pruner.check_epochs=[2]", "pruner.bound=0.5", "hydra.sweeper.sampler.n_startup_trials=6"]
+    _, storage, tracking = _sweep(tmp_path, *over)
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(finished) == 6
+    # the first three run to the end (warm-up); forecasts are recorded from then on
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials[:3])
+    assert any("forecast_p_high" in t.user_attrs for t in study.trials[3:])
+    # the same command again with a larger budget resumes the study: only the missing trials run
+    _sweep(tmp_path, *over[:2], "hydra.sweeper.n_trials=8", *over[3:])
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert len(study.trials) == 8
+    client = MlflowClient(tracking)
+    exp = client.get_experiment_by_name("pruned_sweep")
+    parents = client.search_runs([exp.experiment_id], "tags.`epochgraph.role` = 'sweep'")
+    assert len(parents) == 1  # the sweep's parent run is reused, not duplicated
+    trial_runs = client.search_runs([exp.experiment_id], "tags.study = 'tiny' and tags.trial != ''")
+    assert sorted(int(r.data.tags["trial"]) for r in trial_runs) == list(range(8))
