@@ -11,6 +11,7 @@ Model Registry.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -31,6 +32,10 @@ CLASSIFIERS = ("svm", "mlp", "xgboost")
 LOSS_CLIP = 1e3  # diverging losses are huge: clip so that one run does not dominate the scaling
 
 History = Mapping[str, Sequence[Any]]
+
+# SVC(probability=True) (Platt scaling) is deprecated in favour of CalibratedClassifierCV, whose inner
+# cross-validation needs more runs per class than small populations have; scikit-learn is pinned <1.11.
+warnings.filterwarnings("ignore", message="The `probability` parameter was deprecated", category=FutureWarning)
 
 
 @dataclass(frozen=True)
@@ -224,9 +229,14 @@ class SignaturePredictor:
     def log_model(self, name: str = "predictor", registered_model_name: str | None = None) -> Any:
         """Log the fitted pipeline to the active MLflow run (and register it); returns the model info."""
         import mlflow.sklearn
+        import skops.io
 
+        # MLflow stores sklearn models with skops, which loads only types listed as trusted: ours are
+        # the pipeline's own classes (the classifier, xgboost's booster, our finite-values transform)
+        trusted = skops.io.get_untrusted_types(data=skops.io.dumps(self.pipeline))
         return mlflow.sklearn.log_model(self.pipeline, name=name, registered_model_name=registered_model_name,
-                                        metadata={"epochgraph": json.dumps(self.metadata())})
+                                        metadata={"epochgraph": json.dumps(self.metadata())},
+                                        skops_trusted_types=trusted)
 
 
 def load_predictor(model_uri: str) -> SignaturePredictor:
