@@ -26,6 +26,15 @@ ui: setup
 	.venv/bin/mlflow server --backend-store-uri sqlite:///$(MLFLOW_DB) \
 		--default-artifact-root $(CURDIR)/mlruns/artifacts --host $(HOST) --port $(PORT)
 
+# an MLflow tracking server for workers on other machines (set MLFLOW_BACKEND to a PostgreSQL URL to
+# use one); commands then take mlflow.tracking_uri=http://$(HOST):$(PORT)
+MLFLOW_BACKEND ?= sqlite:///mlruns/mlflow.db
+server: setup
+	@mkdir -p mlruns/artifacts
+	@echo "MLflow tracking server on http://$(HOST):$(PORT) (backend: $(MLFLOW_BACKEND)); use mlflow.tracking_uri=http://$(HOST):$(PORT)"
+	.venv/bin/mlflow server --backend-store-uri $(MLFLOW_BACKEND) --artifacts-destination $(CURDIR)/mlruns/artifacts \
+		--serve-artifacts --host $(HOST) --port $(PORT)
+
 bench: setup
 	$(PY) bench/graph_bench.py
 

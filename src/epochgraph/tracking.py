@@ -150,12 +150,15 @@ def mlflow_run(client: MlflowClient, experiment: str, *, run_name: str | None = 
 def log_config(client: MlflowClient, run_id: str, cfg: DictConfig | Mapping[str, Any]) -> None:
     """Params (flattened, once) and the resolved config as ``config.yaml``."""
     container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    params = [Param(k, str(v)[:6000]) for k, v in flatten(container).items() if not k.startswith("hydra.")]
+    from epochgraph.storage import redact
+
+    # credentials in URLs (storage.url, tracking URIs) never reach MLflow
+    params = [Param(k, redact(str(v))[:6000]) for k, v in flatten(container).items() if not k.startswith("hydra.")]
     for i in range(0, len(params), 100):
         client.log_batch(run_id, params=params[i:i + 100])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, "config.yaml")
-        path.write_text(OmegaConf.to_yaml(OmegaConf.create(container)))
+        path.write_text(redact(OmegaConf.to_yaml(OmegaConf.create(container))))
         client.log_artifact(run_id, str(path))
 
 

@@ -10,6 +10,7 @@ plot of all val-accuracy curves at the end.
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -130,12 +131,25 @@ class EpochgraphSweeper(Sweeper):
             sweep_report.report(study, client, parent_id, int(cfg.trainer.epochs),
                                 Path(cfg.hydra.sweep.dir))
 
-    def _finished(self, study: optuna.Study) -> int:
-        return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-
     def _loop(self, study: optuna.Study, space: dict[str, BaseDistribution], fixed: dict[str, str],
               parent_id: str) -> None:
-        while (to_go := self.n_trials - self._finished(study)) > 0:
+        """Ask, launch, tell until the study holds ``n_trials`` finished trials.
+
+        Trials RUNNING elsewhere (other workers on a shared storage, or a crashed run whose heartbeat is
+        not stale yet) count towards the budget; the loop waits for them, failing stale ones, so several
+        sweep processes can work one study and a restarted sweep neither re-runs nor overshoots.
+        """
+        while True:
+            counts = {s: len(study.get_trials(deepcopy=False, states=(s,)))
+                      for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)}
+            finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+            to_go = self.n_trials - finished - counts[TrialState.RUNNING]
+            if finished >= self.n_trials:
+                return
+            if to_go <= 0:
+                optuna.storages.fail_stale_trials(study)
+                time.sleep(2.0)
+                continue
             with warnings.catch_warnings():  # heartbeats are meant for study.optimize; our jobs beat
                 warnings.simplefilter("ignore", UserWarning)
                 batch = [study.ask(space) for _ in range(min(self.n_jobs, to_go))]

@@ -1,0 +1,45 @@
+"""Two parallel workers against a real PostgreSQL server (Debian's package, started for the test)."""
+
+import subprocess
+import sys
+from collections import Counter
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests import pg
+
+pytestmark = pytest.mark.skipif(not pg.available(), reason="PostgreSQL 15 server binaries not installed")
+
+
+def test_two_workers_share_one_study_on_postgres(tmp_path):
+    tracking = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    with pg.postgres_server() as url:
+        cmd = [sys.executable, "-m", "epochgraph.cli.worker", "+experiment=pruned_sweep", "storage=postgres",
+               "hydra/launcher=local_workers", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2",
+               "hydra.sweeper.n_trials=8", "hydra.sweeper.study_name=pg", "trainer.epochs=3", "trainer.threads=1",
+               "data.train_size=600", "data.val_size=200", "data.test_size=100", "pruner=threshold",
+               "pruner.lower=0.5", "pruner.n_warmup_steps=2", f"mlflow.tracking_uri={tracking}",
+               f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                              env={**__import__("os").environ, "EPOCHGRAPH_STORAGE_URL": url})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        study = optuna.load_study(study_name="pg", storage=url)
+        trials = study.get_trials()
+    states = Counter(t.state.name for t in trials)
+    assert len(trials) == 8 and states["COMPLETE"] + states["PRUNED"] == 8
+    assert states["PRUNED"] >= 1  # pruning decided in the worker processes, told by the sweeper
+    client = MlflowClient(tracking)
+    exp = client.get_experiment_by_name("pruned_sweep")
+    runs = client.search_runs([exp.experiment_id], "tags.study = 'pg' and tags.trial != ''")
+    # every trial exactly once in MLflow, with the outcome Optuna has
+    assert sorted(int(r.data.tags["trial"]) for r in runs) == list(range(8))
+    by_number = {t.number: t for t in trials}
+    for r in runs:
+        t = by_number[int(r.data.tags["trial"])]
+        assert r.info.status == "FINISHED"
+        assert r.data.tags["state"] == t.state.name
+        assert (r.data.tags.get("pruned") == "true") == (t.state.name == "PRUNED")
+        assert t.user_attrs["mlflow_run_id"] == r.info.run_id
+    assert "password" not in str([r.data.params.get("storage.url") for r in runs])
