@@ -12,7 +12,6 @@ setup:
 
 run: setup
 	$(PY) -m epochgraph.cli.train +experiment=pruned_sweep
-	@echo "Browse the runs: make ui"
 
 test: setup
 	$(PY) -m pytest -q
