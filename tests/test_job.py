@@ -35,6 +35,8 @@ def test_keep_weights_stores_only_the_listed_epochs_and_the_last(tracking_uri):
     job = run_job(cfg)
     names = [f.path for f in MlflowClient(tracking_uri).list_artifacts(job.run_id, "weights")]
     assert names == ["weights/epoch_001.safetensors", "weights/epoch_003.safetensors"]
+    metrics = MlflowClient(tracking_uri).get_run(job.run_id).data.metrics
+    assert metrics["weights_saved_bytes"] == metrics["weights_bytes"] / 2  # 1 of 3 snapshots skipped
 
 
 def test_diverged_run_ends_finished_and_tagged(tracking_uri):

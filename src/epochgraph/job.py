@@ -65,6 +65,11 @@ def run_job(cfg: DictConfig, *, extra_hooks: Sequence[EpochHook] = (), parent_ru
         result = train(plain, hooks=hooks, splits=splits)
         final = {"test_acc": result.test_acc, "test_loss": result.test_loss, "epochs_run": result.epochs_run,
                  "weights_bytes": logger.weights_bytes}
+        if logger.skipped_epochs:
+            final["weights_saved_bytes"] = logger.weights_saved_bytes
+            log.info("weights kept for %d epochs, %d skipped (mlflow.keep_weights): %.1f MB stored, %.1f MB saved",
+                     logger.kept, logger.skipped_epochs, logger.weights_bytes / 2**20,
+                     logger.weights_saved_bytes / 2**20)
         if result.history:
             final["final_val_acc"] = result.history[-1]["val_acc"]
         tracking.log_metrics(client, run_id, final, step=result.epochs_run)

@@ -185,6 +185,14 @@ class MlflowEpochLogger:
         self.client, self.run_id = client, run_id
         self.log_weights, self.keep_weights = log_weights, keep_weights
         self.weights_bytes = 0
+        self.skipped_epochs = 0
+        self.kept = 0
+
+    @property
+    def weights_saved_bytes(self) -> int:
+        """Storage the skipped snapshots would have taken (every snapshot has the same size)."""
+        kept = max(1, self.kept)
+        return self.skipped_epochs * self.weights_bytes // kept
 
     def on_epoch_end(self, state: EpochState) -> None:
         log_metrics(self.client, self.run_id, {k: v for k, v in state.metrics.items()
@@ -192,8 +200,11 @@ class MlflowEpochLogger:
                     step=state.epoch)
         set_tags(self.client, self.run_id, state.tags)
         if self.log_weights and (self.keep_weights is None or state.epoch in self.keep_weights
-                                 or state.diverged):
+                                 or state.diverged or state.prune):
             self.weights_bytes += log_weights(self.client, self.run_id, state.model, state.epoch)
+            self.kept += 1
+        elif self.log_weights:
+            self.skipped_epochs += 1
 
 
 def log_weights(client: MlflowClient, run_id: str, model, epoch: int) -> int:

@@ -65,9 +65,34 @@ def search_space(arguments: list[str]) -> tuple[dict[str, BaseDistribution], dic
                               f"hydra.sweeper.params.optim.lr='tag(log, interval(0.001, 1.0))'") from None
     space, fixed = {}, {}
     for o in parsed:
-        d = distribution(o)
+        try:
+            d = distribution(o)
+        except ValueError as err:  # Optuna's own checks: low > high, log scale from 0, ...
+            raise EpochgraphError(f"malformed search space entry {o.input_line!r}: {err}") from None
         (space if isinstance(d, BaseDistribution) else fixed)[o.get_key_element()] = d
     return space, fixed
+
+
+def close_orphan_runs(study: optuna.Study, client, experiment: str) -> int:
+    """End as KILLED the MLflow trial runs still RUNNING whose Optuna trial is no longer running (their
+    worker died: its trial was failed as stale). Returns how many were closed."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return 0
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    runs = client.search_runs([exp.experiment_id], f"tags.study = '{study.study_name}' and "
+                              "attributes.status = 'RUNNING' and tags.trial != ''")
+    closed = 0
+    for run in runs:
+        state = states.get(int(run.data.tags["trial"]))
+        if state is not None and state != TrialState.RUNNING:
+            client.set_tag(run.info.run_id, "state", state.name)
+            client.set_tag(run.info.run_id, "error", "its worker stopped; the trial was failed as stale")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            log.warning("trial %d: MLflow run %s was left RUNNING by a dead worker; closed as KILLED",
+                        int(run.data.tags["trial"]), run.info.run_id)
+            closed += 1
+    return closed
 
 
 class EpochgraphSweeper(Sweeper):
@@ -115,6 +140,7 @@ class EpochgraphSweeper(Sweeper):
                                     direction=self.direction, load_if_exists=True)
         optuna.storages.fail_stale_trials(study)
         client = tracking.get_client(cfg.mlflow.tracking_uri)
+        close_orphan_runs(study, client, str(cfg.mlflow.experiment))
         parent = study.user_attrs.get("mlflow_parent_run_id")
         with tracking.mlflow_run(client, cfg.mlflow.experiment, run_name=name, run_id=parent,
                                  tags={"epochgraph.role": "sweep", "study": name, "pruner": str(cfg.pruner._target_),
