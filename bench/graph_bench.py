@@ -72,11 +72,12 @@ def zoo_rows() -> list[dict]:
                "epoch_s": epoch_time(model)}
         for backend in ("graph_tool", "arrays", "blocks", "auto"):
             snapshot_signature(topo, sd, backend=backend)  # warm-up (imports)
-            row[f"graph_{backend}_s"] = _median_time(lambda: snapshot_signature(topo, sd, backend=backend))
+            row[f"graph_{backend}_s"] = _median_time(
+                lambda t=topo, w=sd, b=backend: snapshot_signature(t, w, backend=b))
         u_nodes, u_edges = unrolled_size(model, 1, 28)
         row.update(unrolled_nodes=u_nodes, unrolled_edges=u_edges, unrolled_mb=u_edges * 24 / 2**20)
         try:
-            row["unrolled_s"] = _median_time(lambda: unrolled_degree(model, 1, 28), 3)
+            row["unrolled_s"] = _median_time(lambda m=model: unrolled_degree(m, 1, 28), 3)
             row["unrolled_status"] = "ok"
         except OverBudget as err:
             row["unrolled_s"] = None

@@ -179,7 +179,8 @@ def test_temporal_variants_on_a_hand_worked_example():
     ts = TemporalSignature(["degree"])
     for v in (1.0, 4.0, 7.0):
         ts.append({f"sig/degree/{a}": v * (i + 1) for i, a in enumerate(AGGREGATORS)})
-    col = lambda m: m[:, 0]  # noqa: E731 - the median column: 1, 4, 7
+    def col(m):
+        return m[:, 0]
     assert list(col(ts.matrix(3, "plain"))) == [1, 4, 7]
     assert np.allclose(col(ts.matrix(3, "wavg")), [1, (1 + 8) / 3, (1 + 8 + 21) / 6])
     assert np.allclose(col(ts.matrix(3, "expavg", alpha=0.5)), [1, 2.5, 4.75])

@@ -49,7 +49,8 @@ def test_pruned_trials_are_recorded_in_optuna_and_mlflow(tmp_path):
 
 
 def test_signature_pruner_prunes_after_warm_up_and_sweep_resumes(tmp_path):
-    over = ["trainer.epochs=3", "data.train_size=1000", "hydra.sweeper.n_trials=6", "pruner.n_startup_trials=3", "pruner.min_per_class=1",
+    over = ["trainer.epochs=3", "data.train_size=1000", "hydra.sweeper.n_trials=6", "pruner.n_startup_trials=3",
+            "pruner.min_per_class=1",
             "pruner.check_epochs=[2]", "pruner.bound=0.5", "hydra.sweeper.sampler.n_startup_trials=6"]
     _, storage, tracking = _sweep(tmp_path, *over)
     study = optuna.load_study(study_name="tiny", storage=storage)

@@ -2,11 +2,11 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from epochgraph.errors import EpochgraphError
 from epochgraph.training import train
 from tests.conftest import TINY, compose_train
-from omegaconf import OmegaConf
 
 
 def _cfg(*overrides):

@@ -129,11 +129,10 @@ def _add_weight_features(client, rec: RunRecord, epochs: int, sources: Sequence[
             except EpochgraphError as err:
                 print(f"epochgraph: skipped for the weight baselines: {err}", file=sys.stderr)
                 return
-            feats = {"b_wl": lambda: b_wl(topo, sd), "b_what": lambda: b_what(topo, sd),
-                     "b_wprime": lambda: b_wprime(topo, sd)}
+            feats = {"b_wl": b_wl, "b_what": b_what, "b_wprime": b_wprime}
             for s in sources:
                 if s in feats:
-                    per_source[s][epoch - 1] = last[s] = feats[s]()
+                    per_source[s][epoch - 1] = last[s] = feats[s](topo, sd)
             if unrolled_ok:
                 try:
                     model.load_state_dict(sd)
@@ -230,6 +229,10 @@ def markdown_tables(df: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
+def _fmt(r) -> str:
+    return "-" if r is None else f"{r['classifier']} {r['features']} {r['bal_acc_mean']:.2f}"
+
+
 def winners(df: pd.DataFrame) -> str:
     """Per t: the best cell overall, the best graph signature and the best learning-curve cell."""
     lines = ["| t | best overall | best graph signature | learning curve (best classifier) | signature - curve |",
@@ -242,8 +245,9 @@ def winners(df: pd.DataFrame) -> str:
         s = sig.loc[sig["bal_acc_mean"].idxmax()] if len(sig) else None
         c = cur.loc[cur["bal_acc_mean"].idxmax()] if len(cur) else None
         diff = f"{s['bal_acc_mean'] - c['bal_acc_mean']:+.2f}" if s is not None and c is not None else "-"
-        fmt = lambda r: "-" if r is None else f"{r['classifier']} {r['features']} {r['bal_acc_mean']:.2f}"  # noqa: E731
-        lines.append(f"| {t} | {fmt(best)} | {fmt(s)} | {fmt(c)} | {diff} |")
+        def fmt(r):
+            return "-" if r is None else f"{r['classifier']} {r['features']} {r['bal_acc_mean']:.2f}"
+        lines.append(f"| {t} | {_fmt(best)} | {_fmt(s)} | {_fmt(c)} | {diff} |")
     return "\n".join(lines)
 
 

@@ -44,7 +44,7 @@ class EdgeArrays:
 
     @property
     def num_edges(self) -> int:
-        return int(len(self.src))
+        return len(self.src)
 
 
 def _as_tensor(value) -> torch.Tensor:

@@ -98,7 +98,7 @@ class _Terminated(Exception):
 
 @contextlib.contextmanager
 def _sigterm_as_exception() -> Iterator[None]:
-    def handler(signum, frame):  # noqa: ARG001
+    def handler(signum, frame):
         raise _Terminated("terminated by SIGTERM")
 
     try:

@@ -35,4 +35,4 @@ def build_model(name: str, *, in_channels: int, image_size: int, num_classes: in
     return cls(in_channels=in_channels, image_size=image_size, num_classes=num_classes, **kwargs)
 
 
-__all__ = ["ZOO", "AlexNet", "LeNet5", "ResNet", "VGG", "build_model"]
+__all__ = ["VGG", "ZOO", "AlexNet", "LeNet5", "ResNet", "build_model"]

@@ -1,7 +1,7 @@
 """Structured config of the epochgraph sweeper (``hydra/sweeper=epochgraph``)."""
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional  # noqa: UP035 - OmegaConf structured configs need them
 
 from hydra.core.config_store import ConfigStore
 
