@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 MLFLOW_DB ?= mlruns/mlflow.db
 
-.PHONY: setup run test test-slow ui server bench lint clean
+.PHONY: setup run test test-slow ui server bench lint clean population compare
 
 setup:
 	@bash scripts/setup.sh
@@ -33,6 +33,13 @@ server: setup
 	@echo "MLflow tracking server on http://$(HOST):$(PORT) (backend: $(MLFLOW_BACKEND)); use mlflow.tracking_uri=http://$(HOST):$(PORT)"
 	.venv/bin/mlflow server --backend-store-uri $(MLFLOW_BACKEND) --artifacts-destination $(CURDIR)/mlruns/artifacts \
 		--serve-artifacts --host $(HOST) --port $(PORT)
+
+# the recorded LeNet population and the comparison of forecasters on it (paper Q1)
+population: setup
+	$(PY) -m epochgraph.cli.train +experiment=population_lenet
+
+compare: setup
+	$(PY) -m epochgraph.cli.compare experiment=population_lenet epochs=5
 
 bench: setup
 	$(PY) bench/graph_bench.py
