@@ -63,13 +63,14 @@ class SignaturePruner(BasePruner):
         label_quantile, label_threshold: the label rule (exactly one).
         model_uri: a registered predictor instead of the online one.
         seed: classifier seed.
+        refit_every: refit the online predictor once this many more trials completed (1: at each).
     """
 
     def __init__(self, bound: float = 0.3, check_epochs: Sequence[int] = (2, 3), n_startup_trials: int = 8,
                  min_per_class: int = 3, classifier: str = "svm", classifier_params: Mapping[str, Any] | None = None,
                  source: str = "signature", centralities: Sequence[str] = CENTRALITIES, variant: str = "plain",
                  alpha: float = 0.5, label_quantile: float | None = 0.5, label_threshold: float | None = None,
-                 model_uri: str | None = None, seed: int = 0) -> None:
+                 model_uri: str | None = None, seed: int = 0, refit_every: int = 1) -> None:
         if not 0 < bound < 1:
             raise ValueError(f"bound={bound} must be in (0, 1), e.g. 0.3")
         if n_startup_trials < 2:
@@ -93,7 +94,11 @@ class SignaturePruner(BasePruner):
         self._registered: SignaturePredictor | None = load_predictor(model_uri) if model_uri else None
         if self._registered is not None:
             self.check_epochs = [self._registered.spec.t]
+        if refit_every < 1:
+            raise ValueError(f"refit_every={refit_every} must be >= 1")
+        self.refit_every = int(refit_every)
         self._cache: dict[tuple[int, frozenset[int]], SignaturePredictor | None] = {}
+        self._last_fit: dict[int, tuple[int, SignaturePredictor | None]] = {}  # t -> (n completed, predictor)
         self.last_forecast: dict[int, float] = {}  # trial number -> last P(high), for the job to record
 
     def _online(self, study: optuna.Study, t: int) -> SignaturePredictor | None:
@@ -101,6 +106,9 @@ class SignaturePruner(BasePruner):
                 if tr.value is not None and math.isfinite(tr.value)]
         if len(done) < self.n_startup_trials:
             return None
+        last = self._last_fit.get(t)
+        if last is not None and last[1] is not None and len(done) - last[0] < self.refit_every:
+            return last[1]
         key = (t, frozenset(tr.number for tr in done))
         if key not in self._cache:
             values = [tr.value for tr in done]
@@ -113,6 +121,7 @@ class SignaturePruner(BasePruner):
                 self._cache[key] = SignaturePredictor(
                     FeatureSpec(t=t, **self.spec_kwargs), self.rule, self.classifier, self.classifier_params,
                     self.seed).fit(histories, values)
+            self._last_fit[t] = (len(done), self._cache[key])
         return self._cache[key]
 
     def forecast(self, study: optuna.Study, trial: FrozenTrial) -> float | None:
