@@ -140,7 +140,8 @@ def write(experiment: str, runs, n_epochs: int, n_orders: int, table: dict) -> N
          "pruners": table}, indent=2))
     finals = [r.final_acc for r in runs]
     lines = [f"# Pruner replay on `{experiment}`", "",
-             f"{len(runs)} recorded runs of up to {n_epochs} epochs (final val_acc {min(finals):.3f}–{max(finals):.3f}), "
+             f"{len(runs)} recorded runs of up to {n_epochs} epochs "
+             f"(final val_acc {min(finals):.3f}–{max(finals):.3f}), "
              f"replayed in {n_orders} random orders; mean ± std over orders. Machine: {machine['cpu_count']} cores. "
              "High = final val_acc at or above the population median.", "",
              "| pruner | epochs trained | regret | orders with zero regret | false-prune rate | pruned trials "
