@@ -112,3 +112,20 @@ def test_unknown_pruner_name_lists_the_choices(tmp_path):
     proc = subprocess.run(_sweep_cmd(tmp_path, "pruner=nope"), capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "Could not find 'pruner/nope'" in proc.stderr and "signature" in proc.stderr
+
+
+def test_sigterm_ends_the_run_killed_and_the_process(tmp_path):
+    tracking = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    proc = subprocess.Popen([*BASE, *TINY, "trainer.epochs=200", f"mlflow.tracking_uri={tracking}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = MlflowClient(tracking)
+    deadline = time.time() + 120
+    runs = []
+    while time.time() < deadline and not runs:
+        time.sleep(0.5)
+        exp = client.get_experiment_by_name("epochgraph")
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    assert client.get_run(runs[0].info.run_id).info.status == "KILLED"

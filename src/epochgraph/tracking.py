@@ -92,8 +92,9 @@ def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-class _Terminated(Exception):
-    """SIGTERM turned into an exception so that open runs are closed as KILLED."""
+class _Terminated(BaseException):
+    """SIGTERM turned into an exception so that open runs are closed as KILLED; a BaseException, like
+    KeyboardInterrupt, so that no job runner (Hydra catches Exception per job) swallows it."""
 
 
 @contextlib.contextmanager
