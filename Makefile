@@ -41,8 +41,10 @@ population: setup
 compare: setup
 	$(PY) -m epochgraph.cli.compare experiment=population_lenet epochs=5
 
+# graph stage vs training (always), then the pruner replay on the recorded population (make population)
 bench: setup
 	$(PY) bench/graph_bench.py
+	$(PY) bench/replay.py --experiment population_lenet --orders 20
 
 lint: setup
 	.venv/bin/ruff check src tests bench
