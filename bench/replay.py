@@ -160,7 +160,7 @@ def write(experiment: str, runs, n_epochs: int, n_orders: int, table: dict) -> N
         ax.annotate(name, (a["epochs_frac"][0], a["regret"][0]), fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("fraction of epochs trained (lower = more saved)")
     ax.set_ylabel("regret (best final val_acc missed)")
-    ax.set_title(f"Pruner replay on {experiment}: blue = signature, green = curve, orange = Optuna")
+    ax.set_title(f"{experiment}: signature (blue), curve (green), Optuna (orange)", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(OUT / f"replay_{experiment}.png", dpi=130)
