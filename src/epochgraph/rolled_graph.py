@@ -9,24 +9,39 @@ Edges join consecutive layers (and the two ends of a residual shortcut), built v
   edge (k -> o) = ||W[o, k*spatial:(k+1)*spatial]||_2;
 * identity shortcut: edge (i -> i) = 1; a projection shortcut (1x1 conv) is a conv like any other.
 
-**BatchNorm** is folded into the layer it follows: at inference it multiplies the output of filter l by
-gamma_l / sqrt(running_var_l + eps), so every edge into filter l is scaled by that factor's absolute
-value (the shift beta - mean * scale only moves the bias). The graph is undirected: the centralities
-of S2 are taken on the symmetric weighted adjacency.
+**BatchNorm** is folded into the layer it follows. At inference it maps filter l's output x_l to
+gamma_l (x_l - mean_l) / sqrt(running_var_l + eps) + beta_l (eps = 1e-5), so every edge into filter l
+of that connection is multiplied by scale_l = |gamma_l| / sqrt(running_var_l + eps) (the absolute
+value: edge weights are magnitudes). The node attribute ``bias`` is the folded bias
+gamma_l (b_l - mean_l) / sqrt(running_var_l + eps) + beta_l, summed over every BatchNorm that feeds
+the node (a residual block output gets its own and its projection shortcut's); nodes without bias
+or BatchNorm (the input channels, bias-free layers) have bias 0.
 
-`edge_arrays` returns plain numpy arrays (the fast path, also what the scipy centralities use);
-`rolled_graph` puts them into a `graph_tool.Graph`, the reference representation.
+The graph is undirected: the centralities of S2 are taken on the symmetric weighted adjacency.
+Weights are read in their own precision (float32 norms are 4x faster on large layers) and widened
+to float64; a norm that overflows float32 is recomputed in float64.
+
+Three representations of the same edges:
+
+* `edge_arrays`: plain numpy arrays ``src, dst, weight`` (no graph object, no Python loop over edges);
+* `rolled_graph`: a `graph_tool.Graph` with edge property ``weight`` and vertex properties ``bias``
+  and ``group`` - the reference the other two are tested against;
+* `block_graph`: one dense weight block per connection, for large graphs (see `BlockGraph`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from epochgraph.topology import Connection, Topology
+
+if TYPE_CHECKING:
+    import graph_tool
 
 BN_EPS = 1e-5
 
@@ -51,30 +66,68 @@ def _as_tensor(value) -> torch.Tensor:
     return value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
 
 
-def bn_scale(state_dict: Mapping[str, torch.Tensor], prefix: str) -> torch.Tensor:
-    """|gamma| / sqrt(running_var + eps) of the BatchNorm at ``prefix``."""
+def bn_scale(state_dict: Mapping[str, torch.Tensor], prefix: str, signed: bool = False) -> torch.Tensor:
+    """|gamma| / sqrt(running_var + eps) of the BatchNorm at ``prefix`` (gamma / ... if ``signed``)."""
     gamma = _as_tensor(state_dict[f"{prefix}.weight"]).double()
     var = _as_tensor(state_dict[f"{prefix}.running_var"]).double()
-    return gamma.abs() / torch.sqrt(var + BN_EPS)
+    return (gamma if signed else gamma.abs()) / torch.sqrt(var + BN_EPS)
+
+
+def _prefix(key: str) -> str:
+    return key.rsplit(".", 1)[0]
+
+
+def node_biases(topology: Topology, state_dict: Mapping[str, torch.Tensor]) -> np.ndarray:
+    """The ``bias`` node attribute: every layer's bias with its BatchNorm folded in, 0 where none."""
+    offsets = topology.offsets()
+    raw = {g: _as_tensor(state_dict[k]).detach().double().reshape(-1) for g, k in topology.biases.items()
+           if k in state_dict}
+    out = {g: torch.zeros(n, dtype=torch.float64) for g, n in topology.groups.items()}
+    folded: set[str] = set()
+    for conn in topology.connections:
+        if conn.bn is None:
+            continue
+        scale = bn_scale(state_dict, conn.bn, signed=True)
+        mean = _as_tensor(state_dict[f"{conn.bn}.running_mean"]).double()
+        beta = _as_tensor(state_dict[f"{conn.bn}.bias"]).double()
+        b = torch.zeros_like(mean)
+        key = topology.biases.get(conn.dst)
+        # the layer's own bias passes through the BatchNorm that follows that layer
+        if conn.dst in raw and conn.weight is not None and key is not None and _prefix(key) == _prefix(conn.weight):
+            b = raw[conn.dst]
+            folded.add(conn.dst)
+        out[conn.dst] += scale * (b - mean) + beta
+    for g, b in raw.items():
+        if g not in folded:
+            out[g] += b
+    bias = np.zeros(topology.num_nodes)
+    for g, v in out.items():
+        bias[offsets[g]: offsets[g] + topology.groups[g]] = v.numpy()
+    return bias
+
+
+def _norms(conn: Connection, w: torch.Tensor, n_src: int, n_dst: int) -> torch.Tensor:
+    if conn.kind == "conv":
+        return torch.linalg.vector_norm(w.reshape(n_dst, n_src, -1), dim=2)
+    if conn.kind == "linear":
+        return w.abs()
+    if conn.kind == "flatten":
+        return torch.linalg.vector_norm(w.reshape(n_dst, n_src, conn.spatial), dim=2)
+    raise ValueError(f"unknown connection kind {conn.kind!r}")  # pragma: no cover - Topology admits no other
 
 
 def connection_weights(conn: Connection, state_dict: Mapping[str, torch.Tensor], n_src: int,
                        n_dst: int) -> torch.Tensor:
-    """The ``[n_dst, n_src]`` matrix of edge weights of one connection (float64)."""
+    """The ``[n_dst, n_src]`` matrix of edge weights of one connection (float64, BatchNorm folded)."""
     if conn.kind == "identity":
         return torch.eye(n_dst, n_src, dtype=torch.float64)
     # norms are taken in the weights' own precision (float32: 4x faster on large layers), then widened
     w = _as_tensor(state_dict[conn.weight]).detach()
     if not w.is_floating_point():
         w = w.double()
-    if conn.kind == "conv":
-        m = torch.linalg.vector_norm(w.reshape(n_dst, n_src, -1), dim=2)
-    elif conn.kind == "linear":
-        m = w.abs()
-    elif conn.kind == "flatten":
-        m = torch.linalg.vector_norm(w.reshape(n_dst, n_src, conn.spatial), dim=2)
-    else:  # pragma: no cover - Topology only admits the kinds above
-        raise ValueError(f"unknown connection kind {conn.kind!r}")
+    m = _norms(conn, w, n_src, n_dst)
+    if not bool(torch.isfinite(m).all()) and bool(torch.isfinite(w).all()):
+        m = _norms(conn, w.double(), n_src, n_dst)  # float32 overflow of a finite, very large weight
     m = m.to(torch.float64)
     if conn.bn is not None:
         m = m * bn_scale(state_dict, conn.bn)[:, None]
@@ -82,7 +135,9 @@ def connection_weights(conn: Connection, state_dict: Mapping[str, torch.Tensor],
 
 
 def edge_arrays(topology: Topology, state_dict: Mapping[str, torch.Tensor]) -> EdgeArrays:
-    """All edges of the rolled graph as numpy arrays, with no Python loop over edges."""
+    """All edges of the rolled graph as numpy arrays (the graph-tool-free path), with no Python loop
+    over edges: per connection, the weight matrix is flattened row-major and its indices are a tile /
+    repeat of the two groups' node ranges."""
     offsets = topology.offsets()
     srcs, dsts, weights = [], [], []
     for conn in topology.connections:
@@ -99,18 +154,13 @@ def edge_arrays(topology: Topology, state_dict: Mapping[str, torch.Tensor]) -> E
         dsts.append(offsets[conn.dst] + np.repeat(np.arange(n_dst), n_src))
         weights.append(m.reshape(-1).numpy())
     group = np.repeat(np.arange(len(topology.groups)), list(topology.groups.values()))
-    bias = np.zeros(topology.num_nodes)
-    for name, key in topology.biases.items():
-        if key in state_dict:
-            bias[offsets[name]: offsets[name] + topology.groups[name]] = (
-                _as_tensor(state_dict[key]).detach().double().numpy())
     return EdgeArrays(np.concatenate(srcs).astype(np.int64), np.concatenate(dsts).astype(np.int64),
-                      np.concatenate(weights), topology.num_nodes, group, bias)
+                      np.concatenate(weights), topology.num_nodes, group, node_biases(topology, state_dict))
 
 
-def graph_from_arrays(edges: EdgeArrays):
-    """A `graph_tool.Graph` (undirected) with edge property ``weight`` and vertex properties
-    ``group`` and ``bias``."""
+def graph_from_arrays(edges: EdgeArrays) -> graph_tool.Graph:
+    """A `graph_tool.Graph` (undirected) with edge property ``weight`` (double) and vertex properties
+    ``group`` (int, index of the node group in topology order) and ``bias`` (double)."""
     import graph_tool
 
     g = graph_tool.Graph(directed=False)
@@ -127,7 +177,7 @@ def graph_from_arrays(edges: EdgeArrays):
     return g
 
 
-def rolled_graph(topology: Topology, state_dict: Mapping[str, torch.Tensor]):
+def rolled_graph(topology: Topology, state_dict: Mapping[str, torch.Tensor]) -> graph_tool.Graph:
     """The rolled graph of a model's weights as a `graph_tool.Graph` (see the module docstring)."""
     return graph_from_arrays(edge_arrays(topology, state_dict))
 
