@@ -2,11 +2,15 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
+from optuna.distributions import CategoricalDistribution
 
-from tests.conftest import TINY
+from hydra_plugins.epochgraph_sweeper.sweeper import search_space
+from tests.conftest import CONF_DIR, TINY
 
 
 def _sweep(tmp_path, *overrides):
@@ -69,3 +73,41 @@ def test_signature_pruner_prunes_after_warm_up_and_sweep_resumes(tmp_path):
     assert len(parents) == 1  # the sweep's parent run is reused, not duplicated
     trial_runs = client.search_runs([exp.experiment_id], "tags.study = 'tiny' and tags.trial != ''")
     assert sorted(int(r.data.tags["trial"]) for r in trial_runs) == list(range(8))
+
+
+SAMPLERS = sorted(p.stem for p in (Path(CONF_DIR) / "hydra" / "sweeper" / "sampler").glob("*.yaml"))
+
+
+def _sweeper(*overrides):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["hydra/sweeper=epochgraph", *overrides],
+                      return_hydra_config=True)
+    return instantiate(cfg.hydra.sweeper)
+
+
+def test_plain_sweeper_has_a_default_search_space():
+    sweeper = _sweeper()
+    space, fixed = search_space([f"{k}={v}" for k, v in sweeper.params.items()])
+    assert set(space) == {"optim.lr", "optim.momentum"} and not fixed
+    assert space["optim.lr"].log and (space["optim.lr"].low, space["optim.lr"].high) == (0.001, 1.0)
+    assert isinstance(sweeper.sampler_cfg, optuna.samplers.TPESampler)
+
+
+def test_command_line_entries_replace_add_and_drop_search_space_entries():
+    sweeper = _sweeper("++hydra.sweeper.params.optim.lr='interval(0.01, 0.1)'",
+                       "++hydra.sweeper.params.optim.momentum=null",
+                       "++hydra.sweeper.params.model.dropout='choice(0.0, 0.25)'")
+    space, _ = search_space([f"{k}={v}" for k, v in sweeper.params.items()] + ["trainer.batch_size=32,64"])
+    assert set(space) == {"optim.lr", "model.dropout", "trainer.batch_size"}
+    assert (space["optim.lr"].low, space["optim.lr"].high, space["optim.lr"].log) == (0.01, 0.1, False)
+    assert space["trainer.batch_size"] == CategoricalDistribution([32, 64])
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_every_sampler_preset_builds_an_optuna_sampler(name):
+    sampler = _sweeper(f"hydra/sweeper/sampler={name}").sampler_cfg
+    assert isinstance(sampler, optuna.samplers.BaseSampler)
+    assert type(sampler).__name__.lower().startswith(name.replace("_", ""))

@@ -57,6 +57,31 @@ def distribution(override: Override) -> BaseDistribution | str:
                           f"range(...) or interval(...) (tag(log, interval(...)) for a log scale)")
 
 
+def flat_params(params: Any) -> dict[str, str]:
+    """``hydra.sweeper.params`` as ``{"optim.lr": "tag(log, interval(...))"}``.
+
+    YAML gives dotted keys (``optim.lr: ...``) while a command-line override
+    ``hydra.sweeper.params.optim.lr=...`` nests (``optim: {lr: ...}``); both name the same entry, a
+    later one wins over an earlier one, and a null value removes the entry.
+    """
+    if params is None:
+        return {}
+    container = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else dict(params)
+    out: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:  # a later entry wins; null removes one (hydra.sweeper.params.optim.momentum=null)
+                out.pop(f"{prefix}{key}", None)
+                if value is not None:
+                    out[f"{prefix}{key}"] = str(value)
+
+    walk(container, "")
+    return out
+
+
 def search_space(arguments: list[str]) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
     try:
         parsed = OverridesParser.create().parse_overrides(arguments)
@@ -96,6 +121,18 @@ def close_orphan_runs(study: optuna.Study, client, experiment: str) -> int:
 
 
 class EpochgraphSweeper(Sweeper):
+    """Hydra sweeper driving an Optuna study; see the module docstring and ``conf/hydra/sweeper/epochgraph.yaml``.
+
+    Args:
+        params: the search space (``{"optim.lr": "tag(log, interval(0.001, 1.0))", ...}``).
+        direction: ``maximize`` (val_acc) or ``minimize``.
+        n_trials: finished (complete or pruned) trials the study should hold at the end.
+        n_jobs: trials asked and launched together, in parallel with a parallel launcher.
+        study_name: the Optuna study (default ``<mlflow.experiment>-sweep``); an existing one is resumed.
+        sampler: an Optuna sampler or its ``_target_`` config.
+        max_failure_rate: abort when a larger share of a batch's trials fails.
+    """
+
     def __init__(self, params: DictConfig | None = None, direction: str = "maximize", n_trials: int = 20,
                  n_jobs: int = 1, study_name: str | None = None, sampler: Any = None,
                  max_failure_rate: float = 0.25) -> None:
@@ -105,7 +142,7 @@ class EpochgraphSweeper(Sweeper):
             raise EpochgraphError(f"hydra.sweeper.n_jobs={n_jobs} must be >= 1")
         if direction not in ("maximize", "minimize"):
             raise EpochgraphError(f"hydra.sweeper.direction={direction!r}; use maximize or minimize")
-        self.params = dict(params or {})
+        self.params = flat_params(params)
         self.direction, self.n_trials, self.n_jobs = direction, n_trials, n_jobs
         self.study_name, self.sampler_cfg, self.max_failure_rate = study_name, sampler, max_failure_rate
         self.job_idx = 0
