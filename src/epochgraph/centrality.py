@@ -1,18 +1,33 @@
 """Node centralities of a rolled graph (paper S2): weighted degree and eigenvector centrality.
 
-Both come in two forms that must agree: on a `graph_tool.Graph` (the reference) and on the plain
-`EdgeArrays` (the fast path, no graph object).
+Each comes in three forms that agree to rounding: on a `graph_tool.Graph` (the reference), on the
+plain `EdgeArrays` (a scipy CSR adjacency, no graph object) and on a `BlockGraph` (dense blocks).
+All return a float64 numpy array indexed by vertex.
+
+**Weighted degree**: the sum of the weights of the edges at a vertex.
 
 **Eigenvector centrality on k-partite graphs.** A chain of layers is bipartite, so the adjacency
 spectrum is symmetric (+lambda, -lambda) and plain power iteration (what graph-tool's ``eigenvector()``
 does) oscillates and never converges. We take the eigenvector of the largest *algebraic* eigenvalue
-with Lanczos (``scipy.sparse.linalg.eigsh(which="LA")``), which is unaffected by the -lambda twin.
+of the symmetric weighted adjacency, which is unaffected by the -lambda twin: a dense symmetric
+solver up to `DENSE_MAX_NODES` vertices, Lanczos (``scipy.sparse.linalg.eigsh(which="LA", k=1)``)
+from the fixed start vector 1/sqrt(n) above, so the result is deterministic.
+
 Normalisation: unit L2 norm, sign chosen so the entries sum to a positive value (the Perron vector
-of a connected graph is then entrywise >= 0). A graph without any positive weight gets the uniform
-vector 1/sqrt(n).
+of a connected graph is then entrywise >= 0), as ``networkx.eigenvector_centrality_numpy`` after
+dividing by its norm. Defined results for degenerate graphs:
+
+* no edge with positive weight (empty or all-zero graph): the uniform vector 1/sqrt(n);
+* disconnected graph: the leading eigenvector, which is zero outside the component(s) with the
+  largest spectral radius; when several components tie for it, the normalised projection of the
+  all-ones vector onto that eigenspace (the dense solver computes exactly this; Lanczos started from
+  the all-ones vector converges to it, since its Krylov space holds only that direction of the
+  eigenspace).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -20,17 +35,19 @@ from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator
 
 from epochgraph.rolled_graph import BlockGraph, EdgeArrays
 
+if TYPE_CHECKING:
+    import graph_tool
+
 CENTRALITIES = ("degree", "eigenvector")
+DENSE_MAX_NODES = 400  # below this a dense symmetric solver is as fast as Lanczos, and never fails
+_TIE_RTOL = 1e-9  # eigenvalues this close (relative to the largest |weight|) count as one
 
 
-def weighted_degree(g) -> np.ndarray:
-    """Sum of the weights of the edges at every vertex (graph-tool).
-
-    On an undirected graph graph-tool's "out" degree counts every incident edge; its "total" degree
-    map returns uninitialised memory there (seen with graph-tool 2.45), so it is not used.
-    """
-    kind = "total" if g.is_directed() else "out"
-    return np.array(g.degree_property_map(kind, weight=g.edge_properties["weight"]).a, dtype=float)
+def weighted_degree(g: graph_tool.Graph) -> np.ndarray:
+    """Sum of the ``weight`` edge property at every vertex (graph-tool's weighted total degree)."""
+    pmap = g.degree_property_map("total", weight=g.edge_properties["weight"])
+    # keep ``pmap`` alive while copying: ``pmap.a`` is a view into the property map's own storage
+    return np.array(pmap.a, dtype=np.float64, copy=True)
 
 
 def weighted_degree_arrays(edges: EdgeArrays) -> np.ndarray:
@@ -40,8 +57,13 @@ def weighted_degree_arrays(edges: EdgeArrays) -> np.ndarray:
             + np.bincount(edges.dst, weights=edges.weight, minlength=n))
 
 
+def weighted_degree_blocks(graph: BlockGraph) -> np.ndarray:
+    """Weighted degree from the dense blocks (same values as `weighted_degree`)."""
+    return graph.degree()
+
+
 def adjacency_arrays(edges: EdgeArrays) -> sp.csr_matrix:
-    """Symmetric weighted adjacency matrix (self-loops, if any, counted once)."""
+    """Symmetric weighted adjacency matrix in CSR form (a self-loop, if any, counted once)."""
     n = edges.num_nodes
     off = edges.src != edges.dst
     rows = np.concatenate([edges.src, edges.dst[off]])
@@ -50,12 +72,19 @@ def adjacency_arrays(edges: EdgeArrays) -> sp.csr_matrix:
     return sp.csr_matrix((vals, (rows, cols)), shape=(n, n))
 
 
-DENSE_MAX_NODES = 400  # below this a dense symmetric solver is as fast as Lanczos, and never fails
+def _dense_leading(dense: np.ndarray) -> np.ndarray:
+    """Leading eigenvector of a dense symmetric matrix; a tied leading eigenvalue gives the projection
+    of the all-ones vector onto its eigenspace."""
+    scale = np.abs(dense).max()
+    vals, vecs = np.linalg.eigh(dense / scale)
+    basis = vecs[:, vals >= vals[-1] - _TIE_RTOL]
+    x = basis @ (basis.T @ np.ones(dense.shape[0]))
+    return x if np.linalg.norm(x) > 1e-12 else basis[:, -1]
 
 
-def _lanczos(adj, n: int) -> np.ndarray:
-    """Lanczos (ARPACK) from a deterministic start; a second, seeded random start if ARPACK breaks down
-    (the uniform start can lie in an invariant subspace), and the dense solver as the last resort."""
+def _lanczos(adj: sp.spmatrix | LinearOperator, n: int) -> np.ndarray:
+    """Lanczos (ARPACK) from the all-ones start; a second, seeded random start if ARPACK breaks down
+    (the all-ones start can lie in an invariant subspace), and the dense solver as the last resort."""
     starts = [np.ones(n) / np.sqrt(n), np.random.default_rng(0).random(n) + 0.5]
     for v0 in starts:
         try:
@@ -63,11 +92,12 @@ def _lanczos(adj, n: int) -> np.ndarray:
             return vecs[:, 0]
         except (ArpackNoConvergence, ArpackError):
             continue
-    return np.linalg.eigh(adj @ np.eye(n))[1][:, -1]
+    return _dense_leading(adj @ np.eye(n))
 
 
 def leading_eigenvector(adj: sp.spmatrix | LinearOperator, has_edges: bool | None = None) -> np.ndarray:
-    """Unit-norm, positive-sum eigenvector of the largest algebraic eigenvalue of symmetric ``adj``."""
+    """Unit-norm, positive-sum eigenvector of the largest algebraic eigenvalue of symmetric ``adj``
+    (the normalisation and degenerate cases of the module docstring)."""
     n = adj.shape[0]
     if n == 0:
         return np.zeros(0)
@@ -75,17 +105,14 @@ def leading_eigenvector(adj: sp.spmatrix | LinearOperator, has_edges: bool | Non
         has_edges = adj.nnz > 0 and bool(np.any(adj.data > 0))
     if not has_edges:
         return np.full(n, 1 / np.sqrt(n))
-    if n <= DENSE_MAX_NODES:
-        dense = adj @ np.eye(n)
-        x = np.linalg.eigh(dense / np.abs(dense).max())[1][:, -1]
-    else:
-        x = _lanczos(adj, n)
+    x = _dense_leading(adj @ np.eye(n)) if n <= DENSE_MAX_NODES else _lanczos(adj, n)
     x = x / np.linalg.norm(x)
     return -x if x.sum() < 0 else x
 
 
-def eigenvector_centrality(g) -> np.ndarray:
-    """Eigenvector centrality of a graph-tool graph (on graph-tool's weighted adjacency)."""
+def eigenvector_centrality(g: graph_tool.Graph) -> np.ndarray:
+    """Eigenvector centrality of a graph-tool graph, on ``graph_tool.spectral.adjacency`` of its
+    ``weight`` edge property (a scipy CSR matrix in graph-tool 2.45)."""
     from graph_tool.spectral import adjacency
 
     adj = sp.csr_matrix(adjacency(g, weight=g.edge_properties["weight"]))
@@ -95,11 +122,6 @@ def eigenvector_centrality(g) -> np.ndarray:
 def eigenvector_centrality_arrays(edges: EdgeArrays) -> np.ndarray:
     """Eigenvector centrality from the edge arrays (same values as `eigenvector_centrality`)."""
     return leading_eigenvector(adjacency_arrays(edges))
-
-
-def weighted_degree_blocks(graph: BlockGraph) -> np.ndarray:
-    """Weighted degree from the dense blocks (same values as `weighted_degree`)."""
-    return graph.degree()
 
 
 def eigenvector_centrality_blocks(graph: BlockGraph) -> np.ndarray:

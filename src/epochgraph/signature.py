@@ -1,16 +1,27 @@
 """Graph signatures (paper S3): five aggregators of each centrality per snapshot, and their temporal
 concatenation up to epoch t in three variants.
 
-Aggregators, per centrality: median, mean, std (population, ddof=0), skewness and kurtosis (Fisher's
-definition, so a normal distribution has 0; biased moment estimators, as ``scipy.stats`` defaults).
-A centrality vector with zero spread has skewness and kurtosis defined as 0.
+Aggregators, per centrality vector x (one value per node): median, mean, std (population, ddof=0),
+skewness and kurtosis (``scipy.stats.skew`` / ``scipy.stats.kurtosis`` with their defaults: biased
+moment estimators, ``bias=True``, and Fisher's kurtosis, so a normal distribution has 0). A vector
+with zero spread (std <= 1e-12 * max(1, |mean|)) has skewness and kurtosis 0 instead of scipy's NaN.
 
-Weights with NaN or inf give a defined signature: every value NaN and the flag ``sig/nonfinite`` = 1.
+Weights with NaN or inf give a defined signature, never an exception: every value NaN and the flag
+``sig/nonfinite`` = 1.0 (0.0 otherwise).
+
+Temporal signature up to epoch t (`TemporalSignature`): s^t = s^(1) (+) ... (+) s^(t), where s^(tau)
+is, per variant,
+
+* ``plain``: the snapshot signature of epoch tau;
+* ``wavg``: sum_{j<=tau} j s^(j) / sum_{j<=tau} j (linearly weighted average);
+* ``expavg``: alpha s^(tau) + (1 - alpha) s^(tau-1), recursively over the already averaged s^(tau-1),
+  starting from s^(1).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +48,7 @@ AUTO_BLOCKS_EDGES = 200_000  # above this many edges "auto" uses the blocks path
 
 
 def metric_name(centrality: str, aggregator: str) -> str:
+    """The metric key of one signature value: ``sig/<centrality>/<aggregator>``."""
     return f"sig/{centrality}/{aggregator}"
 
 
@@ -54,6 +66,9 @@ def aggregate(values: np.ndarray) -> np.ndarray:
 
 
 def check_centralities(centralities: Sequence[str]) -> tuple[str, ...]:
+    """The centralities as a tuple; an unknown or empty choice is an `EpochgraphError`."""
+    if isinstance(centralities, str):
+        centralities = (centralities,)
     for c in centralities:
         if c not in CENTRALITIES:
             raise choice_error("centrality", c, CENTRALITIES, key="graph.centralities")
@@ -105,12 +120,43 @@ def snapshot_signature(topology: Topology, state_dict: Mapping[str, torch.Tensor
     return out
 
 
-class TemporalSignature:
-    """The signatures s^1, s^2, ... of one training run, built epoch by epoch.
+def _step_value(item: Any) -> tuple[int | None, float]:
+    """(step, value) of one history entry: an MLflow ``Metric``, a ``(step, value)`` pair, or a bare
+    value (step None: its position decides its epoch)."""
+    if hasattr(item, "step") and hasattr(item, "value"):
+        return int(item.step), float(item.value)
+    if isinstance(item, (tuple, list)) and len(item) == 2:
+        return int(item[0]), float(item[1])
+    return None, float(item) if item is not None else float("nan")
 
-    >>> ts = TemporalSignature()
-    >>> ts.append({"sig/degree/mean": 1.0, ...})      # after epoch 1   # doctest: +SKIP
-    >>> ts.vector(t=3, variant="wavg")                  # s^1 (+) s^2 (+) s^3  # doctest: +SKIP
+
+def _by_epoch(entries: Sequence[Any]) -> dict[int, float]:
+    """``{epoch: value}`` of one metric's history; with steps, the last value logged at a step wins."""
+    out: dict[int, float] = {}
+    for pos, item in enumerate(entries):
+        step, value = _step_value(item)
+        epoch = pos + 1 if step is None else step
+        if epoch < 1:
+            raise EpochgraphError(f"signature metric logged at step {epoch}; epochs are numbered from 1")
+        out[epoch] = value
+    return out
+
+
+class TemporalSignature:
+    """The signatures s^(1), s^(2), ... of one training run, built epoch by epoch.
+
+    It decides what a forecaster sees at epoch t: `vector` is the temporal signature s^t of the paper
+    (section 3, S3) under one of the variants ``plain``, ``wavg``, ``expavg``.
+
+    >>> ts = TemporalSignature(["degree"])
+    >>> for v in (1.0, 4.0, 7.0):
+    ...     ts.append({f"sig/degree/{a}": v for a in AGGREGATORS})
+    >>> ts.vector(3, "wavg")[::5].round(3).tolist()   # the median column at tau = 1, 2, 3
+    [1.0, 3.0, 5.0]
+
+    Args:
+        centralities: the centralities every appended snapshot carries (a subset can be asked of
+            `vector` later).
     """
 
     def __init__(self, centralities: Sequence[str] = CENTRALITIES) -> None:
@@ -130,29 +176,45 @@ class TemporalSignature:
 
     @property
     def nonfinite(self) -> bool:
-        """True when any snapshot so far came from non-finite weights."""
+        """True when any snapshot so far came from non-finite weights (or has a missing value)."""
         return any(self._nonfinite)
 
     @classmethod
-    def from_metric_history(cls, history: Mapping[str, Sequence[float]],
+    def from_metric_history(cls, history: Mapping[str, Sequence[Any]],
                             centralities: Sequence[str] = CENTRALITIES) -> TemporalSignature:
-        """Rebuild from per-metric value lists (index 0 = epoch 1), e.g. read back from MLflow."""
+        """Rebuild from per-metric histories, e.g. read back from MLflow.
+
+        ``history[key]`` is a list of ``(step, value)`` pairs or MLflow ``Metric`` objects (step =
+        epoch, 1-based; a step logged twice keeps its last value), or of bare values (index 0 =
+        epoch 1). An epoch missing from a metric's history is NaN there.
+        """
         ts = cls(centralities)
         keys = [metric_name(c, a) for c in ts.centralities for a in AGGREGATORS]
-        length = max((len(history.get(k, ())) for k in keys), default=0)
-        for i in range(length):
-            snap = {k: history[k][i] if i < len(history.get(k, ())) else np.nan for k in keys}
-            flags = history.get(NONFINITE, ())
-            if i < len(flags):
-                snap[NONFINITE] = flags[i]
+        series = {k: _by_epoch(history.get(k, ())) for k in [*keys, NONFINITE]}
+        length = max((max(series[k], default=0) for k in keys), default=0)
+        for epoch in range(1, length + 1):
+            snap = {k: series[k].get(epoch, np.nan) for k in keys}
+            if epoch in series[NONFINITE]:
+                snap[NONFINITE] = series[NONFINITE][epoch]
             ts.append(snap)
         return ts
 
-    def matrix(self, t: int, variant: str = "plain", alpha: float = 0.5) -> np.ndarray:
-        """``[t, 5 * len(centralities)]``: row tau is s^(tau) under ``variant``.
+    def _columns(self, centralities: Sequence[str] | None) -> np.ndarray:
+        if centralities is None:
+            return np.arange(len(self.centralities) * len(AGGREGATORS))
+        chosen = check_centralities(centralities)
+        missing = [c for c in chosen if c not in self.centralities]
+        if missing:
+            raise EpochgraphError(f"centrality {missing[0]!r} was not recorded; this signature holds "
+                                  f"{', '.join(self.centralities)}")
+        k = len(AGGREGATORS)
+        return np.concatenate([np.arange(k) + k * self.centralities.index(c) for c in chosen])
 
-        plain: s^(tau); wavg: sum_{j<=tau} j s^(j) / sum_{j<=tau} j; expavg: alpha s^(tau) +
-        (1 - alpha) * (the expavg row tau-1), starting from s^(1).
+    def matrix(self, t: int, variant: str = "plain", alpha: float = 0.5,
+               centralities: Sequence[str] | None = None) -> np.ndarray:
+        """``[t, 5 * len(centralities)]``: row tau - 1 is s^(tau) under ``variant`` (module docstring).
+
+        ``centralities`` picks a subset (default: all recorded) in the given order.
         """
         if variant not in VARIANTS:
             raise choice_error("signature variant", variant, VARIANTS, key="variant")
@@ -160,7 +222,7 @@ class TemporalSignature:
             raise EpochgraphError(f"alpha={alpha} must be in (0, 1], e.g. alpha=0.5")
         if t < 1 or t > len(self._rows):
             raise EpochgraphError(f"t={t} is outside the {len(self._rows)} recorded epochs")
-        s = np.vstack(self._rows[:t])
+        s = np.vstack(self._rows[:t])[:, self._columns(centralities)]
         if variant == "plain":
             return s
         if variant == "wavg":
@@ -172,10 +234,13 @@ class TemporalSignature:
             out[tau] = alpha * s[tau] + (1 - alpha) * out[tau - 1]
         return out
 
-    def vector(self, t: int, variant: str = "plain", alpha: float = 0.5) -> np.ndarray:
-        """The temporal signature s^t = s^1 (+) ... (+) s^t (concatenation) under ``variant``."""
-        return self.matrix(t, variant, alpha).reshape(-1)
+    def vector(self, t: int, variant: str = "plain", alpha: float = 0.5,
+               centralities: Sequence[str] | None = None) -> np.ndarray:
+        """The temporal signature s^t = s^(1) (+) ... (+) s^(t) (concatenation) under ``variant``,
+        ``5 * len(centralities) * t`` values ordered as `feature_names`."""
+        return self.matrix(t, variant, alpha, centralities).reshape(-1)
 
-    def feature_names(self, t: int) -> list[str]:
-        return [f"{metric_name(c, a)}@{tau}" for tau in range(1, t + 1)
-                for c in self.centralities for a in AGGREGATORS]
+    def feature_names(self, t: int, centralities: Sequence[str] | None = None) -> list[str]:
+        """Names of the entries of `vector`: ``sig/<centrality>/<aggregator>@<tau>``."""
+        chosen = self.centralities if centralities is None else check_centralities(centralities)
+        return [f"{metric_name(c, a)}@{tau}" for tau in range(1, t + 1) for c in chosen for a in AGGREGATORS]
