@@ -32,7 +32,18 @@ WEIGHTS_RE = re.compile(r"weights/epoch_(\d+)\.safetensors$")
 
 
 class GraphStage:
-    """Epoch hook computing the rolled-graph signature of the model after every epoch."""
+    """Epoch hook: after every epoch, the snapshot signature of the model's rolled graph.
+
+    It adds ``sig/<centrality>/<aggregator>`` and ``sig/nonfinite`` (see
+    `epochgraph.signature.snapshot_signature`) and ``time/graph_s`` to ``state.metrics``, and sets the
+    run tag ``nonfinite_weights=true`` when the weights hold NaN or inf. A numerical failure of the
+    graph stage never ends the training: the epoch's signature is then NaN and the tag ``graph_error``
+    names the cause.
+
+    Args:
+        centralities: which centralities to summarise (``degree``, ``eigenvector``).
+        backend: ``auto``, ``graph_tool``, ``arrays`` or ``blocks`` (same numbers, different speed).
+    """
 
     def __init__(self, centralities: Sequence[str] = CENTRALITIES, backend: str = "auto") -> None:
         self.centralities = check_centralities(centralities)
@@ -92,6 +103,7 @@ def load_weights(client, run_id: str, path: str, dst: str):
     from safetensors.torch import load_file
 
     try:
+        Path(dst).mkdir(parents=True, exist_ok=True)
         local = client.download_artifacts(run_id, path, dst)
         return load_file(local)
     except (SafetensorError, OSError, ValueError) as err:
@@ -125,6 +137,8 @@ def recompute_signatures(run_id: str, tracking_uri: str | None = None,
                 print(f"epochgraph: skipped: {err}", file=sys.stderr)
                 continue
             tracking.log_metrics(client, run_id, sig, step=epoch)
+            if sig[NONFINITE]:
+                tracking.set_tags(client, run_id, {"nonfinite_weights": "true"})
             print(f"epoch {epoch:3d}: {len(sig) - 1} signature values logged", file=sys.stderr)
             done += 1
     return done
