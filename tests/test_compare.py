@@ -1,7 +1,10 @@
 """A tiny comparison on a temporary MLflow store with a handful of real 2-epoch runs."""
 
 import math
+import shutil
+import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -14,7 +17,7 @@ from epochgraph.job import run_job
 from tests.conftest import compose_train
 
 COMPARE_CONF = str(Path(__file__).resolve().parents[1] / "conf" / "compare")
-LRS = [0.0005, 0.001, 0.0008, 0.1, 0.08, 0.12]
+LRS = [0.0005, 0.001, 0.0008, 0.1, 0.08, 0.12]  # seeds 0-2 barely learn in 2 epochs, 3-5 do
 
 
 def _compare_cfg(tracking_uri, out, *overrides):
@@ -25,13 +28,15 @@ def _compare_cfg(tracking_uri, out, *overrides):
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-@pytest.fixture
-def population(tracking_uri):
+@pytest.fixture(scope="module")
+def population(tmp_path_factory):
+    """Six recorded 2-epoch LeNet runs, shared by the tests of this module (they only read them)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('pop') / 'mlruns' / 'mlflow.db'}"
     for i, lr in enumerate(LRS):
         run_job(compose_train(["data.train_size=600", "data.val_size=200", "data.test_size=100", "trainer.epochs=2",
                                "trainer.batch_size=32", "trainer.threads=1", f"optim.lr={lr}", f"seed={i}",
-                               "mlflow.experiment=tiny_pop"], tracking_uri))
-    return tracking_uri
+                               "mlflow.experiment=tiny_pop"], uri))
+    return uri
 
 
 def test_tiny_compare_writes_tables_plots_and_registers(population, tmp_path):
@@ -54,23 +59,76 @@ def test_tiny_compare_writes_tables_plots_and_registers(population, tmp_path):
     assert {a.path for a in client.list_artifacts(comp.info.run_id)} >= {"comparison.csv", "comparison.md",
                                                                            "balanced_accuracy_vs_t.png"}
     assert comp.data.tags["registered_model"] == "models:/tiny-sig@champion"
+    from epochgraph.compare import load_runs
     from epochgraph.predictor import load_predictor
 
-    assert load_predictor("models:/tiny-sig@champion").spec.t == 2
+    loaded = load_predictor("models:/tiny-sig@champion")
+    assert loaded.spec.t == 2 and loaded.classifier == "svm"
+    runs = load_runs(client, "tiny_pop", 2)
+    # the registered model is the one fitted on all runs: refitting the same spec gives the same forecasts
+    from epochgraph.predictor import SignaturePredictor
+
+    refit = SignaturePredictor(loaded.spec, loaded.rule, "svm", loaded.params, loaded.seed)
+    refit.fit([r.history for r in runs], [r.final_acc for r in runs])
+    histories = [r.history for r in runs]
+    assert (loaded.predict_proba_high(histories) == refit.predict_proba_high(histories)).all()
     md = (out / "comparison.md").read_text()
     assert "Which signal wins at each t" in md and "signature-both-plain" in md
 
 
-def test_transfer_split_and_clear_errors(population, tmp_path):
-    cfg = _compare_cfg(population, tmp_path / "q2", "classifiers=[svm]", "baselines=[curve]",
-                       "train_on={seed: 0}", "test_on={optim.name: sgd}")
+def test_transfer_split_scores_only_unseen_runs(population, tmp_path):
+    base = ("classifiers=[xgboost]", "baselines=[curve]", "centralities=[degree]", "variants=[plain]")
+    cfg = _compare_cfg(population, tmp_path / "q2", *base, "train_on={seed: [0, 1, 3, 4]}",
+                       "test_on={seed: [2, 5]}")
+    df = run_compare(cfg)
+    assert set(df["n_runs"]) == {6} and (df["bal_acc_std"] == 0).all()
+    assert not math.isnan(df[df["features"] == "curve"]["bal_acc_mean"].iloc[-1])
+    # an unset test_on is every run not fitted on; the same filter on both sides leaves nothing to score
+    cfg = _compare_cfg(population, tmp_path / "q2", *base, "train_on={optim.name: sgd}", "test_on={optim.name: sgd}")
+    with pytest.raises(EpochgraphError, match=r"matches 6 runs and test_on=.* 0 others"):
+        run_compare(cfg)
+    cfg = _compare_cfg(population, tmp_path / "q2", *base, "train_on={seed: 0}")
     with pytest.raises(EpochgraphError, match="leaves no run labelled high"):
         run_compare(cfg)  # seed 0 alone is one low run
-    cfg = _compare_cfg(population, tmp_path / "q2", "classifiers=[svm]", "baselines=[curve]",
-                       "train_on={optim.name: sgd}", "test_on={optim.name: sgd}")
-    df = run_compare(cfg)
-    assert (df["bal_acc_std"] == 0).all() and not math.isnan(df["bal_acc_mean"].iloc[0])
+
+
+def test_clear_one_line_errors(population, tmp_path):
+    cfg = _compare_cfg(population, tmp_path / "e", "classifiers=[svm]", "baselines=[curve]")
     with pytest.raises(EpochgraphError, match="unknown MLflow experiment 'nope'; existing: .*tiny_pop"):
         run_compare({**cfg, "experiment": "nope"})
     with pytest.raises(EpochgraphError, match="label.threshold=0.99 leaves no run labelled high among 6 runs"):
         run_compare({**cfg, "label": {"threshold": 0.99, "quantile": None, "metric": "final_val_acc"}})
+    MlflowClient(population).create_experiment("empty_pop")
+    with pytest.raises(EpochgraphError, match="experiment 'empty_pop' has no finished training runs"):
+        run_compare({**cfg, "experiment": "empty_pop"})
+
+
+def test_cli_reports_one_line_and_exits_non_zero(population, tmp_path, monkeypatch, capsys):
+    from epochgraph.cli import compare as cli
+
+    monkeypatch.setattr(sys, "argv", ["epochgraph-compare", "experiment=nope", f"mlflow.tracking_uri={population}",
+                                      f"output_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'hydra'}"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("epochgraph: error: unknown MLflow experiment 'nope'")
+
+
+def test_corrupt_weights_artifact_is_named_and_that_run_skipped(population, tmp_path, capsys):
+    client = MlflowClient(population)
+    run = client.search_runs([client.get_experiment_by_name("tiny_pop").experiment_id], "params.seed = '4'")[0]
+    weights = Path(urlparse(run.info.artifact_uri).path) / "weights" / "epoch_001.safetensors"
+    backup = tmp_path / "backup.safetensors"
+    shutil.copy(weights, backup)
+    try:
+        weights.write_bytes(b"not a safetensors file")
+        cfg = _compare_cfg(population, tmp_path / "w", "classifiers=[xgboost]", "baselines=[b_wprime]",
+                           "centralities=[degree]", "variants=[plain]")
+        df = run_compare(cfg)
+    finally:
+        shutil.copy(backup, weights)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "skipped for the weight baselines" in ln]
+    assert len(lines) == 1 and run.info.run_id in lines[0] and "weights/epoch_001.safetensors" in lines[0]
+    assert set(df[df["features"] == "b_wprime"]["n_runs"]) == {5}
+    assert set(df[df["features"] != "b_wprime"]["n_runs"]) == {6}

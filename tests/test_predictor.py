@@ -69,7 +69,14 @@ def test_classifiers_separate_a_clear_population(kind):
     assert p[0] > 0.5 > p[1]
 
 
-def test_registry_round_trip_and_pruner_uses_the_registered_model(tracking_uri):
+@pytest.fixture(scope="module")
+def registry_uri(tmp_path_factory):
+    """One MLflow store for the registry tests of this module (a fresh SQLite store takes seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('registry') / 'mlruns' / 'mlflow.db'}"
+
+
+def test_registry_round_trip_and_pruner_uses_the_registered_model(registry_uri):
+    tracking_uri = registry_uri
     mlflow.set_tracking_uri(tracking_uri)
     histories, accs = _population()
     pred = SignaturePredictor(FeatureSpec(t=2, variant="wavg"), LabelRule(quantile=0.5), "xgboost").fit(histories, accs)
@@ -100,7 +107,7 @@ def test_registry_round_trip_and_pruner_uses_the_registered_model(tracking_uri):
     assert pruner.prune(study, running(probe[0])) is False
 
 
-def test_missing_registered_model_is_one_clear_line(tracking_uri):
-    mlflow.set_tracking_uri(tracking_uri)
+def test_missing_registered_model_is_one_clear_line(registry_uri):
+    mlflow.set_tracking_uri(registry_uri)
     with pytest.raises(EpochgraphError, match="cannot load the predictor 'models:/nope@champion'"):
         load_predictor("models:/nope@champion")

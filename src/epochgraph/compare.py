@@ -56,26 +56,36 @@ def _history_keys(centralities: Sequence[str]) -> list[str]:
     return [metric_name(c, a) for c in centralities for a in AGGREGATORS] + [NONFINITE, *CURVE_METRICS]
 
 
+def _same(have: str, want: Any) -> bool:
+    try:
+        return math.isclose(float(have), float(want))
+    except (TypeError, ValueError):
+        return str(have) == str(want)
+
+
 def _matches(run: RunRecord, flt: Mapping[str, Any] | None) -> bool:
+    """Whether every ``key: value`` of ``flt`` holds for the run's params or tags (a list: any of them)."""
     if not flt:
         return True
     for key, want in flt.items():
         have = run.params.get(key, run.tags.get(key))
         if have is None:
             return False
-        try:
-            if not math.isclose(float(have), float(want)):
-                return False
-        except (TypeError, ValueError):
-            if str(have) != str(want):
-                return False
+        wants = want if isinstance(want, (list, tuple)) else [want]
+        if not any(_same(have, w) for w in wants):
+            return False
     return True
 
 
-def load_runs(client, experiment: str, epochs: int, label_metric: str = "final_val_acc",
+def load_runs(client: Any, experiment: str, epochs: int, label_metric: str = "final_val_acc",
               centralities: Sequence[str] = ("degree", "eigenvector"), weight_sources: Sequence[str] = (),
               unrolled_budget: int = 2 * 1024**3) -> list[RunRecord]:
-    """The finished, unpruned training runs of ``experiment`` with their first ``epochs`` epochs."""
+    """The finished, unpruned training runs of ``experiment`` with their first ``epochs`` epochs.
+
+    Sweep parent runs (tag ``epochgraph.role=sweep``), pruned trials and runs without ``val_acc`` are
+    skipped. A run's final accuracy is its ``label_metric`` (default ``final_val_acc``, the validation
+    accuracy after its last epoch), or its last ``val_acc`` when that metric is absent.
+    """
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
@@ -107,7 +117,7 @@ def load_runs(client, experiment: str, epochs: int, label_metric: str = "final_v
     return records
 
 
-def _add_weight_features(client, rec: RunRecord, epochs: int, sources: Sequence[str], budget: int) -> None:
+def _add_weight_features(client: Any, rec: RunRecord, epochs: int, sources: Sequence[str], budget: int) -> None:
     """Per-epoch B_Wl, B_What, B_W' and unrolled-degree aggregates from the weights artifacts."""
     from epochgraph.graph_stage import load_weights, model_from_params, weights_epochs
 
@@ -115,7 +125,7 @@ def _add_weight_features(client, rec: RunRecord, epochs: int, sources: Sequence[
     model = model_from_params(rec.params)
     topo = model.topology()
     per_source: dict[str, list[Any]] = {s: [None] * epochs for s in sources}
-    unrolled_ok = "unrolled" in sources
+    unrolled_ok = "unrolled" in sources  # false once the model is over budget or outside the unrolled scope
     last: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for epoch in range(1, epochs + 1):
@@ -127,7 +137,8 @@ def _add_weight_features(client, rec: RunRecord, epochs: int, sources: Sequence[
             try:
                 sd = load_weights(client, rec.run_id, available[epoch], str(Path(tmp) / str(epoch)))
             except EpochgraphError as err:
-                print(f"epochgraph: skipped for the weight baselines: {err}", file=sys.stderr)
+                msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+                print(f"epochgraph: skipped for the weight baselines: {msg}", file=sys.stderr)
                 return
             feats = {"b_wl": b_wl, "b_what": b_what, "b_wprime": b_wprime}
             for s in sources:
@@ -139,7 +150,7 @@ def _add_weight_features(client, rec: RunRecord, epochs: int, sources: Sequence[
                     deg = unrolled_degree(model, int(rec.params.get("data.in_channels", 1)),
                                           int(rec.params.get("data.image_size", 28)), budget)
                     per_source["unrolled"][epoch - 1] = last["unrolled"] = aggregate(deg)
-                except OverBudget:
+                except (OverBudget, EpochgraphError):  # over budget, or a model the unrolled graph lacks
                     unrolled_ok = False
     for s in sources:
         if s == "unrolled" and not unrolled_ok:
@@ -150,6 +161,7 @@ def _add_weight_features(client, rec: RunRecord, epochs: int, sources: Sequence[
 
 
 def feature_specs(cfg: Mapping[str, Any], t: int) -> list[FeatureSpec]:
+    """The feature sets of one t: each centrality alone and all together x variants, then the baselines."""
     cents = list(cfg["centralities"])
     sets = [[c] for c in cents] + ([cents] if len(cents) > 1 else [])
     specs = [FeatureSpec("signature", tuple(c), t, v, float(cfg["alpha"])) for c in sets for v in cfg["variants"]]
@@ -165,18 +177,23 @@ def _scores(y_true: np.ndarray, proba: np.ndarray) -> tuple[float, float]:
 
 
 def evaluate(spec: FeatureSpec, kind: str, params: Mapping[str, Any], runs: Sequence[RunRecord],
-             rule: LabelRule, folds: int, seed: int, train_on=None, test_on=None) -> dict[str, Any]:
-    """Scores of one (classifier, features, t) cell."""
+             rule: LabelRule, folds: int, seed: int, train_on: Mapping[str, Any] | None = None,
+             test_on: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Scores of one (classifier, features, t) cell: stratified k-fold CV (seeded), or with ``train_on`` /
+    ``test_on`` one fit on the matching runs scored on the others (std 0)."""
     if spec.source in WEIGHT_SOURCES:
         runs = [r for r in runs if spec.source in r.weight_sources]
         if not runs:
             return {"n_runs": 0, "note": "over budget" if spec.source == "unrolled" else "no weights"}
     if train_on or test_on:
-        train = [r for r in runs if _matches(r, train_on)]
-        test = [r for r in runs if _matches(r, test_on)]
+        # an unset side is "every other run"
+        train = [r for r in runs if (_matches(r, train_on) if train_on else not _matches(r, test_on))]
+        fitted = {r.run_id for r in train}
+        test = [r for r in runs if _matches(r, test_on) and r.run_id not in fitted]  # never score a fitted run
         if not train or not test:
             raise EpochgraphError(f"train_on={train_on} matches {len(train)} runs and test_on={test_on} "
-                                  f"{len(test)}; both need runs")
+                                  f"{len(test)} others; both need runs (filters match params or tags, "
+                                  f"e.g. train_on='{{model.width: [0.5, 1.0]}}' test_on='{{model.width: 2.0}}')")
         cut = rule.cut([r.final_acc for r in train])
         y_tr = rule.labels([r.final_acc for r in train], cut)
         y_te = (np.nan_to_num([r.final_acc for r in test]) >= cut).astype(int)
@@ -229,7 +246,7 @@ def markdown_tables(df: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
-def _fmt(r) -> str:
+def _fmt(r: Mapping[str, Any] | None) -> str:
     return "-" if r is None else f"{r['classifier']} {r['features']} {r['bal_acc_mean']:.2f}"
 
 
@@ -245,8 +262,6 @@ def winners(df: pd.DataFrame) -> str:
         s = sig.loc[sig["bal_acc_mean"].idxmax()] if len(sig) else None
         c = cur.loc[cur["bal_acc_mean"].idxmax()] if len(cur) else None
         diff = f"{s['bal_acc_mean'] - c['bal_acc_mean']:+.2f}" if s is not None and c is not None else "-"
-        def fmt(r):
-            return "-" if r is None else f"{r['classifier']} {r['features']} {r['bal_acc_mean']:.2f}"
         lines.append(f"| {t} | {_fmt(best)} | {_fmt(s)} | {_fmt(c)} | {diff} |")
     return "\n".join(lines)
 

@@ -29,7 +29,7 @@ CURVE_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
 SOURCES = ("signature", "curve", "hybrid", "b_wl", "b_what", "b_wprime", "unrolled")
 WEIGHT_SOURCES = ("b_wl", "b_what", "b_wprime", "unrolled")  # need the weights artifacts
 CLASSIFIERS = ("svm", "mlp", "xgboost")
-LOSS_CLIP = 1e3  # diverging losses are huge: clip so that one run does not dominate the scaling
+VALUE_CLIP = 1e6  # diverging losses are huge: clip so that one run does not dominate the scaling
 
 History = Mapping[str, Sequence[Any]]
 
@@ -69,6 +69,7 @@ class FeatureSpec:
 
     @property
     def label(self) -> str:
+        """Short name used in tables, e.g. ``signature-both-wavg``, ``curve``, ``b_wl``."""
         if self.source in ("signature", "hybrid"):
             cent = "both" if len(self.centralities) > 1 else self.centralities[0]
             return f"{self.source}-{cent}-{self.variant}"
@@ -115,27 +116,36 @@ class FeatureSpec:
         return np.asarray(per_epoch[self.t - 1], dtype=float)
 
     def matrix(self, histories: Sequence[History]) -> np.ndarray:
+        """``[len(histories), n_features]``: one `vector` per run."""
         return np.vstack([self.vector(h) for h in histories])
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, stored with a registered model."""
         d = asdict(self)
         d["centralities"] = list(self.centralities)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> FeatureSpec:
+        """Inverse of `to_dict`."""
         return cls(source=d["source"], centralities=tuple(d["centralities"]), t=int(d["t"]),
                    variant=d["variant"], alpha=float(d["alpha"]))
 
 
 def _finite(x: np.ndarray) -> np.ndarray:
+    """inf -> NaN (imputed next), and huge finite values clipped to +-`VALUE_CLIP`."""
     x = np.array(x, dtype=float)
     x[~np.isfinite(x)] = np.nan
-    return np.clip(x, -LOSS_CLIP * 1e3, LOSS_CLIP * 1e3)
+    return np.clip(x, -VALUE_CLIP, VALUE_CLIP)
 
 
 def make_classifier(kind: str, seed: int = 0, **params: Any) -> Pipeline:
-    """non-finite -> NaN, median imputation, standard scaling and the classifier, as one `Pipeline`."""
+    """non-finite -> NaN, median imputation, standard scaling and the classifier, as one `Pipeline`.
+
+    ``kind`` is ``svm`` (``SVC(probability=True)``), ``mlp`` (``MLPClassifier``) or ``xgboost``
+    (``XGBClassifier``); ``params`` override the defaults (``conf/compare/predictor/<kind>.yaml``).
+    Imputation and scaling are fitted with the classifier, so cross-validation never leaks.
+    """
     if kind == "svm":
         from sklearn.svm import SVC
 
@@ -164,7 +174,18 @@ def make_classifier(kind: str, seed: int = 0, **params: Any) -> Pipeline:
 
 @dataclass(frozen=True)
 class LabelRule:
-    """High (1) when the final accuracy is >= ``threshold``, or >= the ``quantile`` of the population."""
+    """High (1) when the final accuracy is >= ``threshold``, or >= the ``quantile`` of the population.
+
+    A run without a final accuracy (NaN, e.g. diverged) is low.
+
+    >>> LabelRule(quantile=0.5).labels([0.1, 0.5, 0.7, 0.9]).tolist()
+    [0, 0, 1, 1]
+
+    Args:
+        threshold: an absolute cut on the final accuracy (e.g. 0.85).
+        quantile: a cut at this quantile of the population's final accuracies (e.g. 0.5); set exactly
+            one of the two.
+    """
 
     threshold: float | None = None
     quantile: float | None = None
@@ -176,6 +197,7 @@ class LabelRule:
             raise EpochgraphError(f"label.quantile={self.quantile} must be in (0, 1), e.g. label.quantile=0.5")
 
     def cut(self, final_accs: Sequence[float]) -> float:
+        """The accuracy at or above which a run is high (the quantile ignores NaN accuracies)."""
         accs = np.asarray(final_accs, dtype=float)
         if self.threshold is not None:
             return float(self.threshold)
@@ -195,12 +217,26 @@ class LabelRule:
         return y
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, stored with a registered model."""
         return {"threshold": self.threshold, "quantile": self.quantile}
 
 
 @dataclass
 class SignaturePredictor:
-    """A fitted forecaster: P(high final accuracy) from a run's first ``spec.t`` epochs."""
+    """A forecaster: P(high final accuracy) from a run's first ``spec.t`` epochs.
+
+    >>> pred = SignaturePredictor(FeatureSpec("signature", t=3), LabelRule(quantile=0.5), "svm")
+    >>> pred.fit(histories, final_accs).predict_proba_high(new_histories)  # doctest: +SKIP
+
+    Args:
+        spec: which features of a run it reads.
+        rule: how final accuracies become labels (the cut is fixed at `fit` time, ``cut``).
+        classifier: ``svm``, ``mlp`` or ``xgboost`` (see `make_classifier`).
+        params: the classifier's hyperparameters (``conf/compare/predictor/<kind>.yaml``).
+        seed: the classifier's random state.
+        pipeline: the fitted pipeline (set by `fit` or `load_predictor`).
+        cut: the accuracy cut learned by `fit`.
+    """
 
     spec: FeatureSpec
     rule: LabelRule
@@ -211,6 +247,7 @@ class SignaturePredictor:
     cut: float | None = None
 
     def fit(self, histories: Sequence[History], final_accs: Sequence[float]) -> SignaturePredictor:
+        """Label ``final_accs`` with ``rule`` and fit a fresh pipeline on ``histories``; returns self."""
         self.cut = self.rule.cut(final_accs)
         y = self.rule.labels(final_accs, self.cut)
         self.pipeline = make_classifier(self.classifier, self.seed, **self.params)
@@ -218,11 +255,13 @@ class SignaturePredictor:
         return self
 
     def predict_proba_high(self, histories: Sequence[History]) -> np.ndarray:
+        """P(high) for each history (``[len(histories)]``)."""
         if self.pipeline is None:
             raise EpochgraphError("the predictor is not fitted yet")
         return self.pipeline.predict_proba(self.spec.matrix(histories))[:, 1]
 
     def metadata(self) -> dict[str, Any]:
+        """Everything but the pipeline, JSON-ready: what `load_predictor` rebuilds the predictor from."""
         return {"spec": self.spec.to_dict(), "rule": self.rule.to_dict(), "classifier": self.classifier,
                 "params": self.params, "seed": self.seed, "cut": self.cut}
 
