@@ -132,3 +132,14 @@ def test_corrupt_weights_artifact_is_named_and_that_run_skipped(population, tmp_
     assert len(lines) == 1 and run.info.run_id in lines[0] and "weights/epoch_001.safetensors" in lines[0]
     assert set(df[df["features"] == "b_wprime"]["n_runs"]) == {5}
     assert set(df[df["features"] != "b_wprime"]["n_runs"]) == {6}
+
+
+def test_weight_features_need_the_snapshot_of_epoch_t():
+    from epochgraph.compare import RunRecord, _has_weight_features
+    from epochgraph.predictor import FeatureSpec
+
+    # weights kept for epochs 1 and 3 only (mlflow.keep_weights): B_* exist at t=1, 3; unrolled only at t=1
+    rec = RunRecord("r", {}, {}, {"b_wl": [[1.0], None, [2.0]], "unrolled": [[0.0] * 5, None, [1.0] * 5]}, 0.5)
+    assert [_has_weight_features(rec, FeatureSpec("b_wl", t=t)) for t in (1, 2, 3)] == [True, False, True]
+    assert [_has_weight_features(rec, FeatureSpec("unrolled", t=t)) for t in (1, 2, 3)] == [True, False, False]
+    assert not _has_weight_features(rec, FeatureSpec("b_wprime", t=1))

@@ -49,7 +49,7 @@ class RunRecord:
     tags: dict[str, str]
     history: dict[str, list[Any]]
     final_acc: float
-    weight_sources: set[str] = field(default_factory=set)  # weight baselines available for this run
+    notes: dict[str, str] = field(default_factory=dict)  # why a weight baseline is unavailable
 
 
 def _history_keys(centralities: Sequence[str]) -> list[str]:
@@ -118,27 +118,47 @@ def load_runs(client: Any, experiment: str, epochs: int, label_metric: str = "fi
 
 
 def _add_weight_features(client: Any, rec: RunRecord, epochs: int, sources: Sequence[str], budget: int) -> None:
-    """Per-epoch B_Wl, B_What, B_W' and unrolled-degree aggregates from the weights artifacts."""
+    """Per-epoch B_Wl, B_What, B_W' and unrolled-degree aggregates from the weights artifacts.
+
+    Stored in ``rec.history[source]`` (None for an epoch without a snapshot). Epochs after the run's last
+    snapshot (a run that stopped early, e.g. diverged) repeat that snapshot; an epoch before it whose
+    weights were not kept (``mlflow.keep_weights``) stays None. A run whose model cannot be rebuilt or
+    whose weights artifact is missing or corrupt is named in one line on stderr and gets no weight
+    features.
+    """
     from epochgraph.graph_stage import load_weights, model_from_params, weights_epochs
 
-    available = weights_epochs(client, rec.run_id)
-    model = model_from_params(rec.params)
+    def skip(err: Exception) -> None:
+        rec.notes.update({s: "no weights" for s in sources})
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        msg = msg.removeprefix(f"run {rec.run_id}: ")
+        print(f"epochgraph: run {rec.run_id} skipped for the weight baselines: {msg}", file=sys.stderr)
+
+    try:
+        available = weights_epochs(client, rec.run_id)
+        model = model_from_params(rec.params)
+    except EpochgraphError as err:
+        skip(err)
+        return
+    if not available:
+        skip(EpochgraphError("it has no weights artifacts (trained with mlflow.log_weights=false?)"))
+        return
     topo = model.topology()
     per_source: dict[str, list[Any]] = {s: [None] * epochs for s in sources}
-    unrolled_ok = "unrolled" in sources  # false once the model is over budget or outside the unrolled scope
+    unrolled_ok = "unrolled" in sources
+    last_snapshot = max(available)
     last: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for epoch in range(1, epochs + 1):
             if epoch not in available:
-                # a run that stopped early (diverged) keeps its last snapshot
-                for s in sources:
-                    per_source[s][epoch - 1] = last.get(s)
+                if epoch > last_snapshot:
+                    for s in sources:
+                        per_source[s][epoch - 1] = last.get(s)
                 continue
             try:
                 sd = load_weights(client, rec.run_id, available[epoch], str(Path(tmp) / str(epoch)))
             except EpochgraphError as err:
-                msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-                print(f"epochgraph: skipped for the weight baselines: {msg}", file=sys.stderr)
+                skip(err)
                 return
             feats = {"b_wl": b_wl, "b_what": b_what, "b_wprime": b_wprime}
             for s in sources:
@@ -150,14 +170,22 @@ def _add_weight_features(client: Any, rec: RunRecord, epochs: int, sources: Sequ
                     deg = unrolled_degree(model, int(rec.params.get("data.in_channels", 1)),
                                           int(rec.params.get("data.image_size", 28)), budget)
                     per_source["unrolled"][epoch - 1] = last["unrolled"] = aggregate(deg)
-                except (OverBudget, EpochgraphError):  # over budget, or a model the unrolled graph lacks
-                    unrolled_ok = False
+                except OverBudget:
+                    unrolled_ok, rec.notes["unrolled"] = False, "over budget"
+                except EpochgraphError:  # a layer or wiring the unrolled graph does not cover
+                    unrolled_ok, rec.notes["unrolled"] = False, "unsupported"
     for s in sources:
-        if s == "unrolled" and not unrolled_ok:
-            continue
-        if all(v is not None for v in per_source[s]):
+        if s != "unrolled" or unrolled_ok:
             rec.history[s] = per_source[s]
-            rec.weight_sources.add(s)
+
+
+def _has_weight_features(run: RunRecord, spec: FeatureSpec) -> bool:
+    """Whether ``run`` carries ``spec``'s weight features: epoch t (B_*), or every epoch 1..t (unrolled)."""
+    values = run.history.get(spec.source)
+    if values is None or len(values) < spec.t:
+        return False
+    needed = values[: spec.t] if spec.source == "unrolled" else [values[spec.t - 1]]
+    return all(v is not None for v in needed)
 
 
 def feature_specs(cfg: Mapping[str, Any], t: int) -> list[FeatureSpec]:
@@ -182,9 +210,10 @@ def evaluate(spec: FeatureSpec, kind: str, params: Mapping[str, Any], runs: Sequ
     """Scores of one (classifier, features, t) cell: stratified k-fold CV (seeded), or with ``train_on`` /
     ``test_on`` one fit on the matching runs scored on the others (std 0)."""
     if spec.source in WEIGHT_SOURCES:
-        runs = [r for r in runs if spec.source in r.weight_sources]
+        all_runs, runs = runs, [r for r in runs if _has_weight_features(r, spec)]
         if not runs:
-            return {"n_runs": 0, "note": "over budget" if spec.source == "unrolled" else "no weights"}
+            notes = [r.notes[spec.source] for r in all_runs if spec.source in r.notes]
+            return {"n_runs": 0, "note": max(set(notes), key=notes.count) if notes else "no weights"}
     if train_on or test_on:
         # an unset side is "every other run"
         train = [r for r in runs if (_matches(r, train_on) if train_on else not _matches(r, test_on))]
