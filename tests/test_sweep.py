@@ -46,6 +46,8 @@ def test_pruned_trials_are_recorded_in_optuna_and_mlflow(tmp_path):
         assert study.trials[int(r.data.tags["trial"])].user_attrs["mlflow_run_id"] == r.info.run_id
     p = parent[0]
     assert p.info.status == "FINISHED"
+    assert (p.data.tags["pruner"], p.data.tags["sampler"], p.data.tags["sweep"]) == ("threshold", "TPESampler", "tiny")
+    assert {r.data.tags["sweep"] for r in trials} == {"tiny"}
     assert p.data.metrics["trials_pruned"] == 3 and p.data.metrics["epochs_trained"] == 6
     assert p.data.metrics["epochs_budget"] == 9 and abs(p.data.metrics["epochs_saved_frac"] - 1 / 3) < 1e-9
     assert "sweep_curves.png" in [f.path for f in client.list_artifacts(p.info.run_id)]

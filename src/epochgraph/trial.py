@@ -90,8 +90,9 @@ def run_trial(cfg) -> dict[str, Any]:
     reporter = TrialReporter.connect(cfg)
     number = reporter.trial.number
     try:
-        job = run_job(cfg, extra_hooks=[reporter], parent_run_id=opt.get("parent_run_id"),
-                      tags={"trial": str(number), "study": str(opt["study_name"])}, run_name=f"trial-{number:03d}")
+        tags = {"trial": str(number), "study": str(opt["study_name"]), "sweep": str(opt["study_name"])}
+        job = run_job(cfg, extra_hooks=[reporter], parent_run_id=opt.get("parent_run_id"), tags=tags,
+                      run_name=f"trial-{number:03d}")
     finally:
         reporter.close()
     res = job.result

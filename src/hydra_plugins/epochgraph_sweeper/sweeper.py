@@ -120,6 +120,12 @@ def close_orphan_runs(study: optuna.Study, client, experiment: str) -> int:
     return closed
 
 
+def _choice(cfg: DictConfig, group: str, default: str) -> str:
+    """The option picked for a config group (``pruner=signature`` -> ``signature``), else ``default``."""
+    choice = OmegaConf.select(cfg, "hydra.runtime.choices", default=None)
+    return str(choice.get(group) or default) if choice is not None else default
+
+
 class EpochgraphSweeper(Sweeper):
     """Hydra sweeper driving an Optuna study; see the module docstring and ``conf/hydra/sweeper/epochgraph.yaml``.
 
@@ -180,7 +186,8 @@ class EpochgraphSweeper(Sweeper):
         close_orphan_runs(study, client, str(cfg.mlflow.experiment))
         parent = study.user_attrs.get("mlflow_parent_run_id")
         with tracking.mlflow_run(client, cfg.mlflow.experiment, run_name=name, run_id=parent,
-                                 tags={"epochgraph.role": "sweep", "study": name, "pruner": str(cfg.pruner._target_),
+                                 tags={"epochgraph.role": "sweep", "study": name, "sweep": name,
+                                       "pruner": _choice(cfg, "pruner", str(cfg.pruner._target_)),
                                        "sampler": type(study.sampler).__name__}) as parent_id:
             if parent is None:
                 study.set_user_attr("mlflow_parent_run_id", parent_id)
