@@ -87,9 +87,9 @@ def test_transfer_split_scores_only_unseen_runs(population, tmp_path):
     cfg = _compare_cfg(population, tmp_path / "q2", *base, "train_on={optim.name: sgd}", "test_on={optim.name: sgd}")
     with pytest.raises(EpochgraphError, match=r"matches 6 runs and test_on=.* 0 others"):
         run_compare(cfg)
-    cfg = _compare_cfg(population, tmp_path / "q2", *base, "train_on={seed: 0}")
-    with pytest.raises(EpochgraphError, match="leaves no run labelled high"):
-        run_compare(cfg)  # seed 0 alone is one low run
+    cfg = _compare_cfg(population, tmp_path / "q2", *base, "train_on={seed: [0, 1]}")
+    with pytest.raises(EpochgraphError, match="label.threshold=0.3 leaves no run labelled high among 2 runs"):
+        run_compare(cfg)  # seeds 0 and 1 are both low
 
 
 def test_clear_one_line_errors(population, tmp_path):
@@ -98,6 +98,12 @@ def test_clear_one_line_errors(population, tmp_path):
         run_compare({**cfg, "experiment": "nope"})
     with pytest.raises(EpochgraphError, match="label.threshold=0.99 leaves no run labelled high among 6 runs"):
         run_compare({**cfg, "label": {"threshold": 0.99, "quantile": None, "metric": "final_val_acc"}})
+    for override, message in (("epochs=0", "epochs=0 must be >= 1"),
+                               ("classifiers=[svm,rf]", "unknown classifier 'rf'; valid choices: mlp, svm, xgboost"),
+                               ("baselines=[weights]", "unknown baseline 'weights'"),
+                               ("variants=[mean]", "unknown signature variant 'mean'")):
+        with pytest.raises(EpochgraphError, match=message):
+            run_compare(_compare_cfg(population, tmp_path / "e", override))
     MlflowClient(population).create_experiment("empty_pop")
     with pytest.raises(EpochgraphError, match="experiment 'empty_pop' has no finished training runs"):
         run_compare({**cfg, "experiment": "empty_pop"})

@@ -35,6 +35,14 @@ def test_label_rule_threshold_quantile_and_empty_class():
         LabelRule(threshold=0.99).labels(accs)
     with pytest.raises(EpochgraphError, match="exactly one"):
         LabelRule(threshold=0.5, quantile=0.5)
+    assert LabelRule.from_config(0.6, 0.5) == LabelRule(threshold=0.6)  # a set threshold wins
+    assert LabelRule.from_config(None, 0.5) == LabelRule(quantile=0.5)
+    with pytest.raises(EpochgraphError, match=r"ties at the cut\); set label.threshold between 0.1000 and 0.8000"):
+        LabelRule(quantile=0.5).labels([0.1] * 4 + [0.8] * 2)
+    with pytest.raises(EpochgraphError, match="needs at least 2"):
+        LabelRule(quantile=0.5).labels([0.7, float("nan")])
+    # a run without a final accuracy (diverged) is low
+    assert list(LabelRule(threshold=0.5).labels([0.7, float("nan"), 0.2])) == [1, 0, 0]
 
 
 def test_feature_spec_shapes_and_divergence_flag():

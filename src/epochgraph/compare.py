@@ -26,16 +26,19 @@ from tqdm import tqdm
 
 from epochgraph import tracking
 from epochgraph.baselines import OverBudget, b_what, b_wl, b_wprime, unrolled_degree
-from epochgraph.errors import EpochgraphError
+from epochgraph.centrality import CENTRALITIES
+from epochgraph.errors import EpochgraphError, choice_error
 from epochgraph.predictor import (
+    CLASSIFIERS,
     CURVE_METRICS,
+    SOURCES,
     WEIGHT_SOURCES,
     FeatureSpec,
     LabelRule,
     SignaturePredictor,
     make_classifier,
 )
-from epochgraph.signature import AGGREGATORS, NONFINITE, aggregate, metric_name
+from epochgraph.signature import AGGREGATORS, NONFINITE, VARIANTS, aggregate, metric_name
 
 log = logging.getLogger("epochgraph")
 
@@ -244,7 +247,7 @@ def evaluate(spec: FeatureSpec, kind: str, params: Mapping[str, Any], runs: Sequ
 
 def compare(runs: Sequence[RunRecord], cfg: Mapping[str, Any]) -> pd.DataFrame:
     """The long table: one row per (classifier, features, t)."""
-    rule = LabelRule(cfg["label"].get("threshold"), cfg["label"].get("quantile"))
+    rule = LabelRule.from_config(cfg["label"].get("threshold"), cfg["label"].get("quantile"))
     rule.labels([r.final_acc for r in runs])  # fail early, with one line, if a class is empty
     cells = [(kind, spec) for t in range(1, int(cfg["epochs"]) + 1) for kind in cfg["classifiers"]
              for spec in feature_specs(cfg, t)]
@@ -331,8 +334,8 @@ def register_predictor(runs: Sequence[RunRecord], cfg: Mapping[str, Any]) -> tup
     spec = FeatureSpec(sel["source"], tuple(sel["centralities"]), int(sel["t"]), sel["variant"],
                        float(cfg["alpha"]))
     kind = sel["classifier"]
-    pred = SignaturePredictor(spec, LabelRule(cfg["label"].get("threshold"), cfg["label"].get("quantile")), kind,
-                              dict(cfg["predictors"][kind].get("params") or {}), int(cfg["seed"]))
+    rule = LabelRule.from_config(cfg["label"].get("threshold"), cfg["label"].get("quantile"))
+    pred = SignaturePredictor(spec, rule, kind, dict(cfg["predictors"][kind].get("params") or {}), int(cfg["seed"]))
     pred.fit([r.history for r in runs], [r.final_acc for r in runs])
     name, alias = cfg["registry"]["name"], cfg["registry"]["alias"]
     info = pred.log_model(registered_model_name=name)
@@ -344,15 +347,40 @@ def register_predictor(runs: Sequence[RunRecord], cfg: Mapping[str, Any]) -> tup
     return pred, f"models:/{name}@{alias}"
 
 
+def check_config(cfg: Mapping[str, Any]) -> None:
+    """One-line errors for settings that would fail late (after reading every run)."""
+    if int(cfg["epochs"]) < 1:
+        raise EpochgraphError(f"epochs={cfg['epochs']} must be >= 1 (t = 1..epochs), e.g. epochs=5")
+    if int(cfg["folds"]) < 2:
+        raise EpochgraphError(f"folds={cfg['folds']} must be >= 2, e.g. folds=5")
+    for kind in cfg["classifiers"]:
+        if kind not in CLASSIFIERS:
+            raise choice_error("classifier", kind, CLASSIFIERS, key="classifiers")
+        if kind not in cfg["predictors"]:
+            raise EpochgraphError(f"classifier {kind!r} has no predictors.{kind} config "
+                                  f"(conf/compare/predictor/{kind}.yaml)")
+    baselines = [s for s in SOURCES if s != "signature"]
+    for b in cfg["baselines"]:
+        if b not in baselines:
+            raise choice_error("baseline", b, baselines, key="baselines")
+    for c in cfg["centralities"]:
+        if c not in CENTRALITIES:
+            raise choice_error("centrality", c, CENTRALITIES, key="centralities")
+    for v in cfg["variants"]:
+        if v not in VARIANTS:
+            raise choice_error("signature variant", v, VARIANTS, key="variants")
+
+
 def run_compare(cfg: Mapping[str, Any]) -> pd.DataFrame:
     """The whole command: read runs, compare, write and log the tables and plots, optionally register."""
     import mlflow
 
+    check_config(cfg)
     client = tracking.get_client(cfg["mlflow"]["tracking_uri"])
     sources = [b for b in cfg["baselines"] if b in WEIGHT_SOURCES]
     runs = load_runs(client, cfg["experiment"], int(cfg["epochs"]), cfg["label"].get("metric", "final_val_acc"),
                      tuple(cfg["centralities"]), sources, int(cfg["unrolled_budget_mb"]) * 2**20)
-    rule = LabelRule(cfg["label"].get("threshold"), cfg["label"].get("quantile"))
+    rule = LabelRule.from_config(cfg["label"].get("threshold"), cfg["label"].get("quantile"))
     y = rule.labels([r.final_acc for r in runs])
     log.info("%d runs from %r: %d high, %d low (cut %.4f on %s)", len(runs), cfg["experiment"], int(y.sum()),
              int(len(y) - y.sum()), rule.cut([r.final_acc for r in runs]), cfg["label"].get("metric"))

@@ -196,6 +196,11 @@ class LabelRule:
         if self.quantile is not None and not 0 < self.quantile < 1:
             raise EpochgraphError(f"label.quantile={self.quantile} must be in (0, 1), e.g. label.quantile=0.5")
 
+    @classmethod
+    def from_config(cls, threshold: float | None, quantile: float | None) -> LabelRule:
+        """The rule of a ``label`` config group: ``threshold``, when set, takes precedence over ``quantile``."""
+        return cls(threshold, None) if threshold is not None else cls(None, quantile)
+
     def cut(self, final_accs: Sequence[float]) -> float:
         """The accuracy at or above which a run is high (the quantile ignores NaN accuracies)."""
         accs = np.asarray(final_accs, dtype=float)
@@ -205,15 +210,24 @@ class LabelRule:
 
     def labels(self, final_accs: Sequence[float], cut: float | None = None) -> np.ndarray:
         """0/1 labels; raises a one-line error when a class would be empty."""
-        accs = np.nan_to_num(np.asarray(final_accs, dtype=float), nan=0.0)
+        raw = np.asarray(final_accs, dtype=float)
+        if np.isfinite(raw).sum() < 2:
+            raise EpochgraphError(f"{np.isfinite(raw).sum()} run(s) with a final accuracy; labelling high / low "
+                                  f"needs at least 2 (one of each)")
+        accs = np.nan_to_num(raw, nan=0.0)
         cut = self.cut(final_accs) if cut is None else cut
         y = (accs >= cut).astype(int)
         if y.min() == y.max():
             side = "high" if y.max() == 0 else "low"
-            rule = f"label.threshold={self.threshold}" if self.threshold is not None else \
-                f"label.quantile={self.quantile} (cut {cut:.4f})"
-            raise EpochgraphError(f"{rule} leaves no run labelled {side} among {len(y)} runs; "
-                                  f"{'lower' if side == 'high' else 'raise'} it or use label.quantile=0.5")
+            if self.threshold is not None:
+                raise EpochgraphError(f"label.threshold={self.threshold} leaves no run labelled {side} among "
+                                      f"{len(y)} runs; {'lower' if side == 'high' else 'raise'} it "
+                                      f"or use label.threshold=null label.quantile=0.5")
+            lo, hi = float(accs.min()), float(accs.max())
+            fix = (f"set label.threshold between {lo:.4f} and {hi:.4f}" if hi > lo else
+                   f"all runs end at {lo:.4f}; the population needs runs of different accuracy")
+            raise EpochgraphError(f"label.quantile={self.quantile} (cut {cut:.4f}) leaves no run labelled {side} "
+                                  f"among {len(y)} runs (ties at the cut); {fix}")
         return y
 
     def to_dict(self) -> dict[str, Any]:
