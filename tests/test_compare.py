@@ -78,7 +78,7 @@ def test_tiny_compare_writes_tables_plots_and_registers(population, tmp_path):
 
 def test_transfer_split_scores_only_unseen_runs(population, tmp_path):
     base = ("classifiers=[xgboost]", "baselines=[curve]", "centralities=[degree]", "variants=[plain]")
-    cfg = _compare_cfg(population, tmp_path / "q2", *base, "train_on={seed: [0, 1, 3, 4]}",
+    cfg = _compare_cfg(population, tmp_path / "q2", *base, "experiment=[tiny_pop]", "train_on={seed: [0, 1, 3, 4]}",
                        "test_on={seed: [2, 5]}")
     df = run_compare(cfg)
     assert set(df["n_runs"]) == {6} and (df["bal_acc_std"] == 0).all()
@@ -96,6 +96,8 @@ def test_clear_one_line_errors(population, tmp_path):
     cfg = _compare_cfg(population, tmp_path / "e", "classifiers=[svm]", "baselines=[curve]")
     with pytest.raises(EpochgraphError, match="unknown MLflow experiment 'nope'; existing: .*tiny_pop"):
         run_compare({**cfg, "experiment": "nope"})
+    with pytest.raises(EpochgraphError, match="unknown MLflow experiment 'nope'"):
+        run_compare({**cfg, "experiment": ["tiny_pop", "nope"]})
     with pytest.raises(EpochgraphError, match="label.threshold=0.99 leaves no run labelled high among 6 runs"):
         run_compare({**cfg, "label": {"threshold": 0.99, "quantile": None, "metric": "final_val_acc"}})
     for override, message in (("epochs=0", "epochs=0 must be >= 1"),

@@ -80,22 +80,29 @@ def _matches(run: RunRecord, flt: Mapping[str, Any] | None) -> bool:
     return True
 
 
-def load_runs(client: Any, experiment: str, epochs: int, label_metric: str = "final_val_acc",
+def experiment_names(experiment: str | Sequence[str]) -> list[str]:
+    """``experiment=<name>`` or ``experiment=[a,b]`` (runs pooled, e.g. two architectures for Q2)."""
+    return [experiment] if isinstance(experiment, str) else [str(e) for e in experiment]
+
+
+def load_runs(client: Any, experiment: str | Sequence[str], epochs: int, label_metric: str = "final_val_acc",
               centralities: Sequence[str] = ("degree", "eigenvector"), weight_sources: Sequence[str] = (),
               unrolled_budget: int = 2 * 1024**3) -> list[RunRecord]:
-    """The finished, unpruned training runs of ``experiment`` with their first ``epochs`` epochs.
+    """The finished, unpruned training runs of ``experiment`` (a name or a list) with their first ``epochs`` epochs.
 
     Sweep parent runs (tag ``epochgraph.role=sweep``), pruned trials and runs without ``val_acc`` are
     skipped. A run's final accuracy is its ``label_metric`` (default ``final_val_acc``, the validation
     accuracy after its last epoch), or its last ``val_acc`` when that metric is absent.
     """
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        names = sorted(e.name for e in client.search_experiments())
-        raise EpochgraphError(f"unknown MLflow experiment {experiment!r}; existing: {', '.join(names) or 'none'} "
-                              f"(set experiment=<name>)")
-    runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
-                              max_results=50000)
+    ids = []
+    for name in experiment_names(experiment):
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            names = sorted(e.name for e in client.search_experiments())
+            raise EpochgraphError(f"unknown MLflow experiment {name!r}; existing: {', '.join(names) or 'none'} "
+                                  f"(set experiment=<name>)")
+        ids.append(exp.experiment_id)
+    runs = client.search_runs(ids, filter_string="attributes.status = 'FINISHED'", max_results=50000)
     records = []
     keys = _history_keys(centralities)
     for run in tqdm(runs, desc="reading runs", unit="run", file=sys.stderr):
@@ -115,8 +122,9 @@ def load_runs(client: Any, experiment: str, epochs: int, label_metric: str = "fi
             _add_weight_features(client, rec, epochs, weight_sources, unrolled_budget)
         records.append(rec)
     if not records:
-        raise EpochgraphError(f"experiment {experiment!r} has no finished training runs; "
-                              f"record some with epochgraph-train mlflow.experiment={experiment}")
+        name = "+".join(experiment_names(experiment))
+        raise EpochgraphError(f"experiment {name!r} has no finished training runs; "
+                              f"record some with epochgraph-train mlflow.experiment={experiment_names(experiment)[0]}")
     return records
 
 
@@ -207,33 +215,43 @@ def _scores(y_true: np.ndarray, proba: np.ndarray) -> tuple[float, float]:
     return bal, auc
 
 
+def split_runs(runs: Sequence[RunRecord], train_on: Mapping[str, Any] | None,
+               test_on: Mapping[str, Any] | None) -> tuple[list[RunRecord], list[RunRecord]]:
+    """(training runs, test runs) of a Q2 split; a run is never in both, and an unset side is every other run."""
+    train = [r for r in runs if (_matches(r, train_on) if train_on else not _matches(r, test_on))]
+    fitted = {r.run_id for r in train}
+    test = [r for r in runs if _matches(r, test_on) and r.run_id not in fitted]
+    if not train or not test:
+        raise EpochgraphError(f"train_on={train_on} matches {len(train)} runs and test_on={test_on} "
+                              f"{len(test)} others; both need runs (filters match params or tags, "
+                              f"e.g. train_on='{{model.width: [0.5, 1.0]}}' test_on='{{model.width: 2.0}}')")
+    return train, test
+
+
 def evaluate(spec: FeatureSpec, kind: str, params: Mapping[str, Any], runs: Sequence[RunRecord],
              rule: LabelRule, folds: int, seed: int, train_on: Mapping[str, Any] | None = None,
-             test_on: Mapping[str, Any] | None = None) -> dict[str, Any]:
+             test_on: Mapping[str, Any] | None = None, cut: float | None = None) -> dict[str, Any]:
     """Scores of one (classifier, features, t) cell: stratified k-fold CV (seeded), or with ``train_on`` /
-    ``test_on`` one fit on the matching runs scored on the others (std 0)."""
+    ``test_on`` one fit on the matching runs scored on the others (std 0).
+
+    ``cut`` fixes the high / low boundary (default: ``rule`` on these runs, or on the training runs of a
+    split), so that cells whose runs lack some weight features keep the population's labels.
+    """
     if spec.source in WEIGHT_SOURCES:
         all_runs, runs = runs, [r for r in runs if _has_weight_features(r, spec)]
         if not runs:
             notes = [r.notes[spec.source] for r in all_runs if spec.source in r.notes]
             return {"n_runs": 0, "note": max(set(notes), key=notes.count) if notes else "no weights"}
     if train_on or test_on:
-        # an unset side is "every other run"
-        train = [r for r in runs if (_matches(r, train_on) if train_on else not _matches(r, test_on))]
-        fitted = {r.run_id for r in train}
-        test = [r for r in runs if _matches(r, test_on) and r.run_id not in fitted]  # never score a fitted run
-        if not train or not test:
-            raise EpochgraphError(f"train_on={train_on} matches {len(train)} runs and test_on={test_on} "
-                                  f"{len(test)} others; both need runs (filters match params or tags, "
-                                  f"e.g. train_on='{{model.width: [0.5, 1.0]}}' test_on='{{model.width: 2.0}}')")
-        cut = rule.cut([r.final_acc for r in train])
+        train, test = split_runs(runs, train_on, test_on)
+        cut = rule.cut([r.final_acc for r in train]) if cut is None else cut
         y_tr = rule.labels([r.final_acc for r in train], cut)
         y_te = (np.nan_to_num([r.final_acc for r in test]) >= cut).astype(int)
         model = make_classifier(kind, seed, **params).fit(spec.matrix([r.history for r in train]), y_tr)
         bal, auc = _scores(y_te, model.predict_proba(spec.matrix([r.history for r in test]))[:, 1])
         return {"n_runs": len(train) + len(test), "bal_acc_mean": bal, "bal_acc_std": 0.0,
                 "auc_mean": auc, "auc_std": 0.0}
-    y = rule.labels([r.final_acc for r in runs])
+    y = rule.labels([r.final_acc for r in runs], cut)
     n_splits = min(folds, int(np.bincount(y).min()))
     if n_splits < 2:
         return {"n_runs": len(runs), "note": "a class has < 2 runs"}
@@ -245,17 +263,29 @@ def evaluate(spec: FeatureSpec, kind: str, params: Mapping[str, Any], runs: Sequ
             "auc_mean": float(res["test_roc_auc"].mean()), "auc_std": float(res["test_roc_auc"].std())}
 
 
+def population_cut(runs: Sequence[RunRecord], cfg: Mapping[str, Any]) -> tuple[LabelRule, float]:
+    """The label rule of ``cfg`` and its cut: on all runs, or on the training runs of a Q2 split.
+
+    Raises the one-line label error when a class would be empty (in the training runs, for a split).
+    """
+    rule = LabelRule.from_config(cfg["label"].get("threshold"), cfg["label"].get("quantile"))
+    if cfg.get("train_on") or cfg.get("test_on"):
+        runs, _ = split_runs(runs, cfg.get("train_on"), cfg.get("test_on"))
+    cut = rule.cut([r.final_acc for r in runs])
+    rule.labels([r.final_acc for r in runs], cut)
+    return rule, cut
+
+
 def compare(runs: Sequence[RunRecord], cfg: Mapping[str, Any]) -> pd.DataFrame:
     """The long table: one row per (classifier, features, t)."""
-    rule = LabelRule.from_config(cfg["label"].get("threshold"), cfg["label"].get("quantile"))
-    rule.labels([r.final_acc for r in runs])  # fail early, with one line, if a class is empty
+    rule, cut = population_cut(runs, cfg)  # fails early, with one line, if a class is empty
     cells = [(kind, spec) for t in range(1, int(cfg["epochs"]) + 1) for kind in cfg["classifiers"]
              for spec in feature_specs(cfg, t)]
     rows = []
     for kind, spec in tqdm(cells, desc="cross-validating", unit="cell", file=sys.stderr):
         params = dict(cfg["predictors"][kind].get("params") or {})
         scores = evaluate(spec, kind, params, runs, rule, int(cfg["folds"]), int(cfg["seed"]),
-                          cfg.get("train_on"), cfg.get("test_on"))
+                          cfg.get("train_on"), cfg.get("test_on"), cut)
         rows.append({"classifier": kind, "features": spec.label, "t": spec.t, **scores})
     return pd.DataFrame(rows)
 
@@ -371,6 +401,11 @@ def check_config(cfg: Mapping[str, Any]) -> None:
             raise choice_error("signature variant", v, VARIANTS, key="variants")
 
 
+def _counts(runs: Sequence[RunRecord], cut: float) -> str:
+    high = int(sum(np.nan_to_num(r.final_acc) >= cut for r in runs))
+    return f"{len(runs)} runs ({high} high / {len(runs) - high} low)"
+
+
 def run_compare(cfg: Mapping[str, Any]) -> pd.DataFrame:
     """The whole command: read runs, compare, write and log the tables and plots, optionally register."""
     import mlflow
@@ -378,27 +413,33 @@ def run_compare(cfg: Mapping[str, Any]) -> pd.DataFrame:
     check_config(cfg)
     client = tracking.get_client(cfg["mlflow"]["tracking_uri"])
     sources = [b for b in cfg["baselines"] if b in WEIGHT_SOURCES]
+    name = "+".join(experiment_names(cfg["experiment"]))
     runs = load_runs(client, cfg["experiment"], int(cfg["epochs"]), cfg["label"].get("metric", "final_val_acc"),
                      tuple(cfg["centralities"]), sources, int(cfg["unrolled_budget_mb"]) * 2**20)
-    rule = LabelRule.from_config(cfg["label"].get("threshold"), cfg["label"].get("quantile"))
-    y = rule.labels([r.final_acc for r in runs])
-    log.info("%d runs from %r: %d high, %d low (cut %.4f on %s)", len(runs), cfg["experiment"], int(y.sum()),
-             int(len(y) - y.sum()), rule.cut([r.final_acc for r in runs]), cfg["label"].get("metric"))
+    rule, cut = population_cut(runs, cfg)
+    metric = cfg["label"].get("metric", "final_val_acc")
+    if cfg.get("train_on") or cfg.get("test_on"):
+        train, test = split_runs(runs, cfg.get("train_on"), cfg.get("test_on"))
+        summary = (f"{_counts(train, cut)} fitted (train_on={cfg.get('train_on')}), {_counts(test, cut)} scored "
+                   f"(test_on={cfg.get('test_on')}), one split (std 0); high = {metric} >= {cut:.4f}")
+    else:
+        summary = (f"{_counts(runs, cut)}; high = {metric} >= {cut:.4f}; stratified {cfg['folds']}-fold "
+                   f"cross-validation (seed {cfg['seed']})")
+    log.info("%s: %s", name, summary)
     exp_id = tracking.experiment_id(client, cfg["mlflow"]["experiment"])
-    out = Path(cfg["output_dir"])
+    out = Path(cfg.get("output_dir") or f"bench/results/compare/{name}")
     out.mkdir(parents=True, exist_ok=True)
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"compare-{cfg['experiment']}") as run:
-        mlflow.set_tags({"epochgraph.role": "compare", "population": cfg["experiment"]})
-        mlflow.log_params({"experiment": cfg["experiment"], "epochs": cfg["epochs"], "n_runs": len(runs),
-                           "label.threshold": rule.threshold, "label.quantile": rule.quantile,
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"compare-{name}") as run:
+        mlflow.set_tags({"epochgraph.role": "compare", "population": name})
+        mlflow.log_params({"experiment": name, "epochs": cfg["epochs"], "n_runs": len(runs),
+                           "label.threshold": rule.threshold, "label.quantile": rule.quantile, "label.cut": cut,
                            "folds": cfg["folds"], "train_on": cfg.get("train_on"), "test_on": cfg.get("test_on")})
         df = compare(runs, cfg)
-        md = (f"# Comparison on `{cfg['experiment']}`\n\n{len(runs)} runs, {int(y.sum())} high / "
-              f"{int(len(y) - y.sum())} low.\n\n## Which signal wins at each t\n\n{winners(df)}\n\n"
-              f"{markdown_tables(df)}")
+        md = (f"# Comparison on `{name}`\n\n{summary}.\n\n"
+              f"## Which signal wins at each t\n\n{winners(df)}\n\n{markdown_tables(df)}")
         df.to_csv(out / "comparison.csv", index=False)
         (out / "comparison.md").write_text(md)
-        plot(df, out / "balanced_accuracy_vs_t.png", cfg["experiment"])
+        plot(df, out / "balanced_accuracy_vs_t.png", name)
         for f in ("comparison.csv", "comparison.md", "balanced_accuracy_vs_t.png"):
             mlflow.log_artifact(str(out / f))
         for _, row in df.dropna(subset=["bal_acc_mean"]).iterrows():
