@@ -34,7 +34,8 @@ def _runs(tmp_path):
 
 
 def test_killed_worker_is_failed_retried_and_its_run_closed(tmp_path):
-    over = ["hydra.sweeper.n_trials=3", "trainer.epochs=40", "storage.heartbeat_interval=1", "storage.grace_period=2",
+    # 5000 epochs: the first trial is surely still training when it is killed, however fast the machine
+    over = ["hydra.sweeper.n_trials=3", "trainer.epochs=5000", "storage.heartbeat_interval=1", "storage.grace_period=2",
             "storage.max_retry=1"]
     proc = subprocess.Popen(_sweep_cmd(tmp_path, *over), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -42,7 +43,6 @@ def test_killed_worker_is_failed_retried_and_its_run_closed(tmp_path):
     while time.time() < deadline and not any(r.info.status == "RUNNING" and "trial" in r.data.tags
                                              for r in _runs(tmp_path)):
         time.sleep(0.5)
-    time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGKILL)  # the worker dies mid-trial: no cleanup code runs
     proc.wait()
     assert any(r.info.status == "RUNNING" for r in _runs(tmp_path))
