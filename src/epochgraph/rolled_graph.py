@@ -195,6 +195,7 @@ class BlockGraph:
     num_nodes: int
 
     def degree(self) -> np.ndarray:
+        """Weighted degree: row sums of every block on its dst nodes, column sums on its src nodes."""
         deg = np.zeros(self.num_nodes)
         for s, d, m in self.blocks:
             deg[d:d + m.shape[0]] += m.sum(axis=1, dtype=np.float64)
@@ -202,6 +203,7 @@ class BlockGraph:
         return deg
 
     def matvec(self, x: np.ndarray) -> np.ndarray:
+        """The product A x with the symmetric adjacency A, block by block (for Lanczos)."""
         x = np.asarray(x).reshape(-1)
         y = np.zeros(self.num_nodes, dtype=np.result_type(x.dtype, np.float64))
         for s, d, m in self.blocks:

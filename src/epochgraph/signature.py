@@ -20,6 +20,8 @@ is, per variant,
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -77,9 +79,33 @@ def check_centralities(centralities: Sequence[str]) -> tuple[str, ...]:
     return tuple(centralities)
 
 
+@functools.cache
+def _blas_controller():
+    """threadpoolctl's view of the BLAS libraries numpy and scipy loaded (None without threadpoolctl)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - installed with scikit-learn
+        return None
+    return ThreadpoolController()
+
+
+def _one_blas_thread() -> contextlib.AbstractContextManager:
+    """Run the graph stage's BLAS calls on one thread: its matrices are small or memory-bound, and idle
+    OpenBLAS threads spinning beside torch's own thread pool slowed it several-fold (see the bench)."""
+    controller = _blas_controller()
+    return controller.limit(limits=1, user_api="blas") if controller is not None else contextlib.nullcontext()
+
+
+def _finite(t: torch.Tensor) -> bool:
+    # a NaN or inf entry makes the sum non-finite, so a finite sum proves every entry finite without
+    # the full-size boolean mask; only a sum that overflowed needs the entrywise check
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def _all_finite(state_dict: Mapping[str, torch.Tensor]) -> bool:
-    return all(bool(torch.isfinite(torch.as_tensor(v)).all()) for v in state_dict.values()
-               if torch.as_tensor(v).is_floating_point())
+    """True when every floating-point tensor of the snapshot holds only finite values."""
+    tensors = (torch.as_tensor(v) for v in state_dict.values())
+    return all(_finite(t) for t in tensors if t.is_floating_point())
 
 
 def snapshot_signature(topology: Topology, state_dict: Mapping[str, torch.Tensor],
@@ -113,9 +139,10 @@ def snapshot_signature(topology: Topology, state_dict: Mapping[str, torch.Tensor
         edges = edge_arrays(topology, state_dict)
         funcs = {"degree": lambda: weighted_degree_arrays(edges),
                  "eigenvector": lambda: eigenvector_centrality_arrays(edges)}
-    for c in centralities:
-        for a, v in zip(AGGREGATORS, aggregate(funcs[c]())):
-            out[metric_name(c, a)] = float(v)
+    with _one_blas_thread():
+        for c in centralities:
+            for a, v in zip(AGGREGATORS, aggregate(funcs[c]())):
+                out[metric_name(c, a)] = float(v)
     out[NONFINITE] = 0.0
     return out
 
