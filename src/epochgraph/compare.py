@@ -1,7 +1,8 @@
 """Compare forecasters on recorded runs (paper Q1, Q2): classifiers x features x t, plus baselines.
 
-Reads finished runs of an MLflow experiment (metric histories and weights artifacts; nothing is
-retrained), labels them high / low by final accuracy, and scores every variant with stratified k-fold
+Reads finished runs of one or several MLflow experiments (metric histories and weights artifacts;
+nothing is retrained), labels them high / low by final accuracy (``final_val_acc`` by default: the
+validation accuracy after the run's last epoch), and scores every variant with stratified k-fold
 cross-validation (or, with ``train_on`` / ``test_on``, fitted on one subset and scored on another).
 Output: a long CSV, markdown tables (balanced accuracy and ROC-AUC, mean +- std over folds), and
 plots of balanced accuracy vs. t, logged to a comparison MLflow run and saved under ``output_dir``.
