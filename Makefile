@@ -41,10 +41,10 @@ population: setup
 compare: setup
 	$(PY) -m epochgraph.cli.compare experiment=population_lenet epochs=5
 
-# graph stage vs training (always), then the pruner replay on the recorded population (make population)
+# the pruning benchmark (conf/bench/bench.yaml): graph stage vs training, the recorded populations (resumable),
+# predictor tables, pruner replay, summary.  make bench ARGS="bench.quick=true" is the CI-sized run.
 bench: setup
-	$(PY) bench/graph_bench.py
-	$(PY) bench/replay.py --experiment population_lenet --orders 20
+	$(PY) bench/bench.py $(ARGS)
 
 lint: setup
 	.venv/bin/ruff check src tests bench

@@ -1,7 +1,8 @@
 """Compare forecasters on recorded runs (paper Q1, Q2): classifiers x features x t, plus baselines.
 
 Reads finished runs of one or several MLflow experiments (metric histories and weights artifacts;
-nothing is retrained), labels them high / low by final accuracy (``final_val_acc`` by default: the
+nothing is retrained), or the same runs from an exported population table (``table=<parquet>``, seconds
+instead of minutes), labels them high / low by final accuracy (``final_val_acc`` by default: the
 validation accuracy after the run's last epoch), and scores every variant with stratified k-fold
 cross-validation (or, with ``train_on`` / ``test_on``, fitted on one subset and scored on another).
 Output: a long CSV, markdown tables (balanced accuracy and ROC-AUC, mean +- std over folds), and
@@ -88,12 +89,13 @@ def experiment_names(experiment: str | Sequence[str]) -> list[str]:
 
 def load_runs(client: Any, experiment: str | Sequence[str], epochs: int, label_metric: str = "final_val_acc",
               centralities: Sequence[str] = ("degree", "eigenvector"), weight_sources: Sequence[str] = (),
-              unrolled_budget: int = 2 * 1024**3) -> list[RunRecord]:
+              unrolled_budget: int = 2 * 1024**3, extra_metrics: Sequence[str] = ()) -> list[RunRecord]:
     """The finished, unpruned training runs of ``experiment`` (a name or a list) with their first ``epochs`` epochs.
 
     Sweep parent runs (tag ``epochgraph.role=sweep``), pruned trials and runs without ``val_acc`` are
     skipped. A run's final accuracy is its ``label_metric`` (default ``final_val_acc``, the validation
-    accuracy after its last epoch), or its last ``val_acc`` when that metric is absent.
+    accuracy after its last epoch), or its last ``val_acc`` when that metric is absent. ``extra_metrics``
+    (e.g. ``time/epoch_s``) are read into the history beside the signature and the learning curve.
     """
     ids = []
     for name in experiment_names(experiment):
@@ -105,7 +107,7 @@ def load_runs(client: Any, experiment: str | Sequence[str], epochs: int, label_m
         ids.append(exp.experiment_id)
     runs = client.search_runs(ids, filter_string="attributes.status = 'FINISHED'", max_results=50000)
     records = []
-    keys = _history_keys(centralities)
+    keys = [*_history_keys(centralities), *extra_metrics]
     for run in tqdm(runs, desc="reading runs", unit="run", file=sys.stderr):
         tags, metrics = run.data.tags, run.data.metrics
         if tags.get("pruned") == "true" or tags.get("epochgraph.role") == "sweep" or "val_acc" not in metrics:
@@ -407,6 +409,16 @@ def _counts(runs: Sequence[RunRecord], cut: float) -> str:
     return f"{len(runs)} runs ({high} high / {len(runs) - high} low)"
 
 
+def _runs_from_table(cfg: Mapping[str, Any]) -> list[RunRecord]:
+    """The runs of ``cfg.experiment`` from an exported population table (`epochgraph.population`)."""
+    from epochgraph.population import from_table, read_table
+
+    if cfg["label"].get("metric", "final_val_acc") != "final_val_acc":
+        raise EpochgraphError(f"label.metric={cfg['label']['metric']!r} needs the MLflow runs; a population table "
+                              f"is labelled by final_val_acc (drop table=... or label.metric)")
+    return from_table(read_table(cfg["table"]), experiment_names(cfg["experiment"]))
+
+
 def run_compare(cfg: Mapping[str, Any]) -> pd.DataFrame:
     """The whole command: read runs, compare, write and log the tables and plots, optionally register."""
     import mlflow
@@ -415,8 +427,11 @@ def run_compare(cfg: Mapping[str, Any]) -> pd.DataFrame:
     client = tracking.get_client(cfg["mlflow"]["tracking_uri"])
     sources = [b for b in cfg["baselines"] if b in WEIGHT_SOURCES]
     name = "+".join(experiment_names(cfg["experiment"]))
-    runs = load_runs(client, cfg["experiment"], int(cfg["epochs"]), cfg["label"].get("metric", "final_val_acc"),
-                     tuple(cfg["centralities"]), sources, int(cfg["unrolled_budget_mb"]) * 2**20)
+    if cfg.get("table"):
+        runs = _runs_from_table(cfg)
+    else:
+        runs = load_runs(client, cfg["experiment"], int(cfg["epochs"]), cfg["label"].get("metric", "final_val_acc"),
+                         tuple(cfg["centralities"]), sources, int(cfg["unrolled_budget_mb"]) * 2**20)
     rule, cut = population_cut(runs, cfg)
     metric = cfg["label"].get("metric", "final_val_acc")
     if cfg.get("train_on") or cfg.get("test_on"):
@@ -432,7 +447,7 @@ def run_compare(cfg: Mapping[str, Any]) -> pd.DataFrame:
     out.mkdir(parents=True, exist_ok=True)
     with mlflow.start_run(experiment_id=exp_id, run_name=f"compare-{name}") as run:
         mlflow.set_tags({"epochgraph.role": "compare", "population": name})
-        mlflow.log_params({"experiment": name, "epochs": cfg["epochs"], "n_runs": len(runs),
+        mlflow.log_params({"experiment": name, "epochs": cfg["epochs"], "n_runs": len(runs), "table": cfg.get("table"),
                            "label.threshold": rule.threshold, "label.quantile": rule.quantile, "label.cut": cut,
                            "folds": cfg["folds"], "train_on": cfg.get("train_on"), "test_on": cfg.get("test_on")})
         df = compare(runs, cfg)

@@ -1,0 +1,457 @@
+"""The pruning benchmark behind ``make bench`` (`conf/bench/bench.yaml`): record populations of trainings,
+export them as one table, compare forecasters on it, replay it through every pruner, and measure the
+graph stage against training.
+
+Each step reads what the previous one left (the MLflow store, then the table), so any step can be rerun
+alone, and the population step only trains the seeds not yet FINISHED in the store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+
+from epochgraph import tracking
+from epochgraph.compare import RunRecord, load_runs
+from epochgraph.errors import EpochgraphError, choice_error
+from epochgraph.predictor import WEIGHT_SOURCES
+from epochgraph.replay import PrunerFactory, pruner_factory, random_orders, replay_orders, run_length
+
+log = logging.getLogger("epochgraph")
+STEPS = ("graph_stage", "population", "export", "compare", "replay", "timing", "summary")
+MAX_EPOCHS = 1000  # read window for the MLflow histories; the table keeps each run's own epochs
+
+
+def settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``bench`` section with ``quick_settings`` merged in when ``bench.quick`` (and checked)."""
+    b = OmegaConf.create(dict(cfg["bench"]))
+    uri = cfg["mlflow"]["tracking_uri"]
+    if b.quick:
+        quick = OmegaConf.to_container(b.quick_settings, resolve=True)
+        uri = quick.pop("tracking_uri", uri)
+        b.populations = quick.pop("populations")  # replaced, not merged: the quick run has its own list
+        b = OmegaConf.merge(b, quick)
+    out = OmegaConf.to_container(b, resolve=True)
+    out["tracking_uri"] = uri
+    out["experiment"] = cfg["mlflow"].get("experiment", "bench")
+    for step in out["steps"]:
+        if step not in STEPS:
+            raise choice_error("bench step", step, STEPS, key="bench.steps")
+    if out["quick"]:  # the graph-stage benchmark takes minutes: the quick run reads its committed results
+        out["steps"] = [s for s in out["steps"] if s != "graph_stage"]
+    if not out["populations"]:
+        raise EpochgraphError("bench.populations is empty; name a preset and its size, "
+                              "e.g. bench.populations={population_lenet: 64}")
+    for name, n in out["populations"].items():
+        if not (Path(_conf_dir()) / "experiment" / f"{name}.yaml").is_file():
+            raise EpochgraphError(f"bench.populations names {name!r}, which is not a preset in "
+                                  f"conf/experiment/; add conf/experiment/{name}.yaml or drop it")
+        if int(n) < 1:
+            raise EpochgraphError(f"bench.populations.{name}={n} must be >= 1 trainings")
+    if int(out["workers"]) < 1:
+        raise EpochgraphError(f"bench.workers={out['workers']} must be >= 1")
+    return out
+
+
+def _conf_dir() -> str:
+    from epochgraph.cli.train import CONF_DIR
+
+    return CONF_DIR
+
+
+def graph_stage_bench(b: Mapping[str, Any]) -> None:
+    """bench/graph_bench.py: graph stage vs. one training epoch per zoo model, rolled vs. unrolled."""
+    script = Path(_conf_dir()).parent / "bench" / "graph_bench.py"
+    code = subprocess.call([sys.executable, str(script)])
+    if code != 0:
+        raise EpochgraphError(f"{script} stopped with exit status {code} (see above)")
+
+
+# --- population -----------------------------------------------------------------------------------
+
+def recorded_seeds(client: Any, experiment: str) -> set[int]:
+    """Seeds of the FINISHED, unpruned trainings already in ``experiment`` (none if it does not exist)."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return set()
+    runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", max_results=50000)
+    return {int(float(r.data.params["seed"])) for r in runs
+            if "seed" in r.data.params and r.data.tags.get("pruned") != "true"
+            and r.data.tags.get("epochgraph.role") != "sweep"}
+
+
+def train_command(preset: str, seeds: Sequence[int], b: Mapping[str, Any]) -> list[str]:
+    """The ``epochgraph-train`` multirun that records ``seeds`` of ``preset``."""
+    workers = int(b["workers"])
+    launcher = (["hydra/launcher=local_workers", f"hydra.launcher.n_jobs={workers}", "trainer.threads=1"]
+                if workers > 1 else [])
+    return [sys.executable, "-m", "epochgraph.cli.train", "-m", f"+experiment={preset}",
+            f"seed={','.join(str(s) for s in seeds)}", f"mlflow.tracking_uri={b['tracking_uri']}",
+            f"hydra.sweep.dir=multirun/bench/{preset}/${{now:%Y-%m-%d_%H-%M-%S}}", *launcher,
+            *b["train_overrides"]]
+
+
+def build_population(b: Mapping[str, Any]) -> dict[str, int]:
+    """Train the missing seeds of every population; returns preset -> trainings recorded."""
+    client = tracking.get_client(b["tracking_uri"])  # creates the store before parallel workers race to
+    counts = {}
+    for preset, n in b["populations"].items():
+        tracking.experiment_id(client, preset)
+        have = recorded_seeds(client, preset)
+        missing = [s for s in range(int(n)) if s not in have]
+        print(f"[bench] {preset}: {int(n) - len(missing)} of {n} trainings recorded, "
+              f"{len(missing)} to train", flush=True)
+        if missing:
+            cmd = train_command(preset, missing, b)
+            log.info("running %s", " ".join(cmd))
+            code = subprocess.call(cmd)
+            if code != 0:
+                raise EpochgraphError(f"the trainings of {preset} stopped with exit status {code} (see above); "
+                                      f"run make bench again to resume with the seeds still missing")
+        done = recorded_seeds(client, preset)
+        if len(done & set(range(int(n)))) < int(n):
+            lost = sorted(set(range(int(n))) - done)
+            raise EpochgraphError(f"{preset}: seeds {lost[:10]} did not finish (FAILED or KILLED in the MLflow "
+                                  f"store); run make bench again to retry them")
+        counts[preset] = int(n)
+    return counts
+
+
+# --- export ---------------------------------------------------------------------------------------
+
+def export_table(b: Mapping[str, Any]) -> pd.DataFrame:
+    """Read every population from MLflow (histories and weights) and write the table."""
+    from epochgraph.population import EXTRA_METRICS, to_table, write_table
+
+    client = tracking.get_client(b["tracking_uri"])
+    frames = []
+    for preset, n in b["populations"].items():
+        runs = load_runs(client, preset, MAX_EPOCHS, weight_sources=WEIGHT_SOURCES, extra_metrics=EXTRA_METRICS)
+        runs = [r for r in runs if int(float(r.params.get("seed", -1))) < int(n)]
+        frames.append(to_table(runs, preset))
+    df = pd.concat(frames, ignore_index=True)
+    path = write_table(df, b["table"])
+    print(f"[bench] table {path}: {df['run_id'].nunique()} runs, {len(df)} rows, "
+          f"{path.stat().st_size / 2**20:.1f} MB", flush=True)
+    return df
+
+
+def load_population(b: Mapping[str, Any], preset: str) -> list[RunRecord]:
+    from epochgraph.population import from_table, read_table
+
+    return from_table(read_table(b["table"]), [preset])
+
+
+# --- compare --------------------------------------------------------------------------------------
+
+def compare_populations(b: Mapping[str, Any]) -> None:
+    """``epochgraph-compare`` on the table, one population at a time, t = 1..compare.epochs."""
+    for preset in b["populations"]:
+        cmd = [sys.executable, "-m", "epochgraph.cli.compare", f"experiment={preset}", f"table={b['table']}",
+               f"epochs={b['compare']['epochs']}", f"output_dir={Path(b['results']) / 'compare' / preset}",
+               f"mlflow.tracking_uri={b['tracking_uri']}", *b["compare"]["overrides"]]
+        log.info("running %s", " ".join(cmd))
+        code = subprocess.call(cmd)
+        if code != 0:
+            raise EpochgraphError(f"epochgraph-compare on {preset} stopped with exit status {code} (see above)")
+
+
+# --- replay ---------------------------------------------------------------------------------------
+
+def replay_settings(b: Mapping[str, Any], n_epochs: int) -> dict[str, PrunerFactory]:
+    """name -> pruner factory: the signature variants, then Optuna's pruners, as bench.replay lists them."""
+    r = b["replay"]
+    sig = r["signature"]
+    out: dict[str, PrunerFactory] = {}
+    for clf in sig["classifiers"]:
+        for label, cents in sig["centralities"].items():
+            out[f"signature-{clf}-{label}"] = pruner_factory(
+                "signature", n_epochs, {**sig["base"], "classifier": clf, "centralities": list(cents)})
+    for name, changes in (sig.get("extra") or {}).items():
+        out[f"signature-{name}" if not name.startswith(("signature", "curve")) else name] = pruner_factory(
+            "signature", n_epochs, {**sig["base"], **changes})
+    for name in r["optuna"]:
+        out[name] = pruner_factory(name, n_epochs)
+    return out
+
+
+def replay_population(b: Mapping[str, Any], preset: str) -> dict[str, Any]:
+    """Every pruner setting over ``replay.orders`` random orders of the population's recorded trials."""
+    import optuna
+    from tqdm import tqdm
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    runs = load_population(b, preset)
+    n_epochs = max(run_length(r) for r in runs)
+    orders = random_orders(len(runs), int(b["replay"]["orders"]))
+    q = float(b["replay"]["high_quantile"])
+    table: dict[str, Any] = {}
+    factories = replay_settings(b, n_epochs)
+    for name, factory in tqdm(factories.items(), desc=f"replaying {preset}", unit="pruner", file=sys.stderr):
+        res = replay_orders(runs, factory, orders, q)
+        res.pop("per_order")
+        table[name] = res
+        tqdm.write(f"[bench] {preset} {name:34s} epochs {res['epochs_frac'][0]:.2f}  regret {res['regret'][0]:.4f}"
+                   f"  false-prune {res['false_prune'][0]:.2f}  high pruned {res['high_pruned'][0]:.2f}"
+                   f"  pruner {res['pruner_s'][0]:.2f}s", file=sys.stderr)
+    finals = [r.final_acc for r in runs]
+    return {"population": preset, "runs": len(runs), "epochs": n_epochs, "orders": len(orders),
+            "high_quantile": q, "high_cut": float(np.quantile(np.nan_to_num(finals), q)),
+            "final_acc_range": [float(np.nanmin(finals)), float(np.nanmax(finals))], "pruners": table}
+
+
+def _kind(name: str) -> str:
+    return "signature" if name.startswith("signature") else ("curve" if name.startswith("curve") else "optuna")
+
+
+def replay_markdown(res: Mapping[str, Any]) -> str:
+    lo, hi = res["final_acc_range"]
+    lines = [f"### `{res['population']}`: {res['runs']} recorded trainings of up to {res['epochs']} epochs",
+             "",
+             f"Final val_acc {lo:.3f}–{hi:.3f}; high = at or above the {res['high_quantile']:.2f} quantile "
+             f"({res['high_cut']:.3f}). {res['orders']} random orders, mean ± std over orders.", "",
+             "| pruner | epochs trained | regret | orders with zero regret | false-prune rate | high trials pruned "
+             "| pruned trials | pruner time (s) |", "|---|---|---|---|---|---|---|---|"]
+    for name, a in sorted(res["pruners"].items(), key=lambda kv: kv[1]["epochs_frac"][0]):
+        lines.append(f"| {name} | {a['epochs_frac'][0]:.3f} ± {a['epochs_frac'][1]:.3f} | {a['regret'][0]:.4f} ± "
+                     f"{a['regret'][1]:.4f} | {a['zero_regret_share']:.2f} | {a['false_prune'][0]:.3f} | "
+                     f"{a['high_pruned'][0]:.3f} | {a['pruned'][0]:.1f} | {a['pruner_s'][0]:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def replay_plot(results: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Epochs trained vs. regret, one point per pruner setting, one panel per population."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"signature": "tab:blue", "curve": "tab:green", "optuna": "tab:orange"}
+    fig, axes = plt.subplots(1, len(results), figsize=(7 * len(results), 5.2), squeeze=False)
+    for ax, res in zip(axes[0], results):
+        for name, a in res["pruners"].items():
+            ax.errorbar(a["epochs_frac"][0], a["regret"][0], xerr=a["epochs_frac"][1], yerr=a["regret"][1],
+                        fmt="o", color=colors[_kind(name)], capsize=2, ms=4)
+            ax.annotate(name, (a["epochs_frac"][0], a["regret"][0]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set_xlabel("fraction of epochs trained (lower = more saved)")
+        ax.set_ylabel("regret (best final val_acc missed)")
+        ax.set_xlim(0, 1.05)
+        ax.set_title(f"{res['population']} ({res['runs']} runs, {res['orders']} orders)", fontsize=10)
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=k) for k, c in colors.items()]
+    axes[0][-1].legend(handles=handles, fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def replay_all(b: Mapping[str, Any]) -> list[dict[str, Any]]:
+    out_dir = Path(b["results"]) / "replay"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for preset in b["populations"]:
+        res = replay_population(b, preset)
+        (out_dir / f"{preset}.json").write_text(json.dumps(res, indent=2))
+        results.append(res)
+    md = "# Pruner replay\n\n" + "\n".join(replay_markdown(r) for r in results)
+    (out_dir / "replay.md").write_text(md)
+    replay_plot(results, out_dir / "epochs_vs_regret.png")
+    print(md)
+    return results
+
+
+# --- timing (paper Q3) ----------------------------------------------------------------------------
+
+def timing(b: Mapping[str, Any]) -> pd.DataFrame:
+    """Per population: training epoch vs. graph stage, measured during the recorded trainings, beside the
+    rolled vs. unrolled sizes and times of bench/graph_bench.py."""
+    from epochgraph.population import read_table
+
+    df = read_table(b["table"])
+    df = df[df["experiment"].isin(list(b["populations"]))]
+    rows = []
+    for (preset, model), g in df.groupby(["experiment", "model"], sort=False):
+        epoch_s, graph_s = g["time/epoch_s"].median(), g["time/graph_s"].median()
+        rows.append({"population": preset, "model": model, "train_size": g["data.train_size"].iloc[0],
+                     "epochs timed": int(g["time/graph_s"].notna().sum()), "training epoch (s)": epoch_s,
+                     "graph stage (ms)": 1000 * graph_s, "graph stage / epoch (%)": 100 * graph_s / epoch_s})
+    out = pd.DataFrame(rows)
+    path = Path(b["graph_stage"])
+    graph = json.loads(path.read_text()) if path.is_file() else {}
+    sizes = {r["model"]: r for r in graph.get("zoo", [])}
+    md = ["# Time efficiency (paper Q3)", "",
+          "Medians over every epoch of every recorded training (one torch thread, the graph stage on the "
+          "same core):", "", out.to_markdown(index=False, floatfmt=".3f"), ""]
+    if sizes:
+        md += [f"Rolled vs. unrolled graph of the same models at default width, untrained ({path}, "
+               "from bench/graph_bench.py; the unrolled degree is computed from the layer shapes without "
+               "building its edge list):", "",
+               "| model | rolled nodes | rolled edges | rolled MB | graph stage, rolled (ms) | unrolled nodes "
+               "| unrolled edges | unrolled MB | unrolled degree (ms) |",
+               "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for model in out["model"].unique():
+            s = sizes.get(model)
+            if s:
+                unrolled = (f"{1000 * s['unrolled_s']:.1f}" if s.get("unrolled_status") == "ok"
+                            else str(s.get("unrolled_status")))
+                md.append(f"| {model} | {s['nodes']:,} | {s['edges']:,} | {s['rolled_mb']:.1f} | "
+                          f"{1000 * s['graph_auto_s']:.1f} | {s['unrolled_nodes']:,} | {s['unrolled_edges']:,} | "
+                          f"{s['unrolled_mb']:.0f} | {unrolled} |")
+    text = "\n".join(md) + "\n"
+    Path(b["results"]).mkdir(parents=True, exist_ok=True)
+    (Path(b["results"]) / "time_efficiency.md").write_text(text)
+    print(text)
+    return out
+
+
+def machine() -> str:
+    import torch
+
+    return (f"{os.cpu_count()} CPU cores, {platform.platform()}, torch {torch.__version__} "
+            f"({'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU only'})")
+
+
+def finite(x: float) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+# --- summary --------------------------------------------------------------------------------------
+
+def _best(g: pd.DataFrame, mask: pd.Series) -> tuple[float, str]:
+    """The highest balanced accuracy among ``g[mask]`` and its cell name."""
+    sub = g[mask]
+    if sub.empty:
+        return math.nan, "-"
+    r = sub.loc[sub["bal_acc_mean"].idxmax()]
+    return float(r["bal_acc_mean"]), f"{r['classifier']} {r['features']}"
+
+
+def forecast_targets(comparison: pd.DataFrame, max_t: int = 3) -> list[dict[str, Any]]:
+    """Per t <= ``max_t``: the best graph signature, learning curve and hybrid cells (5-fold CV)."""
+    rows = []
+    scored = comparison.dropna(subset=["bal_acc_mean"])
+    for t in range(1, max_t + 1):
+        g = scored[scored["t"] == t]
+        if g.empty:
+            continue
+
+        sig, curve, hybrid = (_best(g, g["features"].str.startswith("signature")), _best(g, g["features"] == "curve"),
+                              _best(g, g["features"].str.startswith("hybrid")))
+        rows.append({"t": t, "signature": sig[0], "signature_cell": sig[1], "curve": curve[0],
+                     "curve_cell": curve[1], "hybrid": hybrid[0], "hybrid_cell": hybrid[1]})
+    return rows
+
+
+def pruning_targets(res: Mapping[str, Any]) -> dict[str, Any]:
+    """The signature setting saving most epochs at zero regret (in every order; else the lowest regret),
+    against the Optuna pruner saving most at no more regret."""
+    pr = res["pruners"]
+    sig = {k: v for k, v in pr.items() if _kind(k) == "signature"}
+    opt = {k: v for k, v in pr.items() if _kind(k) == "optuna" and k != "none"}
+    if not sig:
+        return {}
+    zero = {k: v for k, v in sig.items() if v["zero_regret_share"] == 1.0}
+    pool = zero or {k: v for k, v in sig.items() if v["regret"][0] == min(a["regret"][0] for a in sig.values())}
+    s_name = max(pool, key=lambda k: 1 - pool[k]["epochs_frac"][0])
+    s = pool[s_name]
+    peers = {k: v for k, v in opt.items() if v["regret"][0] <= s["regret"][0] + 1e-12}
+    o_name = max(peers, key=lambda k: 1 - peers[k]["epochs_frac"][0]) if peers else None
+    o_saving = 1 - peers[o_name]["epochs_frac"][0] if o_name else 0.0
+    s_saving = 1 - s["epochs_frac"][0]
+    best_opt = max(opt, key=lambda k: 1 - opt[k]["epochs_frac"][0]) if opt else None
+    return {"signature": s_name, "signature_saving": s_saving, "signature_regret": s["regret"][0],
+            "signature_zero_regret_share": s["zero_regret_share"], "false_prune": s["false_prune"][0],
+            "high_pruned": s["high_pruned"][0], "optuna": o_name, "optuna_saving": o_saving,
+            "ratio": s_saving / o_saving if o_saving > 0 else math.inf,
+            "optuna_most_saving": best_opt,
+            "optuna_most_saving_value": 1 - opt[best_opt]["epochs_frac"][0] if best_opt else math.nan,
+            "optuna_most_saving_regret": opt[best_opt]["regret"][0] if best_opt else math.nan}
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def summary(b: Mapping[str, Any], command: str) -> str:
+    """summary.md: every target of the benchmark, measured, per population."""
+    results = Path(b["results"])
+    lines = ["# Pruning benchmark: summary", "",
+             f"Reproduce: `{command}` (machine: {machine()}).", "",
+             "## Forecast (cross-validated balanced accuracy on held-out trainings, from epochgraph-compare)", "",
+             "Target: >= 0.95 at some t <= 3, and above the learning-curve baseline at that t.", "",
+             "| population | t | best graph signature | learning curve | hybrid signature ⊕ curve | target |",
+             "|---|---|---|---|---|---|"]
+    for preset in b["populations"]:
+        csv = results / "compare" / preset / "comparison.csv"
+        if not csv.is_file():
+            lines.append(f"| {preset} | - | (no comparison: run bench.steps=[compare]) | | | |")
+            continue
+        for r in forecast_targets(pd.read_csv(csv)):
+            ok = r["signature"] >= 0.95 and r["signature"] > r["curve"]
+            lines.append(f"| {preset} | {r['t']} | {r['signature']:.3f} ({r['signature_cell']}) | "
+                         f"{r['curve']:.3f} ({r['curve_cell']}) | {r['hybrid']:.3f} ({r['hybrid_cell']}) | "
+                         f"{_met(ok)} |")
+    lines += ["", "## Pruning (replay of the recorded trainings)", "",
+              "The signature setting that saves the most epochs with zero regret in every order (else the lowest "
+              "regret), against the Optuna pruner saving the most at no more mean regret. Targets: >= 60 % of "
+              "epochs saved at zero regret, >= 1.3x the Optuna saving, false-prune rate <= 5 %.", "",
+              "| population | signature setting | epochs saved | regret (orders at zero) | false-prune rate "
+              "| high trials pruned | best Optuna at ≤ regret | its saving | ratio | Optuna's most saving "
+              "(regret) | targets |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for preset in b["populations"]:
+        path = results / "replay" / f"{preset}.json"
+        if not path.is_file():
+            lines.append(f"| {preset} | (no replay: run bench.steps=[replay]) |" + " |" * 10)
+            continue
+        p = pruning_targets(json.loads(path.read_text()))
+        if not p:
+            continue
+        checks = [p["signature_saving"] >= 0.60 and p["signature_zero_regret_share"] == 1.0, p["ratio"] >= 1.3,
+                  p["false_prune"] <= 0.05]
+        lines.append(f"| {preset} | {p['signature']} | {p['signature_saving']:.2f} | {p['signature_regret']:.4f} "
+                     f"({p['signature_zero_regret_share']:.2f}) | {p['false_prune']:.2f} | {p['high_pruned']:.2f} | "
+                     f"{p['optuna'] or '-'} | {p['optuna_saving']:.2f} | {p['ratio']:.2f} | "
+                     f"{p['optuna_most_saving']} {p['optuna_most_saving_value']:.2f} "
+                     f"({p['optuna_most_saving_regret']:.4f}) | "
+                     f"saving {_met(checks[0])}, ratio {_met(checks[1])}, false-prune {_met(checks[2])} |")
+    lines += ["", "Details: [predictor tables](compare/), [replay](replay/replay.md) and "
+              "[plot](replay/epochs_vs_regret.png), [time efficiency](time_efficiency.md).", ""]
+    text = "\n".join(lines)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "summary.md").write_text(text)
+    print(text)
+    return text
+
+
+def log_results(b: Mapping[str, Any]) -> str:
+    """One MLflow run in experiment ``bench`` holding the result files (tables, plots, JSON)."""
+    import mlflow
+
+    client = tracking.get_client(b["tracking_uri"])
+    exp_id = tracking.experiment_id(client, b["experiment"])
+    results = Path(b["results"])
+    name = "pruning-benchmark" + ("-quick" if b["quick"] else "")
+    with mlflow.start_run(experiment_id=exp_id, run_name=name) as run:
+        mlflow.set_tags({"epochgraph.role": "bench", "populations": ",".join(b["populations"])})
+        mlflow.log_params({"populations": json.dumps(b["populations"]), "orders": b["replay"]["orders"],
+                           "compare.epochs": b["compare"]["epochs"], "table": b["table"]})
+        for f in sorted(results.glob("*.md")):
+            mlflow.log_artifact(str(f))
+        for sub in ("replay",):
+            if (results / sub).is_dir():
+                mlflow.log_artifacts(str(results / sub), artifact_path=sub)
+        return run.info.run_id

@@ -1,0 +1,129 @@
+"""Replay recorded trainings through an Optuna pruner, as if they were the trials of a live study.
+
+Each recorded run becomes a trial of an in-memory study: epoch by epoch its signature and learning
+curve go into the trial's user attrs and its val_acc is reported, exactly as a live job does
+(`epochgraph.trial`), and the trial stops where the pruner says so. Replaying a population in many
+random orders measures what a pruner would have saved and lost on it, without training anything:
+
+* ``epochs_frac``: epochs trained / epochs of the whole population (1.0 = no pruning);
+* ``regret``: best final accuracy in the population minus the best among trials that ran to the end;
+* ``false_prune``: share of the pruned trials whose final accuracy was *high* (at or above the
+  ``high_quantile`` of the population);
+* ``high_pruned``: share of the high trials that were pruned;
+* ``pruner_s``: seconds spent inside ``should_prune`` (the pruner's own cost).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from epochgraph.compare import RunRecord
+from epochgraph.predictor import CURVE_METRICS
+from epochgraph.pruner import EPOCH_ATTR
+from epochgraph.signature import NONFINITE
+
+PrunerFactory = Callable[[], optuna.pruners.BasePruner]
+METRICS = ("epochs_frac", "regret", "false_prune", "high_pruned", "pruned", "pruner_s")
+
+
+def run_length(run: RunRecord) -> int:
+    """Epochs the run trained: up to its last finite val_acc (a diverged run stops early)."""
+    values = run.history.get("val_acc", [])
+    return max((i + 1 for i, v in enumerate(values) if v is not None and math.isfinite(v)), default=1)
+
+
+def _epoch_attrs(run: RunRecord, i: int) -> dict[str, float | None]:
+    """What a live job stores in the trial's user attrs after epoch ``i + 1``."""
+    out: dict[str, float | None] = {}
+    for key, values in run.history.items():
+        if key.startswith("sig/") or key == NONFINITE or key in CURVE_METRICS:
+            v = values[i] if i < len(values) else None
+            out[key] = None if v is None or not math.isfinite(float(v)) else float(v)
+    return out
+
+
+def replay(runs: Sequence[RunRecord], order: Sequence[int], pruner: optuna.pruners.BasePruner,
+           high_quantile: float = 0.5) -> dict[str, float]:
+    """Replay ``runs`` in ``order`` through ``pruner``; the metrics of the module docstring."""
+    study = optuna.create_study(direction="maximize", pruner=pruner, sampler=optuna.samplers.RandomSampler(0))
+    trained = budget = 0
+    prune_time = 0.0
+    completed, pruned = [], []
+    for i in order:
+        run = runs[i]
+        length = run_length(run)
+        budget += length
+        trial = study.ask()
+        for e in range(length):
+            trial.set_user_attr(EPOCH_ATTR.format(e + 1), _epoch_attrs(run, e))
+            value = run.history["val_acc"][e]
+            trial.report(float(value) if value is not None and math.isfinite(value) else 0.0, e + 1)
+            start = time.perf_counter()
+            stop = trial.should_prune()
+            prune_time += time.perf_counter() - start
+            trained += 1
+            if stop:
+                study.tell(trial, state=TrialState.PRUNED)
+                pruned.append(i)
+                break
+        else:
+            study.tell(trial, run.final_acc if math.isfinite(run.final_acc) else 0.0)
+            completed.append(i)
+    finals = np.nan_to_num(np.array([r.final_acc for r in runs]))
+    high = finals >= np.quantile(finals, high_quantile)
+    best_found = max((finals[i] for i in completed), default=0.0)
+    n_high_pruned = int(sum(high[i] for i in pruned))
+    return {"epochs_frac": trained / budget, "regret": float(finals.max() - best_found),
+            "false_prune": n_high_pruned / len(pruned) if pruned else 0.0,
+            "high_pruned": n_high_pruned / max(1, int(high.sum())), "pruned": float(len(pruned)),
+            "pruner_s": prune_time}
+
+
+def replay_orders(runs: Sequence[RunRecord], factory: PrunerFactory, orders: Sequence[Sequence[int]],
+                  high_quantile: float = 0.5) -> dict[str, Any]:
+    """Mean and std of each metric over ``orders`` (a fresh pruner per order), plus the share of orders
+    with zero regret and the per-order values."""
+    res = [replay(runs, o, factory(), high_quantile) for o in orders]
+    out: dict[str, Any] = {k: (statistics.mean(r[k] for r in res), statistics.pstdev(r[k] for r in res))
+                           for k in METRICS}
+    out["zero_regret_share"] = sum(r["regret"] == 0 for r in res) / len(res)
+    out["per_order"] = res
+    return out
+
+
+def random_orders(n_runs: int, n_orders: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.permutation(n_runs) for _ in range(n_orders)]
+
+
+def pruner_factory(name: str, n_epochs: int, overrides: Mapping[str, Any] | None = None) -> PrunerFactory:
+    """A factory of the pruner ``conf/pruner/<name>.yaml`` configures for a sweep, with ``overrides``
+    (``trainer.epochs`` resolved to ``n_epochs``); built once now, so that a bad setting fails at once."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from epochgraph.cli.train import CONF_DIR
+    from epochgraph.errors import choice_error
+
+    path = Path(CONF_DIR) / "pruner" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise choice_error("pruner", name, known, key="pruners")
+    root = OmegaConf.create({"trainer": {"epochs": n_epochs}, "pruner": OmegaConf.load(path)})
+    root = OmegaConf.merge(root, {"pruner": dict(overrides or {})})
+    cfg = OmegaConf.to_container(root, resolve=True)["pruner"]
+
+    def make() -> optuna.pruners.BasePruner:
+        return instantiate(cfg)
+
+    make()
+    return make
