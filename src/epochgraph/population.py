@@ -92,9 +92,18 @@ def to_table(runs: Iterable[RunRecord], experiment: str) -> pd.DataFrame:
 
 def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     """Write ``df`` as Parquet (``path`` gets a ``.parquet`` suffix); returns the path written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     path = Path(path).with_suffix(".parquet")
     path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(path, index=False, compression="zstd")
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    floats = pa.list_(pa.float32())
+    for source in WEIGHT_SOURCES:  # the weights are float32: storing them as such halves the file
+        if source in table.column_names:
+            i = table.schema.get_field_index(source)
+            table = table.set_column(i, pa.field(source, floats), table.column(source).cast(floats))
+    pq.write_table(table, path, compression="zstd", compression_level=19)
     return path
 
 

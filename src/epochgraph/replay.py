@@ -27,6 +27,7 @@ import optuna
 from optuna.trial import TrialState
 
 from epochgraph.compare import RunRecord
+from epochgraph.errors import EpochgraphError, choice_error
 from epochgraph.predictor import CURVE_METRICS
 from epochgraph.pruner import EPOCH_ATTR
 from epochgraph.signature import NONFINITE
@@ -108,11 +109,11 @@ def random_orders(n_runs: int, n_orders: int, seed: int = 0) -> list[np.ndarray]
 def pruner_factory(name: str, n_epochs: int, overrides: Mapping[str, Any] | None = None) -> PrunerFactory:
     """A factory of the pruner ``conf/pruner/<name>.yaml`` configures for a sweep, with ``overrides``
     (``trainer.epochs`` resolved to ``n_epochs``); built once now, so that a bad setting fails at once."""
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from epochgraph.cli.train import CONF_DIR
-    from epochgraph.errors import choice_error
 
     path = Path(CONF_DIR) / "pruner" / f"{name}.yaml"
     if not path.is_file():
@@ -125,5 +126,9 @@ def pruner_factory(name: str, n_epochs: int, overrides: Mapping[str, Any] | None
     def make() -> optuna.pruners.BasePruner:
         return instantiate(cfg)
 
-    make()
+    try:
+        make()
+    except InstantiationException as err:  # the pruner's own ValueError, one line
+        cause = err.__cause__ or err
+        raise EpochgraphError(f"pruner {name} with {dict(overrides or {})}: {cause}") from None
     return make

@@ -1,0 +1,79 @@
+"""Replaying recorded runs through pruners: the measured savings, regret and false prunes."""
+
+import math
+
+import optuna
+import pytest
+
+from epochgraph.compare import RunRecord
+from epochgraph.errors import EpochgraphError
+from epochgraph.replay import pruner_factory, random_orders, replay, replay_orders, run_length
+from epochgraph.signature import NONFINITE
+
+
+def _run(run_id: str, curve: list[float], nonfinite: list[float] | None = None) -> RunRecord:
+    history = {"val_acc": curve, "val_loss": [1.0] * len(curve), NONFINITE: nonfinite or [0.0] * len(curve)}
+    finite = [v for v in curve if math.isfinite(v)]
+    return RunRecord(run_id, {}, {}, history, finite[-1])
+
+
+# finals 0.9, 0.8, 0.3, 0.2: high (>= median 0.55) are the first two
+RUNS = [_run("best", [0.6, 0.8, 0.9]), _run("good", [0.4, 0.7, 0.8]), _run("bad", [0.2, 0.25, 0.3]),
+        _run("worst", [0.1, 0.15, 0.2])]
+
+
+def test_no_pruning_trains_everything_with_zero_regret():
+    res = replay(RUNS, [0, 1, 2, 3], optuna.pruners.NopPruner())
+    assert res["epochs_frac"] == 1.0 and res["regret"] == 0.0 and res["pruned"] == 0 and res["false_prune"] == 0
+
+
+def test_threshold_pruner_measures_saving_regret_and_false_prunes():
+    # prunes at epoch 1 every run below 0.5: "good" (high) and the two low ones
+    res = replay(RUNS, [3, 2, 1, 0], optuna.pruners.ThresholdPruner(lower=0.5))
+    assert res["epochs_frac"] == pytest.approx((3 + 1 + 1 + 1) / 12)
+    assert res["regret"] == 0.0  # the best run ran to the end
+    assert res["pruned"] == 3
+    assert res["false_prune"] == pytest.approx(1 / 3)  # one of the three pruned was high
+    assert res["high_pruned"] == pytest.approx(1 / 2)  # one of the two high runs was pruned
+    # a stricter bound loses the best run too: the regret is what the search missed
+    strict = replay(RUNS, [0, 1, 2, 3], optuna.pruners.ThresholdPruner(lower=0.65))
+    assert strict["regret"] == pytest.approx(0.9 - 0.0)  # nothing completed
+    assert strict["high_pruned"] == 1.0
+
+
+def test_high_quantile_changes_which_runs_count_as_high():
+    res = replay(RUNS, [0, 1, 2, 3], optuna.pruners.ThresholdPruner(lower=0.5), high_quantile=0.9)
+    assert res["false_prune"] == 0.0  # only "best" is high, and it was kept
+
+
+def test_a_diverged_run_stops_early_and_the_signature_pruner_prunes_it_at_once():
+    diverged = _run("nan", [0.1, 0.1, math.nan], nonfinite=[0.0, 1.0, 1.0])
+    assert run_length(diverged) == 2
+    runs = [*RUNS, diverged]
+    factory = pruner_factory("signature", 3, {"n_startup_trials": 2})
+    res = replay(runs, [0, 1, 2, 3, 4], factory())
+    # every run trains to the end (too few completed trials to fit) except the diverged one, pruned at
+    # the epoch its weights turned non-finite
+    assert res["pruned"] == 1 and res["epochs_frac"] == pytest.approx((12 + 2) / 14)
+    assert res["false_prune"] == 0.0
+
+
+def test_replay_orders_aggregates_over_fresh_pruners():
+    orders = random_orders(len(RUNS), 5, seed=1)
+    assert len({tuple(o) for o in orders}) > 1
+    agg = replay_orders(RUNS, pruner_factory("median", 3, {"n_startup_trials": 1, "n_warmup_steps": 0}), orders)
+    per = agg["per_order"]
+    assert agg["epochs_frac"][0] == pytest.approx(sum(r["epochs_frac"] for r in per) / 5)
+    assert agg["zero_regret_share"] == sum(r["regret"] == 0 for r in per) / 5
+    assert agg["epochs_frac"][0] < 1.0  # the median pruner does stop the weak runs after the first one
+
+
+def test_pruner_factory_reads_the_sweep_configs_and_rejects_bad_ones():
+    hb = pruner_factory("hyperband", 15)()
+    assert isinstance(hb, optuna.pruners.HyperbandPruner)
+    sig = pruner_factory("signature", 15, {"classifier": "mlp", "check_epochs": [1, 2]})()
+    assert sig.classifier == "mlp" and sig.check_epochs == [1, 2]
+    with pytest.raises(EpochgraphError, match="unknown pruner 'nope'"):
+        pruner_factory("nope", 3)
+    with pytest.raises(EpochgraphError, match=r"pruner signature with \{'bound': 2\}: bound=2 must be in \(0, 1\)"):
+        pruner_factory("signature", 3, {"bound": 2})
