@@ -66,6 +66,11 @@ def test_replay_orders_aggregates_over_fresh_pruners():
     assert agg["epochs_frac"][0] == pytest.approx(sum(r["epochs_frac"] for r in per) / 5)
     assert agg["zero_regret_share"] == sum(r["regret"] == 0 for r in per) / 5
     assert agg["epochs_frac"][0] < 1.0  # the median pruner does stop the weak runs after the first one
+    # worker processes replay the same orders to the same numbers
+    par = replay_orders(RUNS, pruner_factory("median", 3, {"n_startup_trials": 1, "n_warmup_steps": 0}), orders,
+                        n_jobs=2)
+    assert [{k: v for k, v in r.items() if k != "pruner_s"} for r in par["per_order"]] == \
+        [{k: v for k, v in r.items() if k != "pruner_s"} for r in per]
 
 
 def test_pruner_factory_reads_the_sweep_configs_and_rejects_bad_ones():

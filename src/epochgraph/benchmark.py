@@ -200,7 +200,7 @@ def replay_population(b: Mapping[str, Any], preset: str) -> dict[str, Any]:
     table: dict[str, Any] = {}
     factories = replay_settings(b, n_epochs)
     for name, factory in tqdm(factories.items(), desc=f"replaying {preset}", unit="pruner", file=sys.stderr):
-        res = replay_orders(runs, factory, orders, q)
+        res = replay_orders(runs, factory, orders, q, n_jobs=int(b["workers"]))
         res.pop("per_order")
         table[name] = res
         tqdm.write(f"[bench] {preset} {name:34s} epochs {res['epochs_frac'][0]:.2f}  regret {res['regret'][0]:.4f}"

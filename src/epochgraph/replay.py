@@ -52,6 +52,11 @@ def _epoch_attrs(run: RunRecord, i: int) -> dict[str, float | None]:
     return out
 
 
+def _light(run: RunRecord) -> RunRecord:
+    keep = {k: v for k, v in run.history.items() if k.startswith("sig/") or k in CURVE_METRICS}
+    return RunRecord(run.run_id, {}, {}, keep, run.final_acc)
+
+
 def replay(runs: Sequence[RunRecord], order: Sequence[int], pruner: optuna.pruners.BasePruner,
            high_quantile: float = 0.5) -> dict[str, float]:
     """Replay ``runs`` in ``order`` through ``pruner``; the metrics of the module docstring."""
@@ -89,11 +94,23 @@ def replay(runs: Sequence[RunRecord], order: Sequence[int], pruner: optuna.prune
             "pruner_s": prune_time}
 
 
+def _replay_order(runs: Sequence[RunRecord], order: Sequence[int], factory: PrunerFactory,
+                  high_quantile: float) -> dict[str, float]:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # in a worker process too
+    return replay(runs, order, factory(), high_quantile)
+
+
 def replay_orders(runs: Sequence[RunRecord], factory: PrunerFactory, orders: Sequence[Sequence[int]],
-                  high_quantile: float = 0.5) -> dict[str, Any]:
-    """Mean and std of each metric over ``orders`` (a fresh pruner per order), plus the share of orders
-    with zero regret and the per-order values."""
-    res = [replay(runs, o, factory(), high_quantile) for o in orders]
+                  high_quantile: float = 0.5, n_jobs: int = 1) -> dict[str, Any]:
+    """Mean and std of each metric over ``orders`` (a fresh pruner per order, ``n_jobs`` orders at once),
+    plus the share of orders with zero regret and the per-order values."""
+    if n_jobs > 1:
+        from joblib import Parallel, delayed
+
+        runs = [_light(r) for r in runs]  # the weight baselines are not replayed: do not ship them
+        res = Parallel(n_jobs=n_jobs)(delayed(_replay_order)(runs, o, factory, high_quantile) for o in orders)
+    else:
+        res = [_replay_order(runs, o, factory, high_quantile) for o in orders]
     out: dict[str, Any] = {k: (statistics.mean(r[k] for r in res), statistics.pstdev(r[k] for r in res))
                            for k in METRICS}
     out["zero_regret_share"] = sum(r["regret"] == 0 for r in res) / len(res)
