@@ -67,13 +67,18 @@ def _res(**pruners):
 
 
 def test_pruning_targets_compare_at_no_more_regret():
-    res = _res(**{"signature-mlp-both": (0.4, 0.0, 1.0, 0.02), "signature-svm-both": (0.3, 0.01, 0.5, 0.2),
+    res = _res(**{"signature-mlp-both": (0.4, 0.0, 1.0, 0.2), "signature-svm-both": (0.3, 0.01, 0.5, 0.2),
+                  "signature-svm-degree": (0.9, 0.0, 1.0, 0.01), "hybrid-mlp": (0.2, 0.0, 1.0, 0.3),
                   "median": (0.25, 0.02, 0.3, 0.5), "hyperband": (0.7, 0.0, 1.0, 0.1), "none": (1.0, 0.0, 1.0, 0.0)})
     p = benchmark.pruning_targets(res)
-    # svm saves more but not at zero regret; median saves more but with regret: neither is the comparison
+    # svm saves more but not at zero regret; median saves more but with regret: neither is the comparison;
+    # the hybrid is a kind of its own
     assert p["signature"] == "signature-mlp-both" and p["signature_saving"] == pytest.approx(0.6)
     assert p["optuna"] == "hyperband" and p["optuna_saving"] == pytest.approx(0.3)
     assert p["ratio"] == pytest.approx(2.0) and p["optuna_most_saving"] == "median"
+    assert p["fewest_false_prunes"] == "signature-svm-degree" and p["fewest_false_prunes_saving"] == pytest.approx(0.1)
+    h = benchmark.pruning_targets(res, "hybrid")
+    assert h["signature"] == "hybrid-mlp" and h["ratio"] == pytest.approx(0.8 / 0.3)
 
 
 def test_pruning_targets_without_a_zero_regret_signature_take_the_lowest_regret():

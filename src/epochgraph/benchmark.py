@@ -180,7 +180,7 @@ def replay_settings(b: Mapping[str, Any], n_epochs: int) -> dict[str, PrunerFact
             out[f"signature-{clf}-{label}"] = pruner_factory(
                 "signature", n_epochs, {**sig["base"], "classifier": clf, "centralities": list(cents)})
     for name, changes in (sig.get("extra") or {}).items():
-        out[f"signature-{name}" if not name.startswith(("signature", "curve")) else name] = pruner_factory(
+        out[name if name.startswith(KINDS) else f"signature-{name}"] = pruner_factory(
             "signature", n_epochs, {**sig["base"], **changes})
     for name in r["optuna"]:
         out[name] = pruner_factory(name, n_epochs)
@@ -212,8 +212,11 @@ def replay_population(b: Mapping[str, Any], preset: str) -> dict[str, Any]:
             "final_acc_range": [float(np.nanmin(finals)), float(np.nanmax(finals))], "pruners": table}
 
 
+KINDS = ("signature", "hybrid", "curve")  # the SignaturePruner's feature sources, as setting-name prefixes
+
+
 def _kind(name: str) -> str:
-    return "signature" if name.startswith("signature") else ("curve" if name.startswith("curve") else "optuna")
+    return next((k for k in KINDS if name.startswith(k)), "optuna")
 
 
 def replay_markdown(res: Mapping[str, Any]) -> str:
@@ -238,7 +241,7 @@ def replay_plot(results: Sequence[Mapping[str, Any]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"signature": "tab:blue", "curve": "tab:green", "optuna": "tab:orange"}
+    colors = {"signature": "tab:blue", "hybrid": "tab:purple", "curve": "tab:green", "optuna": "tab:orange"}
     fig, axes = plt.subplots(1, len(results), figsize=(7 * len(results), 5.2), squeeze=False)
     for ax, res in zip(axes[0], results):
         for name, a in res["pruners"].items():
@@ -356,11 +359,11 @@ def forecast_targets(comparison: pd.DataFrame, max_t: int = 3) -> list[dict[str,
     return rows
 
 
-def pruning_targets(res: Mapping[str, Any]) -> dict[str, Any]:
-    """The signature setting saving most epochs at zero regret (in every order; else the lowest regret),
-    against the Optuna pruner saving most at no more regret."""
+def pruning_targets(res: Mapping[str, Any], kind: str = "signature") -> dict[str, Any]:
+    """The ``kind`` setting (signature, hybrid, curve) saving most epochs at zero regret (in every order;
+    else the lowest regret), against the Optuna pruner saving most at no more regret."""
     pr = res["pruners"]
-    sig = {k: v for k, v in pr.items() if _kind(k) == "signature"}
+    sig = {k: v for k, v in pr.items() if _kind(k) == kind}
     opt = {k: v for k, v in pr.items() if _kind(k) == "optuna" and k != "none"}
     if not sig:
         return {}
@@ -373,13 +376,16 @@ def pruning_targets(res: Mapping[str, Any]) -> dict[str, Any]:
     o_saving = 1 - peers[o_name]["epochs_frac"][0] if o_name else 0.0
     s_saving = 1 - s["epochs_frac"][0]
     best_opt = max(opt, key=lambda k: 1 - opt[k]["epochs_frac"][0]) if opt else None
+    careful = min(pool, key=lambda k: (pool[k]["false_prune"][0], pool[k]["epochs_frac"][0]))
     return {"signature": s_name, "signature_saving": s_saving, "signature_regret": s["regret"][0],
             "signature_zero_regret_share": s["zero_regret_share"], "false_prune": s["false_prune"][0],
             "high_pruned": s["high_pruned"][0], "optuna": o_name, "optuna_saving": o_saving,
             "ratio": s_saving / o_saving if o_saving > 0 else math.inf,
             "optuna_most_saving": best_opt,
             "optuna_most_saving_value": 1 - opt[best_opt]["epochs_frac"][0] if best_opt else math.nan,
-            "optuna_most_saving_regret": opt[best_opt]["regret"][0] if best_opt else math.nan}
+            "optuna_most_saving_regret": opt[best_opt]["regret"][0] if best_opt else math.nan,
+            "fewest_false_prunes": careful, "fewest_false_prunes_rate": pool[careful]["false_prune"][0],
+            "fewest_false_prunes_saving": 1 - pool[careful]["epochs_frac"][0]}
 
 
 def _met(ok: bool) -> str:
@@ -409,25 +415,30 @@ def summary(b: Mapping[str, Any], command: str) -> str:
               "The signature setting that saves the most epochs with zero regret in every order (else the lowest "
               "regret), against the Optuna pruner saving the most at no more mean regret. Targets: >= 60 % of "
               "epochs saved at zero regret, >= 1.3x the Optuna saving, false-prune rate <= 5 %.", "",
-              "| population | signature setting | epochs saved | regret (orders at zero) | false-prune rate "
+              "| population | setting | epochs saved | regret (orders at zero) | false-prune rate "
               "| high trials pruned | best Optuna at ≤ regret | its saving | ratio | Optuna's most saving "
-              "(regret) | targets |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "(regret) | fewest false prunes at that regret | targets |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for preset in b["populations"]:
         path = results / "replay" / f"{preset}.json"
         if not path.is_file():
-            lines.append(f"| {preset} | (no replay: run bench.steps=[replay]) |" + " |" * 10)
+            lines.append(f"| {preset} | (no replay: run bench.steps=[replay]) |" + " |" * 11)
             continue
-        p = pruning_targets(json.loads(path.read_text()))
-        if not p:
-            continue
-        checks = [p["signature_saving"] >= 0.60 and p["signature_zero_regret_share"] == 1.0, p["ratio"] >= 1.3,
-                  p["false_prune"] <= 0.05]
-        lines.append(f"| {preset} | {p['signature']} | {p['signature_saving']:.2f} | {p['signature_regret']:.4f} "
-                     f"({p['signature_zero_regret_share']:.2f}) | {p['false_prune']:.2f} | {p['high_pruned']:.2f} | "
-                     f"{p['optuna'] or '-'} | {p['optuna_saving']:.2f} | {p['ratio']:.2f} | "
-                     f"{p['optuna_most_saving']} {p['optuna_most_saving_value']:.2f} "
-                     f"({p['optuna_most_saving_regret']:.4f}) | "
-                     f"saving {_met(checks[0])}, ratio {_met(checks[1])}, false-prune {_met(checks[2])} |")
+        res = json.loads(path.read_text())
+        for kind in ("signature", "hybrid"):
+            p = pruning_targets(res, kind)
+            if not p:
+                continue
+            checks = [p["signature_saving"] >= 0.60 and p["signature_zero_regret_share"] == 1.0, p["ratio"] >= 1.3,
+                      p["false_prune"] <= 0.05]
+            lines.append(f"| {preset} | {p['signature']} | {p['signature_saving']:.2f} | "
+                         f"{p['signature_regret']:.4f} ({p['signature_zero_regret_share']:.2f}) | "
+                         f"{p['false_prune']:.2f} | {p['high_pruned']:.2f} | {p['optuna'] or '-'} | "
+                         f"{p['optuna_saving']:.2f} | {p['ratio']:.2f} | {p['optuna_most_saving']} "
+                         f"{p['optuna_most_saving_value']:.2f} ({p['optuna_most_saving_regret']:.4f}) | "
+                         f"{p['fewest_false_prunes']} {p['fewest_false_prunes_rate']:.2f} "
+                         f"(saves {p['fewest_false_prunes_saving']:.2f}) | "
+                         f"saving {_met(checks[0])}, ratio {_met(checks[1])}, false-prune {_met(checks[2])} |")
     lines += ["", "Details: [predictor tables](compare/), [replay](replay/replay.md) and "
               "[plot](replay/epochs_vs_regret.png), [time efficiency](time_efficiency.md).", ""]
     text = "\n".join(lines)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,9 @@ def pruner_factory(name: str, n_epochs: int, overrides: Mapping[str, Any] | None
     cfg = OmegaConf.to_container(root, resolve=True)["pruner"]
 
     def make() -> optuna.pruners.BasePruner:
-        return instantiate(cfg)
+        with warnings.catch_warnings():  # Optuna marks some pruners experimental at construction
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return instantiate(cfg)
 
     try:
         make()
