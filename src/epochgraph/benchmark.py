@@ -317,8 +317,35 @@ def timing(b: Mapping[str, Any]) -> pd.DataFrame:
     text = "\n".join(md) + "\n"
     Path(b["results"]).mkdir(parents=True, exist_ok=True)
     (Path(b["results"]) / "time_efficiency.md").write_text(text)
+    timing_plot(out, Path(b["results"]) / "time_efficiency.png")
     print(text)
     return out
+
+
+def timing_plot(out: pd.DataFrame, path: Path) -> Path:
+    """Training epoch vs. graph stage per population (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    x = np.arange(len(out))
+    ax.bar(x - 0.2, out["training epoch (s)"], 0.4, label="training epoch", color="tab:green")
+    ax.bar(x + 0.2, out["graph stage (ms)"] / 1000, 0.4, label="graph stage (rolled graph + centralities)",
+           color="tab:blue")
+    for i, pct in enumerate(out["graph stage / epoch (%)"]):
+        ax.annotate(f"{pct:.1f} %", (i + 0.2, out["graph stage (ms)"].iloc[i] / 1000), ha="center",
+                    xytext=(0, 3), textcoords="offset points", fontsize=8)
+    ax.set_xticks(x, [f"{m}\n({p})" for m, p in zip(out["model"], out["population"])], fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("seconds per epoch (median)")
+    ax.set_title("Graph stage vs. training, per epoch (paper Q3)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
 
 
 def machine() -> str:
@@ -440,7 +467,8 @@ def summary(b: Mapping[str, Any], command: str) -> str:
                          f"(saves {p['fewest_false_prunes_saving']:.2f}) | "
                          f"saving {_met(checks[0])}, ratio {_met(checks[1])}, false-prune {_met(checks[2])} |")
     lines += ["", "Details: [predictor tables](compare/), [replay](replay/replay.md) and "
-              "[plot](replay/epochs_vs_regret.png), [time efficiency](time_efficiency.md).", ""]
+              "[plot](replay/epochs_vs_regret.png), [time efficiency](time_efficiency.md) "
+              "([plot](time_efficiency.png)).", ""]
     text = "\n".join(lines)
     results.mkdir(parents=True, exist_ok=True)
     (results / "summary.md").write_text(text)
@@ -460,7 +488,7 @@ def log_results(b: Mapping[str, Any]) -> str:
         mlflow.set_tags({"epochgraph.role": "bench", "populations": ",".join(b["populations"])})
         mlflow.log_params({"populations": json.dumps(b["populations"]), "orders": b["replay"]["orders"],
                            "compare.epochs": b["compare"]["epochs"], "table": b["table"]})
-        for f in sorted(results.glob("*.md")):
+        for f in sorted([*results.glob("*.md"), *results.glob("*.png")]):
             mlflow.log_artifact(str(f))
         for sub in ("replay",):
             if (results / sub).is_dir():
