@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
@@ -151,3 +152,20 @@ def test_weight_features_need_the_snapshot_of_epoch_t():
     assert [_has_weight_features(rec, FeatureSpec("b_wl", t=t)) for t in (1, 2, 3)] == [True, False, True]
     assert [_has_weight_features(rec, FeatureSpec("unrolled", t=t)) for t in (1, 2, 3)] == [True, False, False]
     assert not _has_weight_features(rec, FeatureSpec("b_wprime", t=1))
+
+
+def test_a_population_table_gives_the_comparison_the_mlflow_runs_give(population, tmp_path):
+    from epochgraph.compare import load_runs
+    from epochgraph.population import EXTRA_METRICS, to_table, write_table
+    from epochgraph.predictor import WEIGHT_SOURCES
+
+    runs = load_runs(MlflowClient(population), "tiny_pop", 10, weight_sources=WEIGHT_SOURCES,
+                     extra_metrics=EXTRA_METRICS)
+    table = write_table(to_table(runs, "tiny_pop"), tmp_path / "pop")
+    base = ("classifiers=[svm,xgboost]", "folds=3")
+    from_store = run_compare(_compare_cfg(population, tmp_path / "a", *base))
+    from_table = run_compare(_compare_cfg(population, tmp_path / "b", *base, f"table={table}", "n_jobs=2"))
+    cols = ["classifier", "features", "t", "n_runs", "bal_acc_mean", "auc_mean"]
+    pd.testing.assert_frame_equal(from_store[cols], from_table[cols], atol=1e-9)
+    with pytest.raises(EpochgraphError, match="'other' is not in the population table; it holds tiny_pop"):
+        run_compare(_compare_cfg(population, tmp_path / "c", *base, f"table={table}", "experiment=other"))

@@ -161,7 +161,7 @@ def compare_populations(b: Mapping[str, Any]) -> None:
     for preset in b["populations"]:
         cmd = [sys.executable, "-m", "epochgraph.cli.compare", f"experiment={preset}", f"table={b['table']}",
                f"epochs={b['compare']['epochs']}", f"output_dir={Path(b['results']) / 'compare' / preset}",
-               f"mlflow.tracking_uri={b['tracking_uri']}", *b["compare"]["overrides"]]
+               f"mlflow.tracking_uri={b['tracking_uri']}", f"n_jobs={b['workers']}", *b["compare"]["overrides"]]
         log.info("running %s", " ".join(cmd))
         code = subprocess.call(cmd)
         if code != 0:

@@ -233,12 +233,13 @@ def split_runs(runs: Sequence[RunRecord], train_on: Mapping[str, Any] | None,
 
 def evaluate(spec: FeatureSpec, kind: str, params: Mapping[str, Any], runs: Sequence[RunRecord],
              rule: LabelRule, folds: int, seed: int, train_on: Mapping[str, Any] | None = None,
-             test_on: Mapping[str, Any] | None = None, cut: float | None = None) -> dict[str, Any]:
+             test_on: Mapping[str, Any] | None = None, cut: float | None = None, n_jobs: int = 1) -> dict[str, Any]:
     """Scores of one (classifier, features, t) cell: stratified k-fold CV (seeded), or with ``train_on`` /
     ``test_on`` one fit on the matching runs scored on the others (std 0).
 
     ``cut`` fixes the high / low boundary (default: ``rule`` on these runs, or on the training runs of a
-    split), so that cells whose runs lack some weight features keep the population's labels.
+    split), so that cells whose runs lack some weight features keep the population's labels. ``n_jobs``
+    folds are fitted at once.
     """
     if spec.source in WEIGHT_SOURCES:
         all_runs, runs = runs, [r for r in runs if _has_weight_features(r, spec)]
@@ -260,7 +261,7 @@ def evaluate(spec: FeatureSpec, kind: str, params: Mapping[str, Any], runs: Sequ
         return {"n_runs": len(runs), "note": "a class has < 2 runs"}
     cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     res = cross_validate(make_classifier(kind, seed, **params), spec.matrix([r.history for r in runs]), y, cv=cv,
-                         scoring=["balanced_accuracy", "roc_auc"], error_score="raise")
+                         scoring=["balanced_accuracy", "roc_auc"], error_score="raise", n_jobs=n_jobs)
     return {"n_runs": len(runs), "bal_acc_mean": float(res["test_balanced_accuracy"].mean()),
             "bal_acc_std": float(res["test_balanced_accuracy"].std()),
             "auc_mean": float(res["test_roc_auc"].mean()), "auc_std": float(res["test_roc_auc"].std())}
@@ -288,7 +289,7 @@ def compare(runs: Sequence[RunRecord], cfg: Mapping[str, Any]) -> pd.DataFrame:
     for kind, spec in tqdm(cells, desc="cross-validating", unit="cell", file=sys.stderr):
         params = dict(cfg["predictors"][kind].get("params") or {})
         scores = evaluate(spec, kind, params, runs, rule, int(cfg["folds"]), int(cfg["seed"]),
-                          cfg.get("train_on"), cfg.get("test_on"), cut)
+                          cfg.get("train_on"), cfg.get("test_on"), cut, int(cfg.get("n_jobs") or 1))
         rows.append({"classifier": kind, "features": spec.label, "t": spec.t, **scores})
     return pd.DataFrame(rows)
 
