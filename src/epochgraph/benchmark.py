@@ -494,3 +494,17 @@ def log_results(b: Mapping[str, Any]) -> str:
             if (results / sub).is_dir():
                 mlflow.log_artifacts(str(results / sub), artifact_path=sub)
         return run.info.run_id
+
+
+def run_steps(b: Mapping[str, Any], command: str) -> None:
+    """The steps of ``bench.steps``, in the order of `STEPS`."""
+    def finish(b: Mapping[str, Any]) -> None:
+        summary(b, command)
+        run_id = log_results(b)
+        print(f"[bench] results in {b['results']}/ and MLflow run {run_id} (experiment {b['experiment']})")
+
+    actions = {"graph_stage": graph_stage_bench, "population": build_population, "export": export_table,
+               "compare": compare_populations, "replay": replay_all, "timing": timing, "summary": finish}
+    for step in STEPS:
+        if step in b["steps"]:
+            actions[step](b)
