@@ -105,7 +105,8 @@ def train_command(preset: str, seeds: Sequence[int], b: Mapping[str, Any]) -> li
 
 def build_population(b: Mapping[str, Any]) -> dict[str, int]:
     """Train the missing seeds of every population; returns preset -> trainings recorded."""
-    client = tracking.get_client(b["tracking_uri"])  # creates the store before parallel workers race to
+    # the store and experiments are created here: parallel workers would race to create their tables
+    client = tracking.get_client(b["tracking_uri"])
     counts = {}
     for preset, n in b["populations"].items():
         tracking.experiment_id(client, preset)
@@ -120,9 +121,8 @@ def build_population(b: Mapping[str, Any]) -> dict[str, int]:
             if code != 0:
                 raise EpochgraphError(f"the trainings of {preset} stopped with exit status {code} (see above); "
                                       f"run make bench again to resume with the seeds still missing")
-        done = recorded_seeds(client, preset)
-        if len(done & set(range(int(n)))) < int(n):
-            lost = sorted(set(range(int(n))) - done)
+        lost = sorted(set(range(int(n))) - recorded_seeds(client, preset))
+        if lost:
             raise EpochgraphError(f"{preset}: seeds {lost[:10]} did not finish (FAILED or KILLED in the MLflow "
                                   f"store); run make bench again to retry them")
         counts[preset] = int(n)
@@ -355,10 +355,6 @@ def machine() -> str:
 
     return (f"{os.cpu_count()} CPU cores, {platform.platform()}, torch {torch.__version__} "
             f"({'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU only'})")
-
-
-def finite(x: float) -> bool:
-    return x is not None and math.isfinite(x)
 
 
 # --- summary --------------------------------------------------------------------------------------
