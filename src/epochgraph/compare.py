@@ -57,6 +57,12 @@ class RunRecord:
     notes: dict[str, str] = field(default_factory=dict)  # why a weight baseline is unavailable
 
 
+def trained_epochs(history: Mapping[str, Sequence[Any]]) -> int:
+    """Epochs a run trained: up to its last finite val_acc (a diverged run stops early), 0 without any."""
+    values = history.get("val_acc", [])
+    return max((i + 1 for i, v in enumerate(values) if v is not None and math.isfinite(v)), default=0)
+
+
 def _history_keys(centralities: Sequence[str]) -> list[str]:
     return [metric_name(c, a) for c in centralities for a in AGGREGATORS] + [NONFINITE, *CURVE_METRICS]
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from epochgraph.compare import RunRecord
+from epochgraph.compare import RunRecord, trained_epochs
 from epochgraph.errors import EpochgraphError
 from epochgraph.predictor import CURVE_METRICS, VALUE_CLIP, WEIGHT_SOURCES
 from epochgraph.signature import AGGREGATORS, NONFINITE, metric_name
@@ -70,8 +70,7 @@ def to_table(runs: Iterable[RunRecord], experiment: str) -> pd.DataFrame:
     epochs 1 to the last with a val_acc."""
     rows = []
     for run in runs:
-        val = run.history.get("val_acc", [])
-        length = max((i + 1 for i, v in enumerate(val) if v is not None and math.isfinite(v)), default=0)
+        length = trained_epochs(run.history)
         head = {"experiment": experiment, "run_id": run.run_id, "run_name": run.tags.get("mlflow.runName", ""),
                 "model": run.tags.get("model", run.params.get("model.name", "")),
                 "dataset": run.tags.get("dataset", run.params.get("data.name", "")),

@@ -27,7 +27,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from epochgraph.compare import RunRecord
+from epochgraph.compare import RunRecord, trained_epochs
 from epochgraph.errors import EpochgraphError, choice_error
 from epochgraph.predictor import CURVE_METRICS
 from epochgraph.pruner import EPOCH_ATTR
@@ -38,9 +38,8 @@ METRICS = ("epochs_frac", "regret", "false_prune", "high_pruned", "pruned", "pru
 
 
 def run_length(run: RunRecord) -> int:
-    """Epochs the run trained: up to its last finite val_acc (a diverged run stops early)."""
-    values = run.history.get("val_acc", [])
-    return max((i + 1 for i, v in enumerate(values) if v is not None and math.isfinite(v)), default=1)
+    """Epochs the run trained (`epochgraph.compare.trained_epochs`), at least one."""
+    return max(1, trained_epochs(run.history))
 
 
 def _epoch_attrs(run: RunRecord, i: int) -> dict[str, float | None]:
