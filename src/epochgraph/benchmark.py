@@ -71,12 +71,18 @@ def _conf_dir() -> str:
     return CONF_DIR
 
 
+def _call(cmd: Sequence[str], what: str, hint: str = "") -> None:
+    """Run ``cmd`` (its output goes to the terminal); a non-zero exit is one line naming ``what``."""
+    log.info("running %s", " ".join(cmd))
+    code = subprocess.call(list(cmd))
+    if code != 0:
+        raise EpochgraphError(f"{what} stopped with exit status {code} (see above){hint}")
+
+
 def graph_stage_bench(b: Mapping[str, Any]) -> None:
     """bench/graph_bench.py: graph stage vs. one training epoch per zoo model, rolled vs. unrolled."""
     script = Path(_conf_dir()).parent / "bench" / "graph_bench.py"
-    code = subprocess.call([sys.executable, str(script)])
-    if code != 0:
-        raise EpochgraphError(f"{script} stopped with exit status {code} (see above)")
+    _call([sys.executable, str(script)], str(script))
 
 
 # --- population -----------------------------------------------------------------------------------
@@ -115,12 +121,8 @@ def build_population(b: Mapping[str, Any]) -> dict[str, int]:
         print(f"[bench] {preset}: {int(n) - len(missing)} of {n} trainings recorded, "
               f"{len(missing)} to train", flush=True)
         if missing:
-            cmd = train_command(preset, missing, b)
-            log.info("running %s", " ".join(cmd))
-            code = subprocess.call(cmd)
-            if code != 0:
-                raise EpochgraphError(f"the trainings of {preset} stopped with exit status {code} (see above); "
-                                      f"run make bench again to resume with the seeds still missing")
+            _call(train_command(preset, missing, b), f"the trainings of {preset}",
+                  "; run make bench again to resume with the seeds still missing")
         lost = sorted(set(range(int(n))) - recorded_seeds(client, preset))
         if lost:
             raise EpochgraphError(f"{preset}: seeds {lost[:10]} did not finish (FAILED or KILLED in the MLflow "
@@ -148,12 +150,6 @@ def export_table(b: Mapping[str, Any]) -> pd.DataFrame:
     return df
 
 
-def load_population(b: Mapping[str, Any], preset: str) -> list[RunRecord]:
-    from epochgraph.population import from_table, read_table
-
-    return from_table(read_table(b["table"]), [preset])
-
-
 # --- compare --------------------------------------------------------------------------------------
 
 def compare_populations(b: Mapping[str, Any]) -> None:
@@ -162,10 +158,7 @@ def compare_populations(b: Mapping[str, Any]) -> None:
         cmd = [sys.executable, "-m", "epochgraph.cli.compare", f"experiment={preset}", f"table={b['table']}",
                f"epochs={b['compare']['epochs']}", f"output_dir={Path(b['results']) / 'compare' / preset}",
                f"mlflow.tracking_uri={b['tracking_uri']}", f"n_jobs={b['workers']}", *b["compare"]["overrides"]]
-        log.info("running %s", " ".join(cmd))
-        code = subprocess.call(cmd)
-        if code != 0:
-            raise EpochgraphError(f"epochgraph-compare on {preset} stopped with exit status {code} (see above)")
+        _call(cmd, f"epochgraph-compare on {preset}")
 
 
 # --- replay ---------------------------------------------------------------------------------------
@@ -187,13 +180,12 @@ def replay_settings(b: Mapping[str, Any], n_epochs: int) -> dict[str, PrunerFact
     return out
 
 
-def replay_population(b: Mapping[str, Any], preset: str) -> dict[str, Any]:
-    """Every pruner setting over ``replay.orders`` random orders of the population's recorded trials."""
+def replay_population(b: Mapping[str, Any], preset: str, runs: Sequence[RunRecord]) -> dict[str, Any]:
+    """Every pruner setting over ``replay.orders`` random orders of ``runs``, the population's trials."""
     import optuna
     from tqdm import tqdm
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    runs = load_population(b, preset)
     n_epochs = max(run_length(r) for r in runs)
     orders = random_orders(len(runs), int(b["replay"]["orders"]))
     q = float(b["replay"]["high_quantile"])
@@ -267,9 +259,12 @@ def replay_plot(results: Sequence[Mapping[str, Any]], path: Path) -> Path:
 def replay_all(b: Mapping[str, Any]) -> list[dict[str, Any]]:
     out_dir = Path(b["results"]) / "replay"
     out_dir.mkdir(parents=True, exist_ok=True)
+    from epochgraph.population import from_table, read_table
+
+    table = read_table(b["table"])
     results = []
     for preset in b["populations"]:
-        res = replay_population(b, preset)
+        res = replay_population(b, preset, from_table(table, [preset]))
         (out_dir / f"{preset}.json").write_text(json.dumps(res, indent=2))
         results.append(res)
     md = "# Pruner replay\n\n" + "\n".join(replay_markdown(r) for r in results)
