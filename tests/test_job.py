@@ -1,3 +1,4 @@
+import math
 import subprocess
 import sys
 
@@ -45,6 +46,11 @@ def test_diverged_run_ends_finished_and_tagged(tracking_uri):
     run = MlflowClient(tracking_uri).get_run(job.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["diverged"] == "true"
     assert run.data.metrics["diverged"] == 1.0
+    # no NaN point is logged (the UI would hide the metric); the epochs before the divergence stay
+    client = MlflowClient(tracking_uri)
+    points = {k: client.get_metric_history(job.run_id, k) for k in run.data.metrics}
+    assert all(math.isfinite(p.value) for ps in points.values() for p in ps), points
+    assert [p.step for p in points["val_acc"]] == list(range(1, job.result.epochs_run + 1))
 
 
 def test_cli_bad_value_is_one_line_and_leaves_no_run(tracking_uri):

@@ -63,3 +63,15 @@ def test_diverging_run_stops_cleanly_and_is_flagged():
 def test_bad_config_values_raise_one_clear_error(override, match):
     with pytest.raises(EpochgraphError, match=match):
         train(_cfg(override))
+
+
+def test_data_seed_draws_the_subsets_and_the_seed_the_rest():
+    from epochgraph.training import check_config
+
+    base = check_config(_cfg())  # seed=0 draws the data too
+    same_data = check_config(_cfg("+data.seed=0", "seed=7"))
+    other_data = check_config(_cfg("+data.seed=3"))
+    assert torch.equal(base.x_train, same_data.x_train) and torch.equal(base.y_val, same_data.y_val)
+    assert not torch.equal(base.x_train, other_data.x_train)
+    result = train(_cfg("+data.seed=3", "trainer.epochs=1"))
+    assert result.epochs_run == 1

@@ -164,8 +164,11 @@ def log_config(client: MlflowClient, run_id: str, cfg: DictConfig | Mapping[str,
 
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+    """Log ``metrics`` at ``step``, leaving out non-finite values: the MLflow UI drops a metric whose
+    latest value is NaN from the run page (a diverged run would lose its whole loss curve); divergence is
+    recorded by the ``diverged`` tag and metric instead."""
     ts = mlflow.utils.time.get_current_time_millis()
-    batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+    batch = [Metric(k, float(v), ts, step) for k, v in metrics.items() if math.isfinite(float(v))]
     for i in range(0, len(batch), 1000):
         client.log_batch(run_id, metrics=batch[i:i + 1000])
 

@@ -94,7 +94,10 @@ def check_config(cfg: Mapping[str, Any]) -> Splits:
         value = cfg["trainer"][key]
         if not isinstance(value, int) or value < 1:
             raise EpochgraphError(f"trainer.{key}={value} must be a positive integer")
-    splits = load_data(**dict(cfg["data"]), seed=int(cfg["data"].get("seed", cfg["seed"])))
+    data = dict(cfg["data"])
+    # ``+data.seed=N`` draws the data subsets with their own seed; the top-level ``seed`` otherwise
+    data_seed = data.pop("seed", None)
+    splits = load_data(**data, seed=int(cfg["seed"] if data_seed is None else data_seed))
     model = build_model(cfg["model"]["name"], in_channels=splits.in_channels, image_size=splits.image_size,
                         num_classes=splits.num_classes, **model_kwargs(cfg["model"]))
     build_optimizer(model.parameters(), **dict(cfg["optim"]))
