@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3-graph-tool python3-venv dataset-fashion-mnist postgresql)
+APT_PACKAGES=(python3-graph-tool python3-cairo python3-venv dataset-fashion-mnist postgresql)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -25,6 +25,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 [ -e "$SITE/graph_tool" ] || ln -s /usr/lib/python3/dist-packages/graph_tool "$SITE/graph_tool"
+# pycairo: graph-tool's drawing (graph_tool.draw) needs Debian's build of it, linked the same way
+[ -e "$SITE/cairo" ] || ln -s /usr/lib/python3/dist-packages/cairo "$SITE/cairo"
 
 stamp=.venv/.epochgraph-installed
 want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
@@ -34,5 +36,5 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q -e '.[dev]'
   echo "$want" > "$stamp"
 fi
-.venv/bin/python -c "import graph_tool, torch, mlflow, optuna" \
+.venv/bin/python -c "import graph_tool, graph_tool.draw, torch, mlflow, optuna" \
   || { echo "[setup] the environment does not import; remove .venv and run 'make setup' again" >&2; exit 1; }

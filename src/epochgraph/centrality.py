@@ -1,8 +1,9 @@
 """Node centralities of a rolled graph (paper S2): weighted degree and eigenvector centrality.
 
-Each comes in three forms that agree to rounding: on a `graph_tool.Graph` (the reference), on the
-plain `EdgeArrays` (a scipy CSR adjacency, no graph object) and on a `BlockGraph` (dense blocks).
-All return a float64 numpy array indexed by vertex.
+Each comes in forms that agree to rounding: on a `graph_tool.Graph` (the reference), on a run's
+`PersistentRolledGraph` (the same graph-tool computations, with the adjacency matrix kept between
+epochs: the training's default), on the plain `EdgeArrays` (a scipy CSR adjacency, no graph object)
+and on a `BlockGraph` (dense blocks). All return a float64 numpy array indexed by vertex.
 
 **Weighted degree**: the sum of the weights of the edges at a vertex.
 
@@ -34,7 +35,7 @@ import scipy.linalg
 import scipy.sparse as sp
 from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
 
-from epochgraph.rolled_graph import BlockGraph, EdgeArrays
+from epochgraph.rolled_graph import BlockGraph, EdgeArrays, PersistentRolledGraph
 
 if TYPE_CHECKING:
     import graph_tool
@@ -49,6 +50,12 @@ def weighted_degree(g: graph_tool.Graph) -> np.ndarray:
     pmap = g.degree_property_map("total", weight=g.edge_properties["weight"])
     # keep ``pmap`` alive while copying: ``pmap.a`` is a view into the property map's own storage
     return np.array(pmap.a, dtype=np.float64, copy=True)
+
+
+def weighted_degree_persistent(graph: PersistentRolledGraph) -> np.ndarray:
+    """Weighted degree of a run's persistent graph: graph-tool's weighted total degree of its current
+    ``weight`` property."""
+    return weighted_degree(graph.graph)
 
 
 def weighted_degree_arrays(edges: EdgeArrays) -> np.ndarray:
@@ -127,6 +134,12 @@ def eigenvector_centrality(g: graph_tool.Graph) -> np.ndarray:
 
     adj = sp.csr_matrix(adjacency(g, weight=g.edge_properties["weight"]))
     return leading_eigenvector(adj)
+
+
+def eigenvector_centrality_persistent(graph: PersistentRolledGraph) -> np.ndarray:
+    """Eigenvector centrality of a run's persistent graph, on its kept graph-tool adjacency matrix (the
+    same matrix, entry for entry, as `eigenvector_centrality` builds from scratch)."""
+    return leading_eigenvector(graph.adjacency())
 
 
 def eigenvector_centrality_arrays(edges: EdgeArrays) -> np.ndarray:

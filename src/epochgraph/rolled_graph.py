@@ -21,12 +21,17 @@ The graph is undirected: the centralities of S2 are taken on the symmetric weigh
 Weights are read in their own precision (float32 norms are 4x faster on large layers) and widened
 to float64; a norm that overflows float32 is recomputed in float64.
 
-Three representations of the same edges:
+Representations of the same edges:
 
 * `edge_arrays`: plain numpy arrays ``src, dst, weight`` (no graph object, no Python loop over edges);
 * `rolled_graph`: a `graph_tool.Graph` with edge property ``weight`` and vertex properties ``bias``
-  and ``group`` - the reference the other two are tested against;
-* `block_graph`: one dense weight block per connection, for large graphs (see `BlockGraph`).
+  and ``group``, built from scratch;
+* `PersistentRolledGraph`: the same `graph_tool.Graph`, built once per run and then only given new
+  weights, in place, at every epoch - the graph the training's graph stage works on;
+* `block_graph`: one dense weight block per connection, for very large graphs (see `BlockGraph`).
+
+Weights on a GPU are reduced to their norms on the GPU; only the ``[|dst|, |src|]`` norm matrices
+are copied to the host.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from epochgraph.topology import Connection, Topology
@@ -77,8 +83,18 @@ def _prefix(key: str) -> str:
     return key.rsplit(".", 1)[0]
 
 
+def _small_tensors_on_host(topology: Topology, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The biases and BatchNorm statistics of ``state_dict`` on the CPU (a few kB; the weights stay put)."""
+    keys = set(topology.biases.values())
+    for conn in topology.connections:
+        if conn.bn is not None:
+            keys |= {f"{conn.bn}.{name}" for name in ("weight", "bias", "running_mean", "running_var")}
+    return {k: _as_tensor(state_dict[k]).detach().cpu() for k in keys if k in state_dict}
+
+
 def node_biases(topology: Topology, state_dict: Mapping[str, torch.Tensor]) -> np.ndarray:
     """The ``bias`` node attribute: every layer's bias with its BatchNorm folded in, 0 where none."""
+    state_dict = _small_tensors_on_host(topology, state_dict)
     offsets = topology.offsets()
     raw = {g: _as_tensor(state_dict[k]).detach().double().reshape(-1) for g, k in topology.biases.items()
            if k in state_dict}
@@ -130,8 +146,8 @@ def connection_weights(conn: Connection, state_dict: Mapping[str, torch.Tensor],
         m = _norms(conn, w.double(), n_src, n_dst)  # float32 overflow of a finite, very large weight
     m = m.to(torch.float64)
     if conn.bn is not None:
-        m = m * bn_scale(state_dict, conn.bn)[:, None]
-    return m
+        m = m * bn_scale(state_dict, conn.bn).to(m.device)[:, None]
+    return m.cpu()
 
 
 def edge_arrays(topology: Topology, state_dict: Mapping[str, torch.Tensor]) -> EdgeArrays:
@@ -180,6 +196,98 @@ def graph_from_arrays(edges: EdgeArrays) -> graph_tool.Graph:
 def rolled_graph(topology: Topology, state_dict: Mapping[str, torch.Tensor]) -> graph_tool.Graph:
     """The rolled graph of a model's weights as a `graph_tool.Graph` (see the module docstring)."""
     return graph_from_arrays(edge_arrays(topology, state_dict))
+
+
+class PersistentRolledGraph:
+    """A run's rolled graph as one `graph_tool.Graph`, built once and then given new weights in place.
+
+    The nodes and edges of a run's rolled graph are the same at every epoch; only the weights change.
+    So the graph is built from the first snapshot, with its edges in `edge_arrays` order (connection
+    by connection, each connection's ``[|dst|, |src|]`` weight matrix row-major, so edge index = its
+    position there), and `update` writes each later snapshot's norms into the edge property ``weight``
+    one vectorised slice per connection (identity shortcuts keep their weight 1), and the folded biases
+    into the vertex property ``bias``.
+
+    The weighted adjacency matrix that eigenvector centrality needs is graph-tool's own
+    (`graph_tool.spectral.adjacency`), and it is kept too: its sparsity pattern never changes, so after
+    an update `adjacency` rewrites only its values from ``weight``, through the map from each matrix
+    entry to its edge. Rebuilding it is the largest cost of an epoch on large graphs (bench). Where two
+    edges join the same pair of nodes they share one matrix entry (their sum), which no entry-to-edge
+    map can express; such a graph gets a new matrix from graph-tool after every update.
+
+    >>> from epochgraph.models import build_model
+    >>> model = build_model("lenet", in_channels=1, image_size=28)
+    >>> graph = PersistentRolledGraph(model.topology(), model.state_dict())
+    >>> graph.graph.num_vertices(), graph.graph.num_edges()
+    (237, 12942)
+    >>> graph.update(model.state_dict())  # the next epoch's weights, written in place
+    """
+
+    def __init__(self, topology: Topology, state_dict: Mapping[str, torch.Tensor]) -> None:
+        edges = edge_arrays(topology, state_dict)
+        self.topology = topology
+        self.graph = graph_from_arrays(edges)
+        self.weight = self.graph.edge_properties["weight"]
+        offsets = topology.offsets()
+        # (connection, first edge index, |src|, |dst|, src offset, dst offset) of every connection
+        self.connection_spans: list[tuple[Connection, int, int, int, int, int]] = []
+        start = 0
+        for conn in topology.connections:
+            n_src, n_dst = topology.groups[conn.src], topology.groups[conn.dst]
+            self.connection_spans.append((conn, start, n_src, n_dst, offsets[conn.src], offsets[conn.dst]))
+            start += n_src if conn.kind == "identity" else n_src * n_dst
+        self._adjacency: sp.csr_matrix | None = None
+        self._entry_edge: np.ndarray | None = None  # edge index of every stored entry of the adjacency
+        self._adjacency_current = False
+
+    @property
+    def num_nodes(self) -> int:
+        return self.graph.num_vertices()
+
+    @property
+    def num_edges(self) -> int:
+        return self.graph.num_edges()
+
+    def update(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Write the edge weights and node biases of a new snapshot of the same model into the graph."""
+        weight = self.weight.a
+        for conn, start, n_src, n_dst, _, _ in self.connection_spans:
+            if conn.kind == "identity":
+                continue
+            m = connection_weights(conn, state_dict, n_src, n_dst)
+            weight[start:start + n_src * n_dst] = m.reshape(-1).numpy()
+        self.graph.vertex_properties["bias"].a[:] = node_biases(self.topology, state_dict)
+        self._adjacency_current = False
+
+    def connection_matrix(self, index: int) -> np.ndarray:
+        """The current ``[|dst|, |src|]`` weights of connection ``index`` (a view of ``weight``; an
+        identity shortcut gives its ``[n]`` diagonal)."""
+        conn, start, n_src, n_dst, _, _ = self.connection_spans[index]
+        if conn.kind == "identity":
+            return self.weight.a[start:start + n_src]
+        return self.weight.a[start:start + n_src * n_dst].reshape(n_dst, n_src)
+
+    def adjacency(self) -> sp.csr_matrix:
+        """The symmetric weighted adjacency matrix, `graph_tool.spectral.adjacency` of ``weight``:
+        built at the first call, its values rewritten after each `update`."""
+        from graph_tool.spectral import adjacency
+
+        if self._adjacency is None:
+            self._adjacency = sp.csr_matrix(adjacency(self.graph, weight=self.weight))
+            edge_index = self.graph.new_edge_property("double")
+            edge_index.a[:] = np.arange(self.num_edges)
+            entries = sp.csr_matrix(adjacency(self.graph, weight=edge_index))
+            # every edge must own its two entries (u, v) and (v, u), in the same places as in the matrix
+            if (entries.nnz == 2 * self.num_edges and np.array_equal(entries.indptr, self._adjacency.indptr)
+                    and np.array_equal(entries.indices, self._adjacency.indices)):
+                self._entry_edge = entries.data.astype(np.intp)
+        elif not self._adjacency_current:
+            if self._entry_edge is not None:
+                np.take(self.weight.a, self._entry_edge, out=self._adjacency.data)
+            else:
+                self._adjacency = sp.csr_matrix(adjacency(self.graph, weight=self.weight))
+        self._adjacency_current = True
+        return self._adjacency
 
 
 @dataclass

@@ -31,22 +31,26 @@ from scipy import stats
 
 from epochgraph.centrality import (
     CENTRALITIES,
-    eigenvector_centrality,
     eigenvector_centrality_arrays,
     eigenvector_centrality_blocks,
-    weighted_degree,
+    eigenvector_centrality_persistent,
     weighted_degree_arrays,
     weighted_degree_blocks,
+    weighted_degree_persistent,
 )
 from epochgraph.errors import EpochgraphError, choice_error
-from epochgraph.rolled_graph import block_graph, edge_arrays, graph_from_arrays
+from epochgraph.rolled_graph import BlockGraph, PersistentRolledGraph, block_graph, edge_arrays
 from epochgraph.topology import Topology
 
 AGGREGATORS = ("median", "mean", "std", "skewness", "kurtosis")
 VARIANTS = ("plain", "wavg", "expavg")
 NONFINITE = "sig/nonfinite"
 BACKENDS = ("auto", "graph_tool", "arrays", "blocks")
-AUTO_BLOCKS_EDGES = 200_000  # above this many edges "auto" uses the blocks path, below the arrays path
+# "auto" uses the graph-tool engine up to this many edges, the blocks engine above: every zoo model
+# at widths up to 2 stays on graph-tool (the largest, VGG-16 at width 2, has 7.6M edges), while at
+# 14M-20M edges the blocks path is several times faster per epoch and needs no graph in memory
+# (bench/results/graph_stage.md, "Choosing the engine by size")
+AUTO_BLOCKS_EDGES = 10_000_000
 
 
 def metric_name(centrality: str, aggregator: str) -> str:
@@ -108,43 +112,103 @@ def _all_finite(state_dict: Mapping[str, torch.Tensor]) -> bool:
     return all(_finite(t) for t in tensors if t.is_floating_point())
 
 
-def snapshot_signature(topology: Topology, state_dict: Mapping[str, torch.Tensor],
-                       centralities: Sequence[str] = CENTRALITIES, backend: str = "auto") -> dict[str, float]:
-    """``{"sig/<centrality>/<aggregator>": value, ..., "sig/nonfinite": 0.0 or 1.0}`` of one snapshot.
+def rolled_edge_count(topology: Topology) -> int:
+    """How many edges the rolled graph of ``topology`` has (without building it)."""
+    return sum(topology.groups[c.src] * (1 if c.kind == "identity" else topology.groups[c.dst])
+               for c in topology.connections)
 
-    ``backend="graph_tool"`` builds the `graph_tool.Graph` (the reference); ``"arrays"`` computes the
-    same numbers from the edge arrays, ``"blocks"`` from one dense weight block per layer pair (the
-    fastest on large graphs: no index arrays, Lanczos on block products); ``"auto"`` picks arrays or
-    blocks by edge count. All agree with graph-tool to 1e-9 (tests) — see bench/results/graph_stage.md.
-    """
-    centralities = check_centralities(centralities)
+
+def resolve_backend(topology: Topology, backend: str = "auto") -> str:
+    """The engine that computes the signatures: ``backend`` itself, or for ``auto`` the graph-tool
+    engine up to `AUTO_BLOCKS_EDGES` edges (every zoo model at widths up to 2) and the blocks above."""
     if backend not in BACKENDS:
         raise choice_error("graph backend", backend, BACKENDS, key="graph.backend")
-    out = {metric_name(c, a): float("nan") for c in centralities for a in AGGREGATORS}
-    if not _all_finite(state_dict):
-        out[NONFINITE] = 1.0
-        return out
-    if backend == "auto":
-        edges_total = sum(topology.groups[c.src] * (1 if c.kind == "identity" else topology.groups[c.dst])
-                          for c in topology.connections)
-        backend = "blocks" if edges_total > AUTO_BLOCKS_EDGES else "arrays"
-    if backend == "blocks":
-        blocks = block_graph(topology, state_dict)
-        funcs = {"degree": lambda: weighted_degree_blocks(blocks),
-                 "eigenvector": lambda: eigenvector_centrality_blocks(blocks)}
-    elif backend == "graph_tool":
-        g = graph_from_arrays(edge_arrays(topology, state_dict))
-        funcs = {"degree": lambda: weighted_degree(g), "eigenvector": lambda: eigenvector_centrality(g)}
-    else:
-        edges = edge_arrays(topology, state_dict)
-        funcs = {"degree": lambda: weighted_degree_arrays(edges),
-                 "eigenvector": lambda: eigenvector_centrality_arrays(edges)}
-    with _one_blas_thread():
-        for c in centralities:
-            for a, v in zip(AGGREGATORS, aggregate(funcs[c]())):
+    if backend != "auto":
+        return backend
+    return "blocks" if rolled_edge_count(topology) > AUTO_BLOCKS_EDGES else "graph_tool"
+
+
+class SignatureEngine:
+    """Computes the snapshot signatures of one model's epochs, keeping its rolled graph between them.
+
+    ``engine`` is what computes them (``backend`` resolved by `resolve_backend`):
+
+    * ``graph_tool``: a `PersistentRolledGraph` built at the first snapshot and given each later
+      snapshot's weights in place; weighted degree from graph-tool, eigenvector centrality by Lanczos on
+      graph-tool's adjacency matrix (kept, values rewritten);
+    * ``arrays``: the edge arrays and a scipy CSR adjacency, rebuilt every snapshot;
+    * ``blocks``: one dense weight block per layer pair, rebuilt every snapshot (Lanczos on block
+      products: the fastest on very large graphs).
+
+    All agree with a graph-tool graph built from scratch to 1e-9 (tests); see
+    bench/results/graph_stage.md for their speed.
+
+    >>> from epochgraph.models import build_model
+    >>> model = build_model("lenet", in_channels=1, image_size=28)
+    >>> engine = SignatureEngine(model.topology())
+    >>> engine.engine
+    'graph_tool'
+    >>> sig = engine.signature(model.state_dict())  # epoch 1 builds the graph; later ones update it
+    >>> sorted(engine.vectors), len(engine.vectors["degree"])
+    (['degree', 'eigenvector'], 237)
+
+    Args:
+        topology: the model's `Topology` (every snapshot must be of this model).
+        centralities: which centralities to summarise (``degree``, ``eigenvector``).
+        backend: ``auto``, ``graph_tool``, ``arrays`` or ``blocks``.
+    """
+
+    def __init__(self, topology: Topology, centralities: Sequence[str] = CENTRALITIES,
+                 backend: str = "auto") -> None:
+        self.topology = topology
+        self.centralities = check_centralities(centralities)
+        self.engine = resolve_backend(topology, backend)
+        self.graph: PersistentRolledGraph | None = None
+        self.blocks: BlockGraph | None = None
+        self.vectors: dict[str, np.ndarray] = {}  # the centralities of the last snapshot (empty if non-finite)
+
+    def centrality_vectors(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        """``{centrality: value per node}`` of a snapshot with finite weights."""
+        if self.engine == "graph_tool":
+            if self.graph is None:
+                self.graph = PersistentRolledGraph(self.topology, state_dict)
+            else:
+                self.graph.update(state_dict)
+            graph = self.graph
+            funcs = {"degree": lambda: weighted_degree_persistent(graph),
+                     "eigenvector": lambda: eigenvector_centrality_persistent(graph)}
+        elif self.engine == "blocks":
+            blocks = self.blocks = block_graph(self.topology, state_dict)
+            funcs = {"degree": lambda: weighted_degree_blocks(blocks),
+                     "eigenvector": lambda: eigenvector_centrality_blocks(blocks)}
+        else:
+            edges = edge_arrays(self.topology, state_dict)
+            funcs = {"degree": lambda: weighted_degree_arrays(edges),
+                     "eigenvector": lambda: eigenvector_centrality_arrays(edges)}
+        with _one_blas_thread():
+            return {c: funcs[c]() for c in self.centralities}
+
+    def signature(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """``{"sig/<centrality>/<aggregator>": value, ..., "sig/nonfinite": 0.0 or 1.0}`` of a snapshot;
+        its centrality vectors are kept in `vectors`."""
+        out = {metric_name(c, a): float("nan") for c in self.centralities for a in AGGREGATORS}
+        self.vectors = {}
+        if not _all_finite(state_dict):
+            out[NONFINITE] = 1.0
+            return out
+        self.vectors = self.centrality_vectors(state_dict)
+        for c, values in self.vectors.items():
+            for a, v in zip(AGGREGATORS, aggregate(values)):
                 out[metric_name(c, a)] = float(v)
-    out[NONFINITE] = 0.0
-    return out
+        out[NONFINITE] = 0.0
+        return out
+
+
+def snapshot_signature(topology: Topology, state_dict: Mapping[str, torch.Tensor],
+                       centralities: Sequence[str] = CENTRALITIES, backend: str = "auto") -> dict[str, float]:
+    """``{"sig/<centrality>/<aggregator>": value, ..., "sig/nonfinite": 0.0 or 1.0}`` of one snapshot,
+    on its own (a training keeps one `SignatureEngine` for all its epochs instead)."""
+    return SignatureEngine(topology, centralities, backend).signature(state_dict)
 
 
 def _step_value(item: Any) -> tuple[int | None, float]:
