@@ -1,6 +1,7 @@
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from epochgraph.graph_stage import main as recompute_main
@@ -22,6 +23,13 @@ def test_signatures_logged_every_epoch_and_recomputed_from_artifacts(tracking_ur
     assert len(client.get_metric_history(job.run_id, "time/graph_s")) == 3
     logged = {m.step: m.value for m in client.get_metric_history(job.run_id, "sig/eigenvector/kurtosis")}
     assert logged[3] == job.result.history[2]["sig/eigenvector/kurtosis"]
+    # the engine is recorded, and every kept epoch has its picture, the run its distributions plot
+    assert run.data.tags["graph_engine"] == "graph_tool"
+    pictures = {f.path for f in client.list_artifacts(job.run_id, "graph")}
+    assert pictures == {"graph/epoch_001.png", "graph/epoch_002.png", "graph/epoch_003.png",
+                        "graph/centrality_distributions.png"}
+    png = Path(urlparse(run.info.artifact_uri).path) / "graph" / "epoch_001.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # corrupt one artifact: it is named and skipped, the other epochs are recomputed identically
     art = Path(urlparse(run.info.artifact_uri).path) / "weights" / "epoch_002.safetensors"
@@ -30,6 +38,7 @@ def test_signatures_logged_every_epoch_and_recomputed_from_artifacts(tracking_ur
     err = capsys.readouterr().err
     assert "weights/epoch_002.safetensors is unreadable" in err
     history = client.get_metric_history(job.run_id, "sig/eigenvector/kurtosis")
+    assert sorted(m.step for m in history) == [1, 2, 3]  # the values already there are kept, not doubled
     for m in history:
         assert abs(m.value - logged[m.step]) < 1e-9
 
@@ -41,3 +50,32 @@ def test_recompute_unknown_run_is_one_line(tracking_uri, capsys):
         assert exit_.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("epochgraph: error: no MLflow run '0123456789abcdef'")
+
+
+def test_recompute_rejects_bad_arguments_and_never_doubles_a_point(tracking_uri, tmp_path, capsys):
+    job = run_job(compose_train([*TINY, "graph.enabled=false"], tracking_uri))
+    client = MlflowClient(tracking_uri)
+    for flag, value in (("--backend", "bar"), ("--centralities", "degree,pagerank")):
+        with pytest.raises(SystemExit) as exit_:
+            recompute_main([job.run_id, "--tracking-uri", tracking_uri, flag, value])
+        assert exit_.value.code != 0
+        captured = capsys.readouterr()
+        assert flag in captured.err and repr(value.split(",")[-1]) in captured.err.replace('"', "'")
+        assert "graph.centralities" not in captured.err and "recomputed" not in captured.out
+    assert not client.get_metric_history(job.run_id, "sig/degree/mean")
+
+    # a run trained without the graph stage is completed; a second recompute adds no point
+    for _ in range(2):
+        recompute_main([job.run_id, "--tracking-uri", tracking_uri, "--centralities", "degree",
+                        "--pictures-dir", str(tmp_path / "pictures")])
+        assert "2 snapshots recomputed" in capsys.readouterr().out
+        for a in AGGREGATORS:
+            assert sorted(m.step for m in client.get_metric_history(job.run_id, f"sig/degree/{a}")) == [1, 2]
+    assert not client.get_metric_history(job.run_id, "sig/eigenvector/mean")
+    assert sorted(p.name for p in (tmp_path / "pictures").iterdir()) == [
+        "centrality_distributions.png", "epoch_001.png", "epoch_002.png"]
+    assert {f.path for f in client.list_artifacts(job.run_id, "graph")} >= {"graph/epoch_002.png"}
+    # asking for one more centrality logs only that one's values
+    recompute_signatures(job.run_id, tracking_uri, ["degree", "eigenvector"], pictures=False)
+    assert sorted(m.step for m in client.get_metric_history(job.run_id, "sig/eigenvector/mean")) == [1, 2]
+    assert sorted(m.step for m in client.get_metric_history(job.run_id, "sig/degree/mean")) == [1, 2]

@@ -22,15 +22,23 @@ class JobResult:
     result: TrainResult
 
 
-def graph_hooks(cfg: Mapping[str, Any]) -> list[EpochHook]:
-    """The graph stage (rolled graph -> centralities -> signature) when ``graph.enabled``."""
+def graph_hooks(cfg: Mapping[str, Any], client=None, run_id: str | None = None
+                ) -> tuple[list[EpochHook], list[EpochHook]]:
+    """The graph stage (rolled graph -> centralities -> signature) when ``graph.enabled``, and the hooks
+    that draw it (``graph.pictures``, given the run to log to): ``(stage hooks, picture hooks)``."""
     graph = cfg.get("graph") or {}
     if not graph.get("enabled", False):
-        return []
-    from epochgraph.graph_stage import GraphStage
+        return [], []
+    from epochgraph.graph_stage import GraphPictures, GraphStage
 
-    return [GraphStage(centralities=tuple(graph.get("centralities", ("degree", "eigenvector"))),
-                       backend=str(graph.get("backend", "auto")))]
+    stage = GraphStage(centralities=tuple(graph.get("centralities", ("degree", "eigenvector"))),
+                       backend=str(graph.get("backend", "auto")))
+    if not graph.get("pictures", True) or client is None or run_id is None:
+        return [stage], []
+    keep = keep_weights_epochs(cfg) if cfg["mlflow"].get("log_weights", True) else set()
+    pictures = GraphPictures(stage, client, run_id, epochs=int(cfg["trainer"]["epochs"]), keep=keep,
+                             title=f"{cfg['model']['name']} on {cfg['data']['name']}")
+    return [stage], [pictures]
 
 
 def keep_weights_epochs(cfg: Mapping[str, Any]) -> set[int] | None:
@@ -50,6 +58,7 @@ def run_job(cfg: DictConfig, *, extra_hooks: Sequence[EpochHook] = (), parent_ru
     """
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     splits = check_config(plain)
+    graph_hooks(plain)  # a bad graph.* value fails here, before a run exists
     client = tracking.get_client(cfg["mlflow"]["tracking_uri"])
     all_tags = {"model": str(cfg["model"]["name"]), "dataset": str(cfg["data"]["name"]), **(tags or {})}
     name = run_name or cfg["mlflow"].get("run_name")
@@ -58,8 +67,10 @@ def run_job(cfg: DictConfig, *, extra_hooks: Sequence[EpochHook] = (), parent_ru
         tracking.log_config(client, run_id, cfg)
         logger = tracking.MlflowEpochLogger(client, run_id, bool(cfg["mlflow"].get("log_weights", True)),
                                             keep_weights_epochs(cfg))
-        # the logger runs last so that it sees the metrics and tags the other hooks added
-        hooks = [*graph_hooks(cfg), *extra_hooks, logger]
+        # the logger runs last so that it sees the metrics and tags the other hooks added; the
+        # pictures run after the extra hooks so that they see an epoch that is pruned
+        stage_hooks, picture_hooks = graph_hooks(cfg, client, run_id)
+        hooks = [*stage_hooks, *extra_hooks, *picture_hooks, logger]
         log.info("MLflow run %s in experiment %r (%s)", run_id, cfg["mlflow"]["experiment"],
                  client.tracking_uri)
         result = train(plain, hooks=hooks, splits=splits)
