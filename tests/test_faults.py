@@ -6,10 +6,13 @@ every trial is accounted for in Optuna and MLflow, and no run is left RUNNING.
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import optuna
 import pytest
@@ -33,20 +36,29 @@ def _runs(tmp_path):
     return client.search_runs([exp.experiment_id]) if exp else []
 
 
-def test_killed_worker_is_failed_retried_and_its_run_closed(tmp_path):
+def _wait_for_running_trial_run(tmp_path, proc) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(r.info.status == "RUNNING" and "trial" in r.data.tags
+                                             for r in _runs(tmp_path)):
+        assert proc.poll() is None, "the sweep ended before its first trial started"
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("stale_at_restart", [True, False], ids=["stale-at-restart", "stale-while-sweeping"])
+def test_killed_worker_is_failed_retried_and_its_run_closed(tmp_path, stale_at_restart):
     # 5000 epochs: the first trial is surely still training when it is killed, however fast the machine
     over = ["hydra.sweeper.n_trials=3", "trainer.epochs=5000", "storage.heartbeat_interval=1", "storage.grace_period=2",
             "storage.max_retry=1"]
     proc = subprocess.Popen(_sweep_cmd(tmp_path, *over), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not any(r.info.status == "RUNNING" and "trial" in r.data.tags
-                                             for r in _runs(tmp_path)):
-        time.sleep(0.5)
+    _wait_for_running_trial_run(tmp_path, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the worker dies mid-trial: no cleanup code runs
     proc.wait()
     assert any(r.info.status == "RUNNING" for r in _runs(tmp_path))
-    time.sleep(3)  # longer than the grace period: the trial's heartbeat is stale
+    if stale_at_restart:
+        time.sleep(3)  # longer than the grace period: the trial's heartbeat is stale
+    # otherwise the next sweep starts while the killed trial still looks alive: it trains the two other
+    # trials, waits for the stale one (and says so), fails it, closes its run and trains its retry
     done = subprocess.run(_sweep_cmd(tmp_path, *over[:1], "trainer.epochs=2", *over[2:]), capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -59,7 +71,12 @@ def test_killed_worker_is_failed_retried_and_its_run_closed(tmp_path):
     assert not [r for r in runs if r.info.status == "RUNNING"]
     killed = [r for r in runs if r.info.status == "KILLED"]
     assert len(killed) == 1 and killed[0].data.tags["state"] == "FAIL"
+    assert killed[0].info.run_name == "trial-000 · killed"
     assert "closed as KILLED" in done.stderr + done.stdout
+    if not stale_at_restart:
+        log = done.stderr + done.stdout
+        assert "waiting for trial 0, still RUNNING in the study" in log
+        assert "a trial without a heartbeat for 2 s (storage.grace_period) is failed and retried here" in log
 
 
 def test_interrupted_sweep_resumes_without_rerunning(tmp_path):
@@ -71,6 +88,8 @@ def test_interrupted_sweep_resumes_without_rerunning(tmp_path):
     assert again.returncode == 0
     study = optuna.load_study(study_name="faults", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    # the resumed sweep samples new configurations, not the first ones again
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 3
     runs = _runs(tmp_path)
     assert Counter(r.data.tags.get("trial") for r in runs if "trial" in r.data.tags) == {"0": 1, "1": 1, "2": 1}
     assert len([r for r in runs if r.data.tags.get("epochgraph.role") == "sweep"]) == 1
@@ -88,6 +107,15 @@ def test_two_workers_on_sqlite_lose_nothing(tmp_path):
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+CLOSED_PORT = _free_port()  # nothing listens there
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["storage.url=postgresql+psycopg2://u:secret@127.0.0.1:1/none"],
      "cannot open the Optuna storage storage.url='postgresql+psycopg2://u:***@127.0.0.1:1/none'"),
@@ -96,16 +124,81 @@ def test_two_workers_on_sqlite_lose_nothing(tmp_path):
      "cannot build pruner=epochgraph.pruner.SignaturePruner: cannot load the predictor"),
     (["pruner=signature", "pruner.bound=2"], "bound=2"),
     (["optim.lr=-1"], "optim.lr=-1 must be a positive number"),
+    # a bad value the search space reaches, not one the first trial happens to draw
+    (["optim.lr=interval(-1.0, 0.1)"],
+     "optim.lr=-1.0 must be a positive number, e.g. optim.lr=0.01 (the search space reaches optim.lr=-1.0)"),
+    (["optim.momentum=choice(0.5, 1.5)"],
+     "optim.momentum=1.5 must be in [0, 1), e.g. optim.momentum=0.9 (the search space reaches optim.momentum=1.5)"),
+    ([f"mlflow.tracking_uri=http://127.0.0.1:{CLOSED_PORT}"],
+     f"cannot reach the MLflow tracking server at mlflow.tracking_uri='http://127.0.0.1:{CLOSED_PORT}': "
+     "connection refused; start it (make server) or fix the URI"),
 ])
 def test_bad_sweep_input_is_one_line_and_writes_nothing(tmp_path, overrides, message):
     proc = subprocess.run(_sweep_cmd(tmp_path, "hydra.sweeper.n_trials=1", *overrides), capture_output=True,
                           text=True, timeout=300)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("epochgraph: error:") and message in last, proc.stderr[-1500:]
     assert "Traceback" not in proc.stderr
     assert "secret" not in proc.stderr
-    assert not [r for r in _runs(tmp_path) if r.info.status == "RUNNING"]
+    assert _runs(tmp_path) == []  # no parent run, no trial run
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert not (tmp_path / "optuna.db").exists() or optuna.get_all_study_names(storage) == []
+
+
+class _FailingServer(BaseHTTPRequestHandler):
+    """Answers every request with HTTP 503, as an overloaded or half-started server would; counts them."""
+
+    requests: list[str] = []
+
+    def do_GET(self):  # noqa: N802 - the http.server API
+        type(self).requests.append(self.path)
+        self.send_response(503)
+        self.end_headers()
+
+    do_POST = do_GET  # noqa: N815
+
+    def log_message(self, *args):
+        pass
+
+
+def test_failing_tracking_server_is_asked_once_and_reported_in_one_line(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FailingServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        proc = subprocess.run([*BASE, *TINY, f"mlflow.tracking_uri={uri}"], capture_output=True, text=True,
+                              timeout=200)  # MLflow's own retries would take over 4 minutes
+    finally:
+        server.shutdown()
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"epochgraph: error: the MLflow tracking server at mlflow.tracking_uri='{uri}' answered HTTP 503 to a "
+        "search of experiments; start it (make server) or fix the URI")
+    assert "Traceback" not in proc.stderr
+    assert len(_FailingServer.requests) == 1  # one request, no retries
+
+
+def test_first_uses_of_a_new_store_at_once_do_not_race(tmp_path):
+    """Several processes opening a new embedded store at the same instant (two first sweeps) all succeed."""
+    script = (
+        "import sys, time\n"
+        "start = float(sys.argv[1])\n"
+        "from epochgraph import tracking\n"
+        "from epochgraph.storage import make_storage\n"
+        "while time.time() < start: time.sleep(0.001)\n"
+        f"tracking.get_client('sqlite:///{tmp_path}/mlruns/mlflow.db')\n"
+        f"make_storage({{'url': 'sqlite:///{tmp_path}/optuna.db', 'heartbeat_interval': 30}})\n"
+        "print('opened')\n"
+    )
+    start = time.time() + 8  # after every process has imported MLflow and Optuna
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(start)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0 and out.strip() == "opened", err[-1500:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    assert [e.name for e in client.search_experiments()] == ["Default"]
 
 
 def test_unknown_pruner_name_lists_the_choices(tmp_path):
@@ -114,10 +207,12 @@ def test_unknown_pruner_name_lists_the_choices(tmp_path):
     assert "Could not find 'pruner/nope'" in proc.stderr and "signature" in proc.stderr
 
 
-def test_sigterm_ends_the_run_killed_and_the_process(tmp_path):
+@pytest.mark.parametrize("sig, status, said", [(signal.SIGINT, 130, "interrupted (Ctrl-C)"),
+                                               (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_interrupt_ends_the_run_killed_with_one_line(tmp_path, sig, status, said):
     tracking = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    proc = subprocess.Popen([*BASE, *TINY, "trainer.epochs=200", f"mlflow.tracking_uri={tracking}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*BASE, *TINY, "trainer.epochs=5000", f"mlflow.tracking_uri={tracking}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     client = MlflowClient(tracking)
     deadline = time.time() + 120
     runs = []
@@ -126,6 +221,56 @@ def test_sigterm_ends_the_run_killed_and_the_process(tmp_path):
         exp = client.get_experiment_by_name("epochgraph")
         runs = client.search_runs([exp.experiment_id]) if exp else []
     time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) != 0
-    assert client.get_run(runs[0].info.run_id).info.status == "KILLED"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == status
+    run_id = runs[0].info.run_id
+    assert err.strip().splitlines()[-1] == f"epochgraph: {said}; MLflow run {run_id} closed as KILLED"
+    assert "Traceback" not in err
+    assert client.get_run(run_id).info.status == "KILLED"
+
+
+def test_interrupted_sweep_ends_its_trial_at_once_and_resumes_it(tmp_path):
+    over = ["hydra.sweeper.n_trials=2", "storage.max_retry=1"]
+    proc = subprocess.Popen(_sweep_cmd(tmp_path, *over, "trainer.epochs=5000"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for_running_trial_run(tmp_path, proc)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "epochgraph: interrupted (Ctrl-C); trial 0: FAIL, re-queued with the same parameters; the sweep's MLflow "
+        "runs closed as KILLED; run the same command again to resume study 'faults'")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.load_study(study_name="faults", storage=storage)
+    assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]  # nothing left RUNNING
+    assert study.trials[1].params == study.trials[0].params
+    runs = _runs(tmp_path)
+    assert sorted((r.info.run_name, r.info.status) for r in runs) == [("faults · killed", "KILLED"),
+                                                                       ("trial-000 · killed", "KILLED")]
+    # the next start trains at once (no stale trial to wait for): the interrupted configuration first
+    again = subprocess.run(_sweep_cmd(tmp_path, *over, "trainer.epochs=2"), capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "waiting for trial" not in again.stderr + again.stdout
+    study = optuna.load_study(study_name="faults", storage=storage)
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert study.trials[1].params == study.trials[0].params != study.trials[2].params
+    parent = [r for r in _runs(tmp_path) if r.data.tags.get("epochgraph.role") == "sweep"]
+    assert [(r.info.run_name, r.info.status) for r in parent] == [("faults", "FINISHED")]
+
+
+def test_rerun_of_a_finished_sweep_changes_no_run(tmp_path):
+    first = subprocess.run(_sweep_cmd(tmp_path, "hydra.sweeper.n_trials=1"), capture_output=True, text=True,
+                           timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = {r.info.run_id: (r.info.status, r.info.end_time, r.data.metrics, r.data.tags) for r in _runs(tmp_path)}
+    again = subprocess.run(_sweep_cmd(tmp_path, "hydra.sweeper.n_trials=1"), capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    after = {r.info.run_id: (r.info.status, r.info.end_time, r.data.metrics, r.data.tags) for r in _runs(tmp_path)}
+    assert after == before  # same runs, same end times, nothing logged
+    assert "Sweep faults: 1 complete, 0 pruned, 0 failed" in again.stdout
+    assert "nothing to train" in again.stderr + again.stdout

@@ -1,31 +1,80 @@
-"""User-facing errors: one line that names the bad value and the fix."""
+"""User-facing errors: one line that names the bad value and the fix; interrupts end with one line too."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 F = TypeVar("F", bound=Callable)
+
+# exit statuses shells expect from a command stopped by a signal: 128 + the signal number
+EXIT_SIGINT = 128 + signal.SIGINT
+EXIT_SIGTERM = 128 + signal.SIGTERM
 
 
 class EpochgraphError(Exception):
     """An error caused by the user's input or environment, reported as one line without a traceback."""
 
 
+class Terminated(BaseException):
+    """SIGTERM turned into an exception, so that open runs and trials are closed on the way out.
+
+    A BaseException, like KeyboardInterrupt, so that no job runner (Hydra catches Exception per job)
+    swallows it. Its message, when set, says what was closed (``str(err)``).
+    """
+
+
+@contextlib.contextmanager
+def sigterm_as_exception() -> Iterator[None]:
+    """Raise `Terminated` on SIGTERM inside the block (main thread only; elsewhere signals are left alone)."""
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (joblib workers)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def note_interrupt(err: BaseException, note: str) -> None:
+    """Set what an interrupt left behind (``"MLflow run ... closed as KILLED"``), printed on the way out."""
+    err.args = (note,)
+
+
 def report_errors(func: F) -> F:
-    """Turn an `EpochgraphError` raised inside ``func`` into one line on stderr and exit status 2."""
+    """Run ``func`` as a command: an `EpochgraphError` becomes one line on stderr and exit status 2; Ctrl-C
+    and SIGTERM become one line and exit status 130 / 143, as shells expect, instead of a traceback."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            return func(*args, **kwargs)
+            with sigterm_as_exception():
+                return func(*args, **kwargs)
         except EpochgraphError as err:
             print(f"epochgraph: error: {err}", file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt as err:
+            print(f"epochgraph: interrupted (Ctrl-C){_note(err)}", file=sys.stderr)
+            sys.exit(EXIT_SIGINT)
+        except Terminated as err:
+            print(f"epochgraph: terminated (SIGTERM){_note(err)}", file=sys.stderr)
+            sys.exit(EXIT_SIGTERM)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _note(err: BaseException) -> str:
+    return f"; {err.args[0]}" if err.args and err.args[0] else ""
 
 
 def choice_error(what: str, value: object, choices: object, key: str | None = None) -> EpochgraphError:

@@ -71,8 +71,9 @@ def run_job(cfg: DictConfig, *, extra_hooks: Sequence[EpochHook] = (), parent_ru
         # pictures run after the extra hooks so that they see an epoch that is pruned
         stage_hooks, picture_hooks = graph_hooks(cfg, client, run_id)
         hooks = [*stage_hooks, *extra_hooks, *picture_hooks, logger]
-        log.info("MLflow run %s in experiment %r (%s)", run_id, cfg["mlflow"]["experiment"],
-                 client.tracking_uri)
+        exp_id = client.get_run(run_id).info.experiment_id
+        log.info("MLflow run %s in experiment %r (%s): %s", run_id, cfg["mlflow"]["experiment"],
+                 client.tracking_uri, tracking.run_url(client.tracking_uri, exp_id, run_id))
         result = train(plain, hooks=hooks, splits=splits)
         final = {"test_acc": result.test_acc, "test_loss": result.test_loss, "epochs_run": result.epochs_run,
                  "weights_bytes": logger.weights_bytes}
@@ -90,4 +91,7 @@ def run_job(cfg: DictConfig, *, extra_hooks: Sequence[EpochHook] = (), parent_ru
         tracking.set_tags(client, run_id, end_tags)
         log.info("test_acc %.4f after %d epochs%s", result.test_acc, result.epochs_run,
                  " (diverged)" if result.diverged else "")
+        if parent_run_id is None:
+            log.info("runs of experiment %r: %s (make ui)", cfg["mlflow"]["experiment"],
+                     tracking.runs_url(client.tracking_uri, exp_id))
     return JobResult(run_id=run_id, result=result)

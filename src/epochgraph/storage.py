@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,27 @@ def resolve_url(url: str) -> str:
     return url
 
 
+@contextlib.contextmanager
+def sqlite_init_lock(url: str) -> Iterator[None]:
+    """Hold an exclusive lock beside a SQLite database while it is opened (a no-op for other URLs).
+
+    Opening a new database creates its schema; two processes doing it at once (two first sweeps on a
+    new store) fail with "table ... already exists" or "duplicate column name". Optuna and MLflow both
+    create their schema on first use, so every process opens a SQLite store under this lock.
+    """
+    if not url.startswith("sqlite:///") or ":memory:" in url:
+        yield
+        return
+    path = Path(url[len("sqlite:///"):])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".init-lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def make_storage(cfg: Mapping[str, Any]) -> optuna.storages.RDBStorage:
     """RDB storage with heartbeats, so a dead worker's trial does not stay RUNNING forever."""
     url = resolve_url(str(cfg["url"]))
@@ -41,12 +64,13 @@ def make_storage(cfg: Mapping[str, Any]) -> optuna.storages.RDBStorage:
         warnings.simplefilter("ignore")  # heartbeat and retry callback are marked experimental
         retry = optuna.storages.RetryFailedTrialCallback(max_retry=int(cfg.get("max_retry", 0))) if heartbeat else None
         try:
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs,
-                heartbeat_interval=int(heartbeat) if heartbeat else None,
-                grace_period=int(cfg["grace_period"]) if heartbeat and cfg.get("grace_period") else None,
-                failed_trial_callback=retry,
-            )
+            with sqlite_init_lock(url):
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs,
+                    heartbeat_interval=int(heartbeat) if heartbeat else None,
+                    grace_period=int(cfg["grace_period"]) if heartbeat and cfg.get("grace_period") else None,
+                    failed_trial_callback=retry,
+                )
         except Exception as err:  # SQLAlchemy: bad URL, unreachable server, missing driver
             first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
             raise EpochgraphError(f"cannot open the Optuna storage storage.url={redact(url)!r}: {first}; "

@@ -58,16 +58,19 @@ def plot_curves(study: optuna.Study, path: Path) -> Path:
     return path
 
 
-def report(study: optuna.Study, client, parent_run_id: str, epochs: int, out_dir: Path) -> dict[str, float]:
-    """Log the summary and the curve plot on the parent run, and print them."""
+def report(study: optuna.Study, client, parent_run_id: str, epochs: int, out_dir: Path, record: bool = True,
+           links: list[str] | None = None) -> dict[str, float]:
+    """Log the summary and the curve plot on the parent run (unless ``record`` is false: a rerun that
+    trained nothing changes no run), and print them with ``links`` to the MLflow UI."""
     s = summary(study, epochs)
-    tracking.log_metrics(client, parent_run_id, s, step=0)
-    if s.get("trials_complete"):
-        best = study.best_trial
-        tracking.set_tags(client, parent_run_id, {f"best.{k}": v for k, v in best.params.items()})
-        tracking.set_tags(client, parent_run_id, {"best.trial": best.number})
     png = plot_curves(study, out_dir / "sweep_curves.png")
-    client.log_artifact(parent_run_id, str(png))
+    if record:
+        tracking.log_metrics(client, parent_run_id, s, step=0)
+        if s.get("trials_complete"):
+            best = study.best_trial
+            tracking.set_tags(client, parent_run_id, {f"best.{k}": v for k, v in best.params.items()})
+            tracking.set_tags(client, parent_run_id, {"best.trial": best.number})
+        client.log_artifact(parent_run_id, str(png))
     lines = [
         f"Sweep {study.study_name}: {s['trials_complete']} complete, {s['trials_pruned']} pruned, "
         f"{s['trials_failed']} failed",
@@ -76,6 +79,6 @@ def report(study: optuna.Study, client, parent_run_id: str, epochs: int, out_dir
     ]
     if "best_value" in s and math.isfinite(s["best_value"]):
         lines.append(f"Best val_acc {s['best_value']:.4f} (trial {study.best_trial.number}): {study.best_trial.params}")
-    lines += [f"Curves: {png}", f"MLflow parent run {parent_run_id}", "Browse the runs: make ui"]
+    lines += [f"Curves: {png}", f"MLflow parent run {parent_run_id}", *(links or []), "Browse the runs: make ui"]
     print("\n".join(lines), flush=True)
     return s

@@ -11,7 +11,6 @@ import contextlib
 import math
 import os
 import re
-import signal
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -23,8 +22,9 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
-from epochgraph.errors import EpochgraphError
+from epochgraph.errors import EpochgraphError, Terminated, note_interrupt, sigterm_as_exception
 from epochgraph.hooks import EpochState
+from epochgraph.storage import redact, sqlite_init_lock
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 WEIGHTS_DIR = "weights"
@@ -53,31 +53,90 @@ def _artifact_root(uri: str, experiment: str) -> str | None:
     return None
 
 
+# the MLflow UI opens an experiment on its GenAI overview unless asked for the classic runs table: the
+# UI of MLflow 3.x reads the workflow type from the link (``?workflowType=machine_learning``); versions
+# that read it from the experiment instead honour the ``mlflow.experimentKind`` tag
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+UI_QUERY = "?workflowType=machine_learning"
+DEFAULT_UI_URL = "http://127.0.0.1:5000"  # make ui
+
+
+def ui_base(tracking_uri: str) -> str:
+    """Where a user browses ``tracking_uri``: the server itself, or ``make ui`` (``EPOCHGRAPH_UI_URL``)
+    for the embedded store."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri.rstrip("/")
+    return os.environ.get("EPOCHGRAPH_UI_URL", DEFAULT_UI_URL).rstrip("/")
+
+
+def runs_url(tracking_uri: str, experiment_id: str) -> str:
+    """The MLflow UI's runs table of an experiment."""
+    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs{UI_QUERY}"
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI's page of one run."""
+    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}{UI_QUERY}"
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """One request, no retries, to an MLflow tracking server: an unreachable or failing server is reported in
+    seconds, before any training (MLflow's own client retries for minutes)."""
+    from mlflow.tracking._tracking_service.utils import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    fix = "start it (make server) or fix the URI"
+    try:
+        resp = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/search", "GET",
+                            max_retries=0, timeout=timeout, raise_on_status=False, params={"max_results": 1})
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "Connection refused" in reason:
+            reason = "connection refused"
+        elif "timed out" in reason.lower():
+            reason = f"no answer within {timeout:g} s"
+        raise EpochgraphError(f"cannot reach the MLflow tracking server at mlflow.tracking_uri={redact(uri)!r}: "
+                              f"{reason[:200]}; {fix}") from None
+    if resp.status_code != 200:
+        raise EpochgraphError(f"the MLflow tracking server at mlflow.tracking_uri={redact(uri)!r} answered HTTP "
+                              f"{resp.status_code} to a search of experiments; {fix}")
+
+
 def get_client(tracking_uri: str | None) -> MlflowClient:
+    """A client for the tracking URI, checked once: a server answers within seconds, and a new embedded store
+    is created under a lock (two first runs at once would race on its schema)."""
     uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
     mlflow.set_tracking_uri(uri)
     try:
-        client = MlflowClient(tracking_uri=uri)
-        client.search_experiments(max_results=1)
-    except Exception as err:  # an unreachable server or a bad URI: one line, not a wall
-        raise EpochgraphError(f"cannot reach the MLflow store at mlflow.tracking_uri={uri!r}: "
-                              f"{str(err).splitlines()[0][:200]}; start it (make server) or fix the URI") from None
+        with sqlite_init_lock(uri):
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
+    except Exception as err:  # a bad URI or a broken store: one line, not a wall
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise EpochgraphError(f"cannot open the MLflow store at mlflow.tracking_uri={redact(uri)!r}: {first}; "
+                              f"fix the URI or the store") from None
     return client
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name``, created (or restored) when needed, tagged to open on its runs."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=_artifact_root(client.tracking_uri, name))
-    except mlflow.exceptions.MlflowException:  # created meanwhile by another worker
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        try:
+            return client.create_experiment(name, artifact_location=_artifact_root(client.tracking_uri, name),
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except mlflow.exceptions.MlflowException:  # created meanwhile by another worker
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    if EXPERIMENT_KIND_TAG not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -92,35 +151,14 @@ def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-class _Terminated(BaseException):
-    """SIGTERM turned into an exception so that open runs are closed as KILLED; a BaseException, like
-    KeyboardInterrupt, so that no job runner (Hydra catches Exception per job) swallows it."""
-
-
-@contextlib.contextmanager
-def _sigterm_as_exception() -> Iterator[None]:
-    def handler(signum, frame):
-        raise _Terminated("terminated by SIGTERM")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (joblib workers): leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 @contextlib.contextmanager
 def mlflow_run(client: MlflowClient, experiment: str, *, run_name: str | None = None,
                tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
                run_id: str | None = None) -> Iterator[str]:
     """Open (or reopen, with ``run_id``) a run and always close it: FINISHED, FAILED or KILLED.
 
-    The body may set the final status itself through `set_outcome` (e.g. a pruned trial ends FINISHED
-    with tag ``pruned=true``); an exception ends the run FAILED, an interrupt KILLED.
+    An exception ends the run FAILED, an interrupt KILLED (noted in the interrupt's message); a named run
+    then carries its status in its name (``trial-006 · killed``).
     """
     all_tags = dict(tags or {})
     if parent_run_id:
@@ -129,15 +167,16 @@ def mlflow_run(client: MlflowClient, experiment: str, *, run_name: str | None = 
         run = client.create_run(experiment_id(client, experiment), run_name=run_name, tags=all_tags)
         run_id = run.info.run_id
     else:
-        client.update_run(run_id, status="RUNNING")
+        client.update_run(run_id, status="RUNNING", name=run_name)
         for k, v in all_tags.items():
             client.set_tag(run_id, k, v)
     status = "FINISHED"
     try:
-        with _sigterm_as_exception():
+        with sigterm_as_exception():
             yield run_id
-    except (KeyboardInterrupt, _Terminated):
+    except (KeyboardInterrupt, Terminated) as err:
         status = "KILLED"
+        note_interrupt(err, f"MLflow run {run_id} closed as KILLED")
         raise
     except BaseException as err:
         status = "FAILED"
@@ -145,14 +184,15 @@ def mlflow_run(client: MlflowClient, experiment: str, *, run_name: str | None = 
             client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:500])
         raise
     finally:
+        if run_name and status != "FINISHED":  # the outcome shows in the runs table, beside the name
+            with contextlib.suppress(Exception):
+                client.update_run(run_id, name=f"{run_name} · {status.lower()}")
         client.set_terminated(run_id, status=status)
 
 
 def log_config(client: MlflowClient, run_id: str, cfg: DictConfig | Mapping[str, Any]) -> None:
     """Params (flattened, once) and the resolved config as ``config.yaml``."""
     container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    from epochgraph.storage import redact
-
     # credentials in URLs (storage.url, tracking URIs) never reach MLflow
     params = [Param(k, redact(str(v))[:6000]) for k, v in flatten(container).items() if not k.startswith("hydra.")]
     for i in range(0, len(params), 100):

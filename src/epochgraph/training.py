@@ -88,16 +88,20 @@ def model_kwargs(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in model_cfg.items() if k != "name"}
 
 
-def check_config(cfg: Mapping[str, Any]) -> Splits:
-    """Load the data and build the model and optimizer once, so bad input fails before anything is logged."""
+def check_config(cfg: Mapping[str, Any], splits: Splits | None = None) -> Splits:
+    """Load the data and build the model and optimizer once, so bad input fails before anything is logged.
+
+    ``splits``, when given, are the data ``cfg`` loads (checked before with the same ``data`` and ``seed``).
+    """
     for key in ("epochs", "batch_size"):
         value = cfg["trainer"][key]
         if not isinstance(value, int) or value < 1:
             raise EpochgraphError(f"trainer.{key}={value} must be a positive integer")
-    data = dict(cfg["data"])
-    # ``+data.seed=N`` draws the data subsets with their own seed; the top-level ``seed`` otherwise
-    data_seed = data.pop("seed", None)
-    splits = load_data(**data, seed=int(cfg["seed"] if data_seed is None else data_seed))
+    if splits is None:
+        data = dict(cfg["data"])
+        # ``+data.seed=N`` draws the data subsets with their own seed; the top-level ``seed`` otherwise
+        data_seed = data.pop("seed", None)
+        splits = load_data(**data, seed=int(cfg["seed"] if data_seed is None else data_seed))
     model = build_model(cfg["model"]["name"], in_channels=splits.in_channels, image_size=splits.image_size,
                         num_classes=splits.num_classes, **model_kwargs(cfg["model"]))
     build_optimizer(model.parameters(), **dict(cfg["optim"]))

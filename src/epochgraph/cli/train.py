@@ -14,12 +14,18 @@ CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-@report_errors
 def main(cfg: DictConfig) -> float | dict | None:
     if cfg.get("optuna") and cfg.optuna.get("trial_number") is not None:
         from epochgraph.trial import run_trial
 
+        # a sweep's job: errors and interrupts go to the sweeper, which ends the trial and reports them
         return run_trial(cfg)
+    return train_one(cfg)
+
+
+@report_errors
+def train_one(cfg: DictConfig) -> float | None:
+    """One training, as a command: bad input, Ctrl-C and SIGTERM end with one line (exit 2, 130, 143)."""
     from epochgraph.job import run_job
 
     job = run_job(cfg)

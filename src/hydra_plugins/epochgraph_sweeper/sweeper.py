@@ -9,6 +9,7 @@ plot of all val-accuracy curves at the end.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import warnings
@@ -23,11 +24,11 @@ from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from epochgraph.errors import EpochgraphError
+from epochgraph.errors import EpochgraphError, Terminated, note_interrupt
 
 log = logging.getLogger("epochgraph")
 
@@ -113,11 +114,63 @@ def close_orphan_runs(study: optuna.Study, client, experiment: str) -> int:
         if state is not None and state != TrialState.RUNNING:
             client.set_tag(run.info.run_id, "state", state.name)
             client.set_tag(run.info.run_id, "error", "its worker stopped; the trial was failed as stale")
+            client.update_run(run.info.run_id, name=f"trial-{int(run.data.tags['trial']):03d} · killed")
             client.set_terminated(run.info.run_id, status="KILLED")
             log.warning("trial %d: MLflow run %s was left RUNNING by a dead worker; closed as KILLED",
                         int(run.data.tags["trial"]), run.info.run_id)
             closed += 1
     return closed
+
+
+def probe_points(space: dict[str, BaseDistribution]) -> list[dict[str, Any]]:
+    """Points of the search space that reach every bound and every choice at least once (``max`` of their
+    counts points in all), for checking the values a sweep will train before it starts."""
+    values: dict[str, list[Any]] = {}
+    for key, d in space.items():
+        if isinstance(d, CategoricalDistribution):
+            values[key] = list(d.choices)
+        elif isinstance(d, (FloatDistribution, IntDistribution)):
+            values[key] = [d.low, d.high] if d.high != d.low else [d.low]
+    n = max((len(v) for v in values.values()), default=0)
+    return [{k: v[i % len(v)] for k, v in values.items()} for i in range(n)]
+
+
+def make_sampler(node: Any) -> optuna.samplers.BaseSampler | None:
+    """The sampler of ``hydra.sweeper.sampler``: a seeded one draws each trial with a seed of its own
+    (`epochgraph.sampler.TrialSeededSampler`), so that resumed sweeps and parallel workers never replay the
+    same configurations; QMC keeps one seed (its sequence is shared through the storage)."""
+    from epochgraph.sampler import TrialSeededSampler
+
+    if node is None or isinstance(node, optuna.samplers.BaseSampler):
+        return node
+    seed = node.get("seed")
+    if seed is None or str(node.get("_target_", "")).endswith("QMCSampler"):
+        return instantiate(node)
+    if not isinstance(seed, int) or seed < 0:
+        raise EpochgraphError(f"hydra.sweeper.sampler.seed={seed!r} must be a non-negative integer or null")
+    return TrialSeededSampler(lambda s: instantiate(node, seed=s), seed)
+
+
+def _sampler_name(sampler: optuna.samplers.BaseSampler) -> str:
+    return type(getattr(sampler, "sampler", sampler)).__name__
+
+
+def _heartbeat_ages(study: optuna.Study) -> dict[int, float]:
+    """Seconds since the last heartbeat of each RUNNING trial (trial number -> age); empty when unknown."""
+    storage = study._storage
+    try:
+        import sqlalchemy
+        from optuna.storages._rdb import models
+
+        with storage.scoped_session() as session:
+            now = session.execute(sqlalchemy.func.now()).scalar().replace(tzinfo=None)
+            rows = (session.query(models.TrialModel.number, models.TrialHeartbeatModel.heartbeat)
+                    .join(models.TrialHeartbeatModel, models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id)
+                    .filter(models.TrialModel.study_id == study._study_id,
+                            models.TrialModel.state == TrialState.RUNNING).all())
+        return {int(number): (now - beat.replace(tzinfo=None)).total_seconds() for number, beat in rows}
+    except Exception:  # another storage, or Optuna's tables changed: the message goes without the ages
+        return {}
 
 
 def _choice(cfg: DictConfig, group: str, default: str) -> str:
@@ -152,6 +205,7 @@ class EpochgraphSweeper(Sweeper):
         self.direction, self.n_trials, self.n_jobs = direction, n_trials, n_jobs
         self.study_name, self.sampler_cfg, self.max_failure_rate = study_name, sampler, max_failure_rate
         self.job_idx = 0
+        self._interrupted = ""  # what an interrupt left behind, for the last line
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
@@ -173,42 +227,139 @@ class EpochgraphSweeper(Sweeper):
         if not space:
             raise EpochgraphError("the search space is empty; set hydra.sweeper.params "
                                   "(e.g. +experiment=pruned_sweep) or pass sweep overrides like optim.lr=0.01,0.1")
+        # everything that can be checked is checked before a study, a trial or a run exists
+        client = tracking.get_client(cfg.mlflow.tracking_uri)
+        self._check_values(space, fixed)
+        pruner = build_pruner(cfg)
+        sampler = make_sampler(OmegaConf.select(cfg, "hydra.sweeper.sampler") if isinstance(cfg, DictConfig)
+                               else self.sampler_cfg)
         storage = make_storage(cfg.storage)
         name = self.study_name or f"{cfg.mlflow.experiment}-sweep"
-        # Hydra instantiates the sweeper's config recursively: the sampler may already be built
-        sampler = self.sampler_cfg
-        if sampler is not None and not isinstance(sampler, optuna.samplers.BaseSampler):
-            sampler = instantiate(sampler)
-        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=build_pruner(cfg),
+        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
                                     direction=self.direction, load_if_exists=True)
-        optuna.storages.fail_stale_trials(study)
-        client = tracking.get_client(cfg.mlflow.tracking_uri)
-        close_orphan_runs(study, client, str(cfg.mlflow.experiment))
+        experiment = str(cfg.mlflow.experiment)
+        self._fail_stale(study, client, experiment)
         parent = study.user_attrs.get("mlflow_parent_run_id")
-        with tracking.mlflow_run(client, cfg.mlflow.experiment, run_name=name, run_id=parent,
-                                 tags={"epochgraph.role": "sweep", "study": name, "sweep": name,
-                                       "pruner": _choice(cfg, "pruner", str(cfg.pruner._target_)),
-                                       "sampler": type(study.sampler).__name__}) as parent_id:
-            if parent is None:
-                study.set_user_attr("mlflow_parent_run_id", parent_id)
-                tracking.log_config(client, parent_id, {
-                    "study": name, "storage": redact(str(cfg.storage.url)), "n_trials": self.n_trials,
-                    "direction": self.direction, "pruner": OmegaConf.to_container(cfg.pruner, resolve=True),
-                    "search_space": {k: repr(v) for k, v in space.items()}, "epochs": cfg.trainer.epochs})
-            log.info("study %r in %s: %d trials, pruner %s, MLflow parent run %s", name,
-                     redact(str(cfg.storage.url)), self.n_trials, cfg.pruner._target_, parent_id)
-            self._loop(study, space, fixed, parent_id)
-            sweep_report.report(study, client, parent_id, int(cfg.trainer.epochs),
-                                Path(cfg.hydra.sweep.dir))
+        exp_id = tracking.experiment_id(client, experiment)
+        if parent is not None and self._finished(study) >= self.n_trials:
+            # nothing to train: report what the study holds and leave the runs as they are
+            log.info("study %r already holds %d finished trials (hydra.sweeper.n_trials=%d); nothing to train",
+                     name, self._finished(study), self.n_trials)
+            sweep_report.report(study, client, parent, int(cfg.trainer.epochs), Path(cfg.hydra.sweep.dir),
+                                record=False, links=self._links(client, exp_id, parent))
+            return
+        try:
+            with tracking.mlflow_run(client, experiment, run_name=name, run_id=parent,
+                                     tags={"epochgraph.role": "sweep", "study": name, "sweep": name,
+                                           "pruner": _choice(cfg, "pruner", str(cfg.pruner._target_)),
+                                           "sampler": _sampler_name(study.sampler)}) as parent_id:
+                if parent is None:
+                    study.set_user_attr("mlflow_parent_run_id", parent_id)
+                    tracking.log_config(client, parent_id, {
+                        "study": name, "storage": redact(str(cfg.storage.url)), "n_trials": self.n_trials,
+                        "direction": self.direction, "pruner": OmegaConf.to_container(cfg.pruner, resolve=True),
+                        "search_space": {k: repr(v) for k, v in space.items()}, "epochs": cfg.trainer.epochs})
+                log.info("study %r in %s: %d trials, pruner %s, MLflow parent run %s", name,
+                         redact(str(cfg.storage.url)), self.n_trials, cfg.pruner._target_, parent_id)
+                log.info("runs as they finish: %s", tracking.runs_url(client.tracking_uri, exp_id))
+                self._loop(study, space, fixed, parent_id, client, experiment)
+                sweep_report.report(study, client, parent_id, int(cfg.trainer.epochs), Path(cfg.hydra.sweep.dir),
+                                    links=self._links(client, exp_id, parent_id))
+        except (KeyboardInterrupt, Terminated) as err:
+            note_interrupt(err, f"{self._interrupted} the sweep's MLflow runs closed as KILLED; run the same "
+                                f"command again to resume study {name!r}")
+            raise
+
+    @staticmethod
+    def _links(client, exp_id: str, parent_id: str) -> list[str]:
+        from epochgraph import tracking
+
+        return [f"Runs: {tracking.runs_url(client.tracking_uri, exp_id)}",
+                f"Sweep run: {tracking.run_url(client.tracking_uri, exp_id, parent_id)}"]
+
+    def _check_values(self, space: dict[str, BaseDistribution], fixed: dict[str, str]) -> None:
+        """Build the job config at every bound and choice of the search space and check it as a training
+        would (data, model, optimizer), so that a bad value fails now, in one line, not inside a trial."""
+        from epochgraph.training import check_config
+
+        checked: dict[str, Any] = {}
+        for point in probe_points(space) or [{}]:
+            overrides = [f"{k}={v}" for k, v in {**point, **fixed}.items()]
+            try:
+                job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+            except Exception as err:
+                raise EpochgraphError(f"the sweep overrides {' '.join(overrides)} do not compose: "
+                                      f"{str(err).splitlines()[0][:200]}") from None
+            with open_dict(job_cfg):
+                del job_cfg["hydra"]
+            plain = OmegaConf.to_container(job_cfg, resolve=True)
+            data_key = json.dumps([plain["data"], plain["seed"]], sort_keys=True, default=str)
+            try:
+                checked[data_key] = check_config(plain, checked.get(data_key))
+            except EpochgraphError as err:
+                # name the search-space entries the message is about (a bound or a choice), if any
+                reached = [f"{k}={v}" for k, v in point.items() if k not in fixed and f"{k}=" in str(err)]
+                where = f" (the search space reaches {', '.join(reached)})" if reached else ""
+                raise EpochgraphError(f"{err}{where}") from None
+
+    @staticmethod
+    def _finished(study: optuna.Study) -> int:
+        return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+    def _fail_stale(self, study: optuna.Study, client, experiment: str) -> None:
+        """Fail the trials whose worker stopped beating (re-queued up to ``storage.max_retry``) and close
+        their MLflow runs as KILLED."""
+        optuna.storages.fail_stale_trials(study)
+        close_orphan_runs(study, client, experiment)
+
+    def _abandon(self, study: optuna.Study, batch: list[optuna.trial.Trial], client, experiment: str) -> str:
+        """End the batch's unfinished trials FAIL at once (an interrupt, an error in the launcher) and re-queue
+        them as a stale trial would be (``storage.max_retry``); returns what was done, for the last line."""
+        storage = study._storage
+        retry = getattr(storage, "heartbeat_stale_trial_callback", None) or getattr(storage, "failed_trial_callback",
+                                                                                    None)
+        failed, queued = [], []
+        for trial in batch:
+            if storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+                continue
+            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            failed.append(trial.number)
+            waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+            if retry is not None:
+                retry(study, storage.get_trial(trial._trial_id))
+                if len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) > waiting:
+                    queued.append(trial.number)
+        close_orphan_runs(study, client, experiment)
+        if not failed:
+            return ""
+        outcome = [f"trial {n}: FAIL" + (", re-queued with the same parameters" if n in queued else "")
+                   for n in failed]
+        return "; ".join(outcome) + ";"
+
+    def _wait_message(self, study: optuna.Study, running: list[int]) -> str:
+        storage = study._storage
+        grace = getattr(storage, "grace_period", None) or 2 * (getattr(storage, "heartbeat_interval", None) or 0)
+        ages = _heartbeat_ages(study)
+        trials = ", ".join(str(n) for n in running)
+        msg = f"waiting for trial {trials}, still RUNNING in the study (another worker's, or one whose process died)"
+        if grace:
+            left = [max(0.0, grace - ages[n]) for n in running if n in ages]
+            by = f", at the latest in {max(left):.0f} s" if left else ""
+            msg += (f"; a trial without a heartbeat for {grace:.0f} s (storage.grace_period) is failed and retried "
+                    f"here{by}")
+        return msg
 
     def _loop(self, study: optuna.Study, space: dict[str, BaseDistribution], fixed: dict[str, str],
-              parent_id: str) -> None:
+              parent_id: str, client, experiment: str) -> None:
         """Ask, launch, tell until the study holds ``n_trials`` finished trials.
 
-        Trials RUNNING elsewhere (other workers on a shared storage, or a crashed run whose heartbeat is
-        not stale yet) count towards the budget; the loop waits for them, failing stale ones, so several
-        sweep processes can work one study and a restarted sweep neither re-runs nor overshoots.
+        Trials RUNNING elsewhere (other workers on a shared storage, or a killed run whose heartbeat is
+        not stale yet) count towards the budget; the loop waits for them, saying so and for how long, failing
+        stale ones and closing their MLflow runs, so several sweep processes can work one study and a restarted
+        sweep neither re-runs nor overshoots. An interrupt ends the trials it stopped FAIL at once.
         """
+        self._interrupted = ""
+        waited_for: list[int] = []
         while True:
             counts = {s: len(study.get_trials(deepcopy=False, states=(s,)))
                       for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)}
@@ -217,9 +368,14 @@ class EpochgraphSweeper(Sweeper):
             if finished >= self.n_trials:
                 return
             if to_go <= 0:
-                optuna.storages.fail_stale_trials(study)
+                running = sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+                if running != waited_for:
+                    log.info(self._wait_message(study, running))
+                    waited_for = running
+                self._fail_stale(study, client, experiment)
                 time.sleep(2.0)
                 continue
+            waited_for = []
             with warnings.catch_warnings():  # heartbeats are meant for study.optimize; our jobs beat
                 warnings.simplefilter("ignore", UserWarning)
                 batch = [study.ask(space) for _ in range(min(self.n_jobs, to_go))]
@@ -229,7 +385,11 @@ class EpochgraphSweeper(Sweeper):
                    f"optuna.parent_run_id={parent_id}")
                 for t in batch
             ]
-            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            try:
+                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            except BaseException:
+                self._interrupted = self._abandon(study, batch, client, experiment)
+                raise
             self.job_idx += len(returns)
             failures = 0
             for trial, ret in zip(batch, returns):
