@@ -155,9 +155,22 @@ def _sampler_name(sampler: optuna.samplers.BaseSampler) -> str:
     return type(getattr(sampler, "sampler", sampler)).__name__
 
 
+def _rdb_storage(study: optuna.Study) -> Any:
+    """The study's storage backend (Optuna wraps an `RDBStorage` in a cache)."""
+    return getattr(study._storage, "_backend", study._storage)
+
+
+def _stale_trial_callback(storage: Any) -> Any:
+    """The storage's callback for a failed stale trial (`RetryFailedTrialCallback`: re-queue it), or None."""
+    for getter in ("get_heartbeat_stale_trial_callback", "get_failed_trial_callback"):  # Optuna 5, 4
+        if hasattr(storage, getter):
+            return getattr(storage, getter)()
+    return None
+
+
 def _heartbeat_ages(study: optuna.Study) -> dict[int, float]:
     """Seconds since the last heartbeat of each RUNNING trial (trial number -> age); empty when unknown."""
-    storage = study._storage
+    storage = _rdb_storage(study)
     try:
         import sqlalchemy
         from optuna.storages._rdb import models
@@ -316,8 +329,7 @@ class EpochgraphSweeper(Sweeper):
         """End the batch's unfinished trials FAIL at once (an interrupt, an error in the launcher) and re-queue
         them as a stale trial would be (``storage.max_retry``); returns what was done, for the last line."""
         storage = study._storage
-        retry = getattr(storage, "heartbeat_stale_trial_callback", None) or getattr(storage, "failed_trial_callback",
-                                                                                    None)
+        retry = _stale_trial_callback(storage)
         failed, queued = [], []
         for trial in batch:
             if storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
@@ -337,7 +349,7 @@ class EpochgraphSweeper(Sweeper):
         return "; ".join(outcome) + ";"
 
     def _wait_message(self, study: optuna.Study, running: list[int]) -> str:
-        storage = study._storage
+        storage = _rdb_storage(study)
         grace = getattr(storage, "grace_period", None) or 2 * (getattr(storage, "heartbeat_interval", None) or 0)
         ages = _heartbeat_ages(study)
         trials = ", ".join(str(n) for n in running)
