@@ -52,11 +52,19 @@ def test_pruned_trials_are_recorded_in_optuna_and_mlflow(tmp_path):
     assert p.data.metrics["epochs_budget"] == 9 and abs(p.data.metrics["epochs_saved_frac"] - 1 / 3) < 1e-9
     assert "sweep_curves.png" in [f.path for f in client.list_artifacts(p.info.run_id)]
     assert "3 pruned" in proc.stdout and "make ui" in proc.stdout
+    # the outcome is in the run name, so the default runs table shows it
+    assert sorted(r.info.run_name for r in trials) == [f"trial-00{i} · pruned@2" for i in range(3)]
+    # the summary links straight to the runs table and the sweep's run, past the UI's GenAI overview
+    ui = f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}"
+    assert f"Runs: {ui}/runs?workflowType=machine_learning" in proc.stdout
+    assert f"Sweep run: {ui}/runs/{p.info.run_id}?workflowType=machine_learning" in proc.stdout
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_signature_pruner_prunes_after_warm_up_and_sweep_resumes(tmp_path):
+    # learning rates that do not diverge: a diverging trial is pruned at once, warm-up or not
     over = ["trainer.epochs=3", "data.train_size=1000", "hydra.sweeper.n_trials=6", "pruner.n_startup_trials=3",
-            "pruner.min_per_class=1",
+            "pruner.min_per_class=1", "optim.lr=tag(log, interval(0.01, 0.3))",
             "pruner.check_epochs=[2]", "pruner.bound=0.5", "hydra.sweeper.sampler.n_startup_trials=6"]
     _, storage, tracking = _sweep(tmp_path, *over)
     study = optuna.load_study(study_name="tiny", storage=storage)
@@ -113,3 +121,53 @@ def test_every_sampler_preset_builds_an_optuna_sampler(name):
     sampler = _sweeper(f"hydra/sweeper/sampler={name}").sampler_cfg
     assert isinstance(sampler, optuna.samplers.BaseSampler)
     assert type(sampler).__name__.lower().startswith(name.replace("_", ""))
+
+
+def _sampler_node(name: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["+experiment=pruned_sweep", f"hydra/sweeper/sampler={name}",
+                                                      "~hydra.sweeper.sampler.n_startup_trials"],
+                      return_hydra_config=True)
+    return cfg.hydra.sweeper.sampler, search_space([f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()])[0]
+
+
+def _ask_and_tell(study, space, n):
+    for _ in range(n):
+        trial = study.ask(space)
+        study.tell(trial, trial.params["optim.lr"])
+    return [tuple(sorted(t.params.items())) for t in study.trials]
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_seeded_sampler_is_reproducible_and_never_replays_across_processes(tmp_path, name):
+    from hydra_plugins.epochgraph_sweeper.sweeper import make_sampler
+
+    node, space = _sampler_node(name)
+    # one process, a new study: the same configurations every time
+    first = _ask_and_tell(optuna.create_study(sampler=make_sampler(node)), space, 4)
+    assert _ask_and_tell(optuna.create_study(sampler=make_sampler(node)), space, 4) == first
+    # a resumed sweep (a new process, so a new sampler, on the same study) continues with new configurations
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    _ask_and_tell(optuna.create_study(study_name="s", storage=storage, sampler=make_sampler(node)), space, 3)
+    resumed = _ask_and_tell(optuna.load_study(study_name="s", storage=storage, sampler=make_sampler(node)), space, 3)
+    assert resumed[:3] == first[:3] and len(set(resumed)) == 6
+    # two workers asking side by side from one study
+    a = optuna.create_study(study_name="w", storage=storage, sampler=make_sampler(node))
+    b = optuna.load_study(study_name="w", storage=storage, sampler=make_sampler(node))
+    for _ in range(3):
+        _ask_and_tell(a, space, 1)
+        _ask_and_tell(b, space, 1)
+    assert len(set(_ask_and_tell(a, space, 0))) == 6
+
+
+def test_trial_seeds_differ_by_trial_and_by_seed():
+    from epochgraph.sampler import TrialSeededSampler
+
+    s0 = TrialSeededSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed=0)
+    s1 = TrialSeededSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed=1)
+    seeds = {s0.trial_seed(n) for n in range(100)} | {s1.trial_seed(n) for n in range(100)}
+    assert len(seeds) == 200
+    with pytest.raises(ValueError, match="seed=-1 must be a non-negative integer"):
+        TrialSeededSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed=-1)
