@@ -79,3 +79,15 @@ def test_recompute_rejects_bad_arguments_and_never_doubles_a_point(tracking_uri,
     recompute_signatures(job.run_id, tracking_uri, ["degree", "eigenvector"], pictures=False)
     assert sorted(m.step for m in client.get_metric_history(job.run_id, "sig/eigenvector/mean")) == [1, 2]
     assert sorted(m.step for m in client.get_metric_history(job.run_id, "sig/degree/mean")) == [1, 2]
+
+
+def test_pictures_follow_the_kept_weights(tracking_uri):
+    job = run_job(compose_train([*TINY, "trainer.epochs=3", "mlflow.keep_weights=[1]",
+                                 "graph.centralities=[degree]"], tracking_uri))
+    client = MlflowClient(tracking_uri)
+    weights = {f.path for f in client.list_artifacts(job.run_id, "weights")}
+    assert weights == {"weights/epoch_001.safetensors", "weights/epoch_003.safetensors"}
+    # epoch 2's weights are not kept, so neither is its picture; with degree alone it colours the nodes
+    assert {f.path for f in client.list_artifacts(job.run_id, "graph")} == {
+        "graph/epoch_001.png", "graph/epoch_003.png", "graph/centrality_distributions.png"}
+    assert len(client.get_metric_history(job.run_id, "time/graph_pictures_s")) == 3

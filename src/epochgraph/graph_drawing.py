@@ -2,7 +2,8 @@
 
 * `draw_rolled_graph`: the rolled graph drawn with graph-tool's cairo drawing, like Fig. 1 of the
   paper: one column per layer (node group, in forward order), each layer's nodes spread down its
-  column; edge width and opacity grow with the weight, node colour is the eigenvector centrality.
+  column; edge width grows with the weight and opacity with its square (so that the many middling
+  edges of a dense layer do not hide its strongest ones), node colour is the eigenvector centrality.
   A graph with more than ``max_edges`` edges is drawn with its strongest edges only, shared out
   between the connections so that small layers keep all theirs (a global cut would keep only the
   layer with the largest weights). Widths and opacities are relative to the strongest edge of the

@@ -43,7 +43,6 @@ from epochgraph.signature import (
     check_centralities,
     metric_name,
 )
-from epochgraph.topology import Topology
 
 log = logging.getLogger("epochgraph")
 WEIGHTS_RE = re.compile(r"weights/epoch_(\d+)\.safetensors$")
@@ -81,20 +80,15 @@ class GraphStage:
         self.distributions: CentralityDistributions | None = None
         self.last_epoch: int | None = None  # the epoch `engine.vectors` belongs to
 
-    def _engine_for(self, topology: Topology) -> SignatureEngine:
-        # one engine (one persistent graph) per model: a new topology gets a new one
-        if self.engine is None or self.engine.topology != topology:
-            self.engine = SignatureEngine(topology, self.centralities, self.backend)
-            self.distributions = CentralityDistributions(topology)
-        return self.engine
-
     def on_epoch_end(self, state: EpochState) -> None:
         start = time.perf_counter()
         topology = state.model.topology()
-        new_engine = self.engine is None or self.engine.topology != topology
-        engine = self._engine_for(topology)
-        if new_engine:
-            state.tags[ENGINE_TAG] = engine.engine
+        if self.engine is None or self.engine.topology != topology:
+            # one engine (one persistent graph) per model: a new topology gets a new one
+            self.engine = SignatureEngine(topology, self.centralities, self.backend)
+            self.distributions = CentralityDistributions(topology)
+            state.tags[ENGINE_TAG] = self.engine.engine
+        engine = self.engine
         try:
             sig = engine.signature(state.model.state_dict())
         except (ArithmeticError, ValueError, RuntimeError, np.linalg.LinAlgError) as err:
