@@ -73,15 +73,20 @@ def test_weights_written_in_place_equal_a_freshly_built_graph(case):
     assert not np.allclose(graph.weight.a, edge_arrays(topo, sd1).weight)
 
 
-def test_parallel_edges_get_a_new_adjacency_and_single_edges_a_map():
+def test_how_the_adjacency_values_are_rewritten():
     topo, sd = residual()
     graph = PersistentRolledGraph(topo, sd)
     graph.adjacency()
-    assert graph._entry_edge is None  # b -> c holds a conv edge and a projection edge per pair
-    model = build_model("lenet", in_channels=1, image_size=28)
+    # b -> c holds a conv edge and a projection edge per pair: a new matrix from graph-tool each time
+    assert graph._block_writes is None and graph._entry_edge is None
+    model = build_model("resnet20", in_channels=1, image_size=28, width=0.25)  # identity shortcuts too
     graph = PersistentRolledGraph(model.topology(), model.state_dict())
-    graph.adjacency()
-    assert graph._entry_edge is not None and len(graph._entry_edge) == 2 * graph.num_edges
+    adj = graph.adjacency()
+    assert graph._block_writes is not None
+    # the entry-to-edge map (the fallback for other layouts) gives the same values
+    entry_edge = graph._find_entry_edges(adj)
+    assert entry_edge is not None and len(entry_edge) == 2 * graph.num_edges
+    assert np.array_equal(graph.weight.a[entry_edge], adj.data)
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -210,10 +210,11 @@ class PersistentRolledGraph:
 
     The weighted adjacency matrix that eigenvector centrality needs is graph-tool's own
     (`graph_tool.spectral.adjacency`), and it is kept too: its sparsity pattern never changes, so after
-    an update `adjacency` rewrites only its values from ``weight``, through the map from each matrix
+    an update `adjacency` rewrites only its values from ``weight``: layer pair by layer pair where its
+    layout allows (every zoo model; see `_find_block_writes`), else through a map from each matrix
     entry to its edge. Rebuilding it is the largest cost of an epoch on large graphs (bench). Where two
-    edges join the same pair of nodes they share one matrix entry (their sum), which no entry-to-edge
-    map can express; such a graph gets a new matrix from graph-tool after every update.
+    edges join the same pair of nodes they share one matrix entry (their sum), which neither can
+    express; such a graph gets a new matrix from graph-tool after every update.
 
     >>> from epochgraph.models import build_model
     >>> model = build_model("lenet", in_channels=1, image_size=28)
@@ -238,6 +239,7 @@ class PersistentRolledGraph:
             start += n_src if conn.kind == "identity" else n_src * n_dst
         self._adjacency: sp.csr_matrix | None = None
         self._entry_edge: np.ndarray | None = None  # edge index of every stored entry of the adjacency
+        self._block_writes: list[tuple[np.ndarray, int, bool]] | None = None  # see `_find_block_writes`
         self._adjacency_current = False
 
     @property
@@ -274,20 +276,80 @@ class PersistentRolledGraph:
 
         if self._adjacency is None:
             self._adjacency = sp.csr_matrix(adjacency(self.graph, weight=self.weight))
-            edge_index = self.graph.new_edge_property("double")
-            edge_index.a[:] = np.arange(self.num_edges)
-            entries = sp.csr_matrix(adjacency(self.graph, weight=edge_index))
-            # every edge must own its two entries (u, v) and (v, u), in the same places as in the matrix
-            if (entries.nnz == 2 * self.num_edges and np.array_equal(entries.indptr, self._adjacency.indptr)
-                    and np.array_equal(entries.indices, self._adjacency.indices)):
-                self._entry_edge = entries.data.astype(np.intp)
+            self._block_writes = self._find_block_writes(self._adjacency)
+            if self._block_writes is None:
+                self._entry_edge = self._find_entry_edges(self._adjacency)
         elif not self._adjacency_current:
-            if self._entry_edge is not None:
+            if self._block_writes is not None:
+                self._write_blocks(self._block_writes)
+            elif self._entry_edge is not None:
                 np.take(self.weight.a, self._entry_edge, out=self._adjacency.data)
             else:
                 self._adjacency = sp.csr_matrix(adjacency(self.graph, weight=self.weight))
         self._adjacency_current = True
         return self._adjacency
+
+    def _find_entry_edges(self, adj: sp.csr_matrix) -> np.ndarray | None:
+        """The edge index of every stored entry of ``adj`` (graph-tool's adjacency of an edge-index
+        property), or None when two edges share an entry."""
+        from graph_tool.spectral import adjacency
+
+        edge_index = self.graph.new_edge_property("double")
+        edge_index.a[:] = np.arange(self.num_edges)
+        entries = sp.csr_matrix(adjacency(self.graph, weight=edge_index))
+        # every edge must own its two entries (u, v) and (v, u), in the same places as in the matrix
+        if (entries.nnz == 2 * self.num_edges and np.array_equal(entries.indptr, adj.indptr)
+                and np.array_equal(entries.indices, adj.indices)):
+            return entries.data.astype(np.intp)
+        return None
+
+    def _write_blocks(self, writes: list[tuple[np.ndarray, int, bool]]) -> None:
+        for view, index, node_is_dst in writes:
+            m = self.connection_matrix(index)
+            view[...] = m if node_is_dst or m.ndim == 1 else m.T
+
+    def _find_block_writes(self, adj: sp.csr_matrix) -> list[tuple[np.ndarray, int, bool]] | None:
+        """How to rewrite ``adj``'s values as whole weight matrices, or None where its layout differs.
+
+        In graph-tool's CSR matrix (columns sorted within each row) the rows of one node group all have
+        the same entries: one run of columns per neighbouring group, in the order of those groups.
+        So the group's slice of ``data`` is a ``[n, row length]`` array whose column blocks are the
+        connections' weight matrices (transposed where the group is their source) - a copy of about
+        the size of the weights per epoch, several times faster than gathering 2 x |E| entries through
+        the entry-to-edge map. Checked once here against that map; any other layout returns None.
+        """
+        offsets, sizes = self.topology.offsets(), self.topology.groups
+        neighbours: dict[str, list[tuple[str, int, bool]]] = {g: [] for g in sizes}
+        for index, (conn, *_) in enumerate(self.connection_spans):
+            neighbours[conn.dst].append((conn.src, index, True))
+            neighbours[conn.src].append((conn.dst, index, False))
+        writes: list[tuple[np.ndarray, int, bool]] = []
+        for group, n in sizes.items():
+            around = sorted(neighbours[group], key=lambda item: offsets[item[0]])
+            if not around:
+                continue
+            if len({other for other, _, _ in around}) != len(around) or group in {o for o, _, _ in around}:
+                return None  # two connections between the same groups: parallel edges
+            widths = [1 if self.connection_spans[i][0].kind == "identity" else sizes[other]
+                      for other, i, _ in around]
+            length = sum(widths)
+            rows = adj.indptr[offsets[group]:offsets[group] + n + 1]
+            if not np.all(np.diff(rows) == length):
+                return None
+            segment = adj.data[rows[0]:rows[-1]].reshape(n, length)
+            column = 0
+            for (_, index, node_is_dst), width in zip(around, widths):
+                view = segment[:, column] if width == 1 and self.connection_spans[index][0].kind == "identity" \
+                    else segment[:, column:column + width]
+                writes.append((view, index, node_is_dst))
+                column += width
+        expected = adj.data.copy()
+        adj.data[:] = np.nan
+        self._write_blocks(writes)
+        if np.array_equal(adj.data, expected):
+            return writes
+        adj.data[:] = expected
+        return None
 
 
 @dataclass
