@@ -169,3 +169,42 @@ def test_a_population_table_gives_the_comparison_the_mlflow_runs_give(population
     pd.testing.assert_frame_equal(from_store[cols], from_table[cols], atol=1e-9)
     with pytest.raises(EpochgraphError, match="'other' is not in the population table; it holds tiny_pop"):
         run_compare(_compare_cfg(population, tmp_path / "c", *base, f"table={table}", "experiment=other"))
+
+
+def _record(i: int, final: float, epochs: int = 2):
+    from epochgraph.compare import RunRecord
+
+    # a learning curve that ends where the run ends: stuck runs stay at chance
+    curve = [0.1 + (final - 0.1) * (e + 1) / epochs for e in range(epochs)]
+    history = {"val_acc": curve, "train_acc": curve, "val_loss": [2.3 - c for c in curve],
+               "train_loss": [2.3 - c for c in curve]}
+    return RunRecord(f"r{i}", {"seed": str(i)}, {}, history, final)
+
+
+def test_ties_at_the_median_label_the_runs_above_it_high_and_the_header_says_so(tmp_path):
+    from epochgraph.compare import compare, folds_text, label_text, population_cut
+
+    # 7 of 12 runs stuck at chance: the median is 0.1 and ">= 0.1" would label every run high
+    finals = [0.1] * 7 + [0.55, 0.6, 0.7, 0.75, 0.8]
+    runs = [_record(i, f) for i, f in enumerate(finals)]
+    cfg = {"label": {"threshold": None, "quantile": 0.5, "metric": "final_val_acc"}, "epochs": 2,
+           "classifiers": ["svm"], "centralities": ["degree"], "variants": [], "baselines": ["curve"], "alpha": 0.5,
+           "folds": 10, "seed": 0, "predictors": {"svm": {"params": {}}}}
+    rule, cut = population_cut(runs, cfg)
+    assert rule.labels(finals, cut).tolist() == [0] * 7 + [1] * 5
+    assert label_text(runs, cfg, rule, cut) == (
+        "high = final_val_acc > 0.1000 (7 runs tie at the label.quantile=0.5 cut 0.1000, so >= would label every "
+        "run high)")
+    df = compare(runs, cfg)
+    # 10 folds asked, but the smaller class has 5 runs: 5 folds, and the header says so
+    assert set(df["folds"]) == {5} and (df["bal_acc_mean"] == 1.0).all()
+    assert folds_text(df, 10, 0) == ("stratified 5-fold cross-validation (folds=10 asked; the smaller class has "
+                                     "fewer runs) (seed 0)")
+    assert folds_text(df, 5, 0) == "stratified 5-fold cross-validation (seed 0)"
+    # without ties the rule's own cut stays
+    runs = [_record(i, f) for i, f in enumerate([0.1, 0.2, 0.6, 0.7])]
+    rule, cut = population_cut(runs, cfg)
+    assert label_text(runs, cfg, rule, cut) == "high = final_val_acc >= 0.4000"
+    # every run tied: no cut separates them, the one-line error stays
+    with pytest.raises(EpochgraphError, match="leaves no run labelled low among 4 runs"):
+        population_cut([_record(i, 0.1) for i in range(4)], cfg)

@@ -262,28 +262,73 @@ def evaluate(spec: FeatureSpec, kind: str, params: Mapping[str, Any], runs: Sequ
         return {"n_runs": len(train) + len(test), "bal_acc_mean": bal, "bal_acc_std": 0.0,
                 "auc_mean": auc, "auc_std": 0.0}
     y = rule.labels([r.final_acc for r in runs], cut)
-    n_splits = min(folds, int(np.bincount(y).min()))
+    n_splits = fold_count(y, folds)
     if n_splits < 2:
         return {"n_runs": len(runs), "note": "a class has < 2 runs"}
     cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     res = cross_validate(make_classifier(kind, seed, **params), spec.matrix([r.history for r in runs]), y, cv=cv,
                          scoring=["balanced_accuracy", "roc_auc"], error_score="raise", n_jobs=n_jobs)
-    return {"n_runs": len(runs), "bal_acc_mean": float(res["test_balanced_accuracy"].mean()),
+    return {"n_runs": len(runs), "folds": n_splits, "bal_acc_mean": float(res["test_balanced_accuracy"].mean()),
             "bal_acc_std": float(res["test_balanced_accuracy"].std()),
             "auc_mean": float(res["test_roc_auc"].mean()), "auc_std": float(res["test_roc_auc"].std())}
+
+
+def fold_count(y: np.ndarray, folds: int) -> int:
+    """Folds a stratified cross-validation of labels ``y`` can use: ``folds``, or fewer when the smaller
+    class has fewer runs."""
+    return min(int(folds), int(np.bincount(np.asarray(y, dtype=int), minlength=2).min()))
+
+
+def strict_cut(final_accs: Sequence[float], cut: float) -> float | None:
+    """When "high = at or above ``cut``" labels every run high but "above ``cut``" gives two classes (many
+    runs tied at the cut, e.g. half of them stuck at chance accuracy), the cut that labels "above ``cut``"
+    high: the next float after it (``acc >= next`` is ``acc > cut`` for every run). None otherwise."""
+    accs = np.nan_to_num(np.asarray(final_accs, dtype=float), nan=0.0)
+    if len(accs) and (accs >= cut).all() and (accs > cut).any():
+        return float(np.nextafter(cut, np.inf))
+    return None
 
 
 def population_cut(runs: Sequence[RunRecord], cfg: Mapping[str, Any]) -> tuple[LabelRule, float]:
     """The label rule of ``cfg`` and its cut: on all runs, or on the training runs of a Q2 split.
 
-    Raises the one-line label error when a class would be empty (in the training runs, for a split).
+    A run is high at or above the cut; when that leaves one class because runs tie at the cut, runs above
+    it are high (the cut returned is then the float just above the rule's cut, see `strict_cut`).
+    Raises the one-line label error when a class would still be empty (in the training runs, for a split).
     """
     rule = LabelRule.from_config(cfg["label"].get("threshold"), cfg["label"].get("quantile"))
     if cfg.get("train_on") or cfg.get("test_on"):
         runs, _ = split_runs(runs, cfg.get("train_on"), cfg.get("test_on"))
-    cut = rule.cut([r.final_acc for r in runs])
-    rule.labels([r.final_acc for r in runs], cut)
-    return rule, cut
+    finals = [r.final_acc for r in runs]
+    cut = rule.cut(finals)
+    strict = strict_cut(finals, cut)
+    rule.labels(finals, cut if strict is None else strict)
+    return rule, cut if strict is None else strict
+
+
+def label_text(runs: Sequence[RunRecord], cfg: Mapping[str, Any], rule: LabelRule, cut: float) -> str:
+    """How runs were labelled: ``high = final_val_acc >= 0.8100``, or, after ties at the rule's cut,
+    ``high = final_val_acc > 0.1000 (...)``."""
+    metric = cfg["label"].get("metric", "final_val_acc")
+    if cfg.get("train_on") or cfg.get("test_on"):
+        runs, _ = split_runs(runs, cfg.get("train_on"), cfg.get("test_on"))
+    nominal = rule.cut([r.final_acc for r in runs])
+    if cut == nominal:
+        return f"high = {metric} >= {cut:.4f}"
+    rule_name = f"label.threshold={rule.threshold}" if rule.threshold is not None else f"label.quantile={rule.quantile}"
+    tied = int(sum(np.nan_to_num(r.final_acc) == nominal for r in runs))
+    return (f"high = {metric} > {nominal:.4f} ({tied} runs tie at the {rule_name} cut {nominal:.4f}, "
+            f"so >= would label every run high)")
+
+
+def folds_text(df: pd.DataFrame, asked: int, seed: int) -> str:
+    """The cross-validation actually run: ``stratified 5-fold``, or fewer folds than asked and why."""
+    used = sorted({int(f) for f in df["folds"].dropna()}) if "folds" in df else []
+    if not used:
+        return f"stratified cross-validation (seed {seed}) left no cell scored: a class has < 2 runs"
+    k = f"{used[0]}-fold" if len(used) == 1 else f"{used[0]}- to {used[-1]}-fold"
+    why = f" (folds={asked} asked; the smaller class has fewer runs)" if used[-1] < asked else ""
+    return f"stratified {k} cross-validation{why} (seed {seed})"
 
 
 def compare(runs: Sequence[RunRecord], cfg: Mapping[str, Any]) -> pd.DataFrame:
@@ -440,14 +485,14 @@ def run_compare(cfg: Mapping[str, Any]) -> pd.DataFrame:
         runs = load_runs(client, cfg["experiment"], int(cfg["epochs"]), cfg["label"].get("metric", "final_val_acc"),
                          tuple(cfg["centralities"]), sources, int(cfg["unrolled_budget_mb"]) * 2**20)
     rule, cut = population_cut(runs, cfg)
-    metric = cfg["label"].get("metric", "final_val_acc")
-    if cfg.get("train_on") or cfg.get("test_on"):
+    labels = label_text(runs, cfg, rule, cut)
+    split = bool(cfg.get("train_on") or cfg.get("test_on"))
+    if split:
         train, test = split_runs(runs, cfg.get("train_on"), cfg.get("test_on"))
         summary = (f"{_counts(train, cut)} fitted (train_on={cfg.get('train_on')}), {_counts(test, cut)} scored "
-                   f"(test_on={cfg.get('test_on')}), one split (std 0); high = {metric} >= {cut:.4f}")
+                   f"(test_on={cfg.get('test_on')}), one split (std 0); {labels}")
     else:
-        summary = (f"{_counts(runs, cut)}; high = {metric} >= {cut:.4f}; stratified {cfg['folds']}-fold "
-                   f"cross-validation (seed {cfg['seed']})")
+        summary = f"{_counts(runs, cut)}; {labels}"
     log.info("%s: %s", name, summary)
     exp_id = tracking.experiment_id(client, cfg["mlflow"]["experiment"])
     out = Path(cfg.get("output_dir") or f"bench/results/compare/{name}")
@@ -458,6 +503,8 @@ def run_compare(cfg: Mapping[str, Any]) -> pd.DataFrame:
                            "label.threshold": rule.threshold, "label.quantile": rule.quantile, "label.cut": cut,
                            "folds": cfg["folds"], "train_on": cfg.get("train_on"), "test_on": cfg.get("test_on")})
         df = compare(runs, cfg)
+        if not split:
+            summary += f"; {folds_text(df, int(cfg['folds']), int(cfg['seed']))}"
         md = (f"# Comparison on `{name}`\n\n{summary}.\n\n"
               f"## Which signal wins at each t\n\n{winners(df)}\n\n{markdown_tables(df)}")
         df.to_csv(out / "comparison.csv", index=False)
