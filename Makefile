@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 MLFLOW_DB ?= mlruns/mlflow.db
 
-.PHONY: setup run test test-slow ui server bench lint clean population compare
+.PHONY: setup run test test-slow ui dashboard server bench lint clean population compare
 
 setup:
 	@bash scripts/setup.sh
@@ -22,8 +22,15 @@ test-slow: setup
 ui: setup
 	@mkdir -p mlruns/artifacts
 	@echo "MLflow UI on http://$(HOST):$(PORT) (store: sqlite:///$(MLFLOW_DB), artifacts: mlruns/artifacts)"
+	@$(PY) -m epochgraph.cli.browse links --ui http://$(HOST):$(PORT) --tracking-uri sqlite:///$(MLFLOW_DB)
 	.venv/bin/mlflow server --backend-store-uri sqlite:///$(MLFLOW_DB) \
 		--default-artifact-root $(CURDIR)/mlruns/artifacts --host $(HOST) --port $(PORT)
+
+# optuna-dashboard on the sweeps' study storage: EPOCHGRAPH_STORAGE_URL (storage=postgres) when set, else
+# the embedded mlruns/optuna.db; trials, intermediate values (pruned ones too), parameter importances
+DASHBOARD_PORT ?= 8080
+dashboard: setup
+	$(PY) -m epochgraph.cli.browse dashboard --host $(HOST) --port $(DASHBOARD_PORT)
 
 # an MLflow tracking server for workers on other machines (set MLFLOW_BACKEND to a PostgreSQL URL to
 # use one); commands then take mlflow.tracking_uri=http://$(HOST):$(PORT)

@@ -70,14 +70,14 @@ def ui_base(tracking_uri: str) -> str:
     return os.environ.get("EPOCHGRAPH_UI_URL", DEFAULT_UI_URL).rstrip("/")
 
 
-def runs_url(tracking_uri: str, experiment_id: str) -> str:
-    """The MLflow UI's runs table of an experiment."""
-    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs{UI_QUERY}"
+def runs_url(tracking_uri: str, experiment_id: str, base: str | None = None) -> str:
+    """The MLflow UI's runs table of an experiment (``base``: the UI's address, default `ui_base`)."""
+    return f"{(base or ui_base(tracking_uri)).rstrip('/')}/#/experiments/{experiment_id}/runs{UI_QUERY}"
 
 
-def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+def run_url(tracking_uri: str, experiment_id: str, run_id: str, base: str | None = None) -> str:
     """The MLflow UI's page of one run."""
-    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}{UI_QUERY}"
+    return f"{(base or ui_base(tracking_uri)).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}{UI_QUERY}"
 
 
 def check_server(uri: str, timeout: float = 5.0) -> None:

@@ -1,0 +1,79 @@
+"""Ways into the results: links to the MLflow UI's runs tables (``make ui``) and optuna-dashboard on the
+sweeps' study storage (``make dashboard``).
+
+    python -m epochgraph.cli.browse links --ui http://127.0.0.1:5000
+    python -m epochgraph.cli.browse dashboard --port 8080      # storage: EPOCHGRAPH_STORAGE_URL or SQLite
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from epochgraph.errors import EpochgraphError, report_errors
+
+DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"  # conf/storage/sqlite.yaml
+
+
+def storage_url(explicit: str | None = None) -> str:
+    """The study storage the sweeps use: ``explicit``, else ``EPOCHGRAPH_STORAGE_URL`` (storage=postgres),
+    else the embedded SQLite file."""
+    from epochgraph.storage import resolve_url
+
+    return resolve_url(explicit or os.environ.get("EPOCHGRAPH_STORAGE_URL") or DEFAULT_STORAGE)
+
+
+def experiment_links(tracking_uri: str | None, base: str) -> list[str]:
+    """One line per experiment of the store: its name and the link to its runs table."""
+    from epochgraph import tracking
+
+    client = tracking.get_client(tracking_uri)
+    lines = []
+    for exp in sorted(client.search_experiments(), key=lambda e: e.name):
+        if exp.name == "Default" and not client.search_runs([exp.experiment_id], max_results=1):
+            continue
+        lines.append(f"  {exp.name}: {tracking.runs_url(client.tracking_uri, exp.experiment_id, base)}")
+    return lines
+
+
+def serve_dashboard(url: str, host: str, port: int) -> None:
+    """optuna-dashboard on the study storage ``url`` (blocks until stopped)."""
+    from optuna_dashboard import run_server
+
+    from epochgraph.storage import make_storage, redact
+
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        raise EpochgraphError(f"no study storage at {url[len('sqlite:///'):]} yet; run a sweep first (make run), "
+                              f"or point EPOCHGRAPH_STORAGE_URL at the shared one")
+    storage = make_storage({"url": url})
+    print(f"optuna-dashboard on http://{host}:{port}/dashboard (storage: {redact(url)}); Ctrl-C stops it",
+          flush=True)
+    run_server(storage, host=host, port=port)
+
+
+@report_errors
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m epochgraph.cli.browse", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    links = sub.add_parser("links", help="print the MLflow UI link to each experiment's runs")
+    links.add_argument("--ui", default="http://127.0.0.1:5000", help="the MLflow UI's address")
+    links.add_argument("--tracking-uri", default=None, help="the MLflow store (default: MLFLOW_TRACKING_URI or "
+                                                            "sqlite:///mlruns/mlflow.db)")
+    dash = sub.add_parser("dashboard", help="serve optuna-dashboard on the study storage")
+    dash.add_argument("--storage", default=None, help="an Optuna RDB URL (default: EPOCHGRAPH_STORAGE_URL or "
+                                                      f"{DEFAULT_STORAGE})")
+    dash.add_argument("--host", default="127.0.0.1")
+    dash.add_argument("--port", type=int, default=8080)
+    args = parser.parse_args(argv)
+    if args.command == "links":
+        lines = experiment_links(args.tracking_uri, args.ui)
+        if lines:
+            print("Runs of each experiment (these links open the runs table, not the GenAI overview):")
+            print("\n".join(lines))
+    else:
+        serve_dashboard(storage_url(args.storage), args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The ways into the results: optuna-dashboard on the study storage, links to the MLflow UI's runs tables."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import optuna
+from mlflow.tracking import MlflowClient
+
+from epochgraph.cli.browse import experiment_links
+
+BROWSE = [sys.executable, "-m", "epochgraph.cli.browse"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, deadline: float):
+    """GET a JSON answer, retrying while the server starts."""
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                return json.load(resp)
+        except (urllib.error.URLError, ConnectionError):
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _study(url: str) -> None:
+    """Three trials as a pruned sweep leaves them: two complete, one pruned after 2 epochs."""
+    study = optuna.create_study(study_name="pruned_sweep", storage=url, direction="maximize")
+    for lr, curve, state in ((0.01, [0.5, 0.7, 0.8], "COMPLETE"), (0.3, [0.2, 0.25], "PRUNED"),
+                             (0.05, [0.6, 0.75, 0.85], "COMPLETE")):
+        study.enqueue_trial({"optim.lr": lr})
+        trial = study.ask({"optim.lr": optuna.distributions.FloatDistribution(0.001, 1.0, log=True)})
+        for epoch, value in enumerate(curve, start=1):
+            trial.report(value, epoch)
+        if state == "PRUNED":
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, curve[-1])
+
+
+def test_dashboard_serves_the_study_storage_on_localhost(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    _study(url)
+    port = _free_port()
+    # the storage comes from EPOCHGRAPH_STORAGE_URL when set, as for storage=postgres sweeps
+    proc = subprocess.Popen([*BROWSE, "dashboard", "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env={**os.environ, "EPOCHGRAPH_STORAGE_URL": url})
+    try:
+        base = f"http://127.0.0.1:{port}"
+        studies = _get(f"{base}/api/studies", time.time() + 120)["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["pruned_sweep"]
+        detail = _get(f"{base}/api/studies/{studies[0]['study_id']}", time.time() + 10)
+        assert [t["state"] for t in detail["trials"]] == ["Complete", "Pruned", "Complete"]
+        assert [v["value"] for v in detail["trials"][1]["intermediate_values"]] == [0.2, 0.25]
+        assert [t["number"] for t in detail["best_trials"]] == [2]
+        importances = _get(f"{base}/api/studies/{studies[0]['study_id']}/param_importances", time.time() + 10)
+        assert [p["name"] for p in importances["param_importances"][0]] == ["optim.lr"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert f"optuna-dashboard on http://127.0.0.1:{port}/dashboard (storage: {url})" in out
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "epochgraph: terminated (SIGTERM)"
+
+
+def test_dashboard_without_a_study_storage_says_how_to_get_one(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "EPOCHGRAPH_STORAGE_URL"}
+    proc = subprocess.run([*BROWSE, "dashboard"], capture_output=True, text=True, cwd=tmp_path, env=env,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"epochgraph: error: no study storage at {tmp_path / 'mlruns' / 'optuna.db'} yet; "
+                                   "run a sweep first (make run), or point EPOCHGRAPH_STORAGE_URL at the shared one")
+    assert not (tmp_path / "mlruns" / "optuna.db").exists()
+
+
+def test_links_open_each_experiments_runs_table(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("pruned_sweep")
+    assert experiment_links(uri, "http://127.0.0.1:5001") == [
+        f"  pruned_sweep: http://127.0.0.1:5001/#/experiments/{exp}/runs?workflowType=machine_learning"]
