@@ -30,7 +30,7 @@ from epochgraph.predictor import WEIGHT_SOURCES
 from epochgraph.replay import PrunerFactory, pruner_factory, random_orders, replay_orders, run_length
 
 log = logging.getLogger("epochgraph")
-STEPS = ("graph_stage", "population", "export", "compare", "replay", "timing", "summary")
+STEPS = ("graph_stage", "population", "export", "compare", "forecast", "replay", "timing", "summary")
 MAX_EPOCHS = 1000  # read window for the MLflow histories; the table keeps each run's own epochs
 
 
@@ -109,12 +109,33 @@ def train_command(preset: str, seeds: Sequence[int], b: Mapping[str, Any]) -> li
             *b["train_overrides"]]
 
 
+def population_table(b: Mapping[str, Any], preset: str) -> Path:
+    """Where the table of one population lives: ``<bench.tables>/<preset>.parquet``."""
+    return Path(b["tables"]) / f"{preset}.parquet"
+
+
+def table_seeds(b: Mapping[str, Any], preset: str) -> set[int]:
+    """Seeds of ``preset`` already in its committed table (none when there is no table)."""
+    from epochgraph.population import read_table
+
+    path = population_table(b, preset)
+    if not path.is_file():
+        return set()
+    return {int(s) for s in read_table(path)["seed"].dropna().unique()}
+
+
 def build_population(b: Mapping[str, Any]) -> dict[str, int]:
     """Train the missing seeds of every population; returns preset -> trainings recorded."""
     # the store and experiments are created here: parallel workers would race to create their tables
     client = tracking.get_client(b["tracking_uri"])
     counts = {}
     for preset, n in b["populations"].items():
+        tabled = table_seeds(b, preset)
+        if all(s in tabled for s in range(int(n))):
+            print(f"[bench] {preset}: all {n} trainings are in {population_table(b, preset)}; nothing to train "
+                  f"(delete the file to record it again)", flush=True)
+            counts[preset] = int(n)
+            continue
         tracking.experiment_id(client, preset)
         have = recorded_seeds(client, preset)
         missing = [s for s in range(int(n)) if s not in have]
@@ -134,20 +155,29 @@ def build_population(b: Mapping[str, Any]) -> dict[str, int]:
 # --- export ---------------------------------------------------------------------------------------
 
 def export_table(b: Mapping[str, Any]) -> pd.DataFrame:
-    """Read every population from MLflow (histories and weights) and write the table."""
-    from epochgraph.population import EXTRA_METRICS, to_table, write_table
+    """Read every population from MLflow (histories and weights) and write its table; a population with
+    no FINISHED training in the store keeps the table it has (recorded elsewhere, committed)."""
+    from epochgraph.population import EXTRA_METRICS, read_table, to_table, write_table
 
     client = tracking.get_client(b["tracking_uri"])
     frames = []
     for preset, n in b["populations"].items():
+        path = population_table(b, preset)
+        if not recorded_seeds(client, preset):
+            if not path.is_file():
+                raise EpochgraphError(f"{preset}: no training in the MLflow store {b['tracking_uri']} and no "
+                                      f"table {path}; record it first (bench.steps=[population])")
+            print(f"[bench] {preset}: kept {path} (nothing of it in the MLflow store)", flush=True)
+            frames.append(read_table(path))
+            continue
         runs = load_runs(client, preset, MAX_EPOCHS, weight_sources=WEIGHT_SOURCES, extra_metrics=EXTRA_METRICS)
         runs = [r for r in runs if int(float(r.params.get("seed", -1))) < int(n)]
-        frames.append(to_table(runs, preset))
-    df = pd.concat(frames, ignore_index=True)
-    path = write_table(df, b["table"])
-    print(f"[bench] table {path}: {df['run_id'].nunique()} runs, {len(df)} rows, "
-          f"{path.stat().st_size / 2**20:.1f} MB", flush=True)
-    return df
+        df = to_table(runs, preset)
+        path = write_table(df, path)
+        print(f"[bench] table {path}: {df['run_id'].nunique()} runs, {len(df)} rows, "
+              f"{path.stat().st_size / 2**20:.1f} MB", flush=True)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
 
 
 # --- compare --------------------------------------------------------------------------------------
@@ -155,7 +185,8 @@ def export_table(b: Mapping[str, Any]) -> pd.DataFrame:
 def compare_populations(b: Mapping[str, Any]) -> None:
     """``epochgraph-compare`` on the table, one population at a time, t = 1..compare.epochs."""
     for preset in b["populations"]:
-        cmd = [sys.executable, "-m", "epochgraph.cli.compare", f"experiment={preset}", f"table={b['table']}",
+        cmd = [sys.executable, "-m", "epochgraph.cli.compare", f"experiment={preset}",
+               f"table={population_table(b, preset)}",
                f"epochs={b['compare']['epochs']}", f"output_dir={Path(b['results']) / 'compare' / preset}",
                f"mlflow.tracking_uri={b['tracking_uri']}", f"n_jobs={b['workers']}", *b["compare"]["overrides"]]
         _call(cmd, f"epochgraph-compare on {preset}")
@@ -163,20 +194,25 @@ def compare_populations(b: Mapping[str, Any]) -> None:
 
 # --- replay ---------------------------------------------------------------------------------------
 
-def replay_settings(b: Mapping[str, Any], n_epochs: int) -> dict[str, PrunerFactory]:
-    """name -> pruner factory: the signature variants, then Optuna's pruners, as bench.replay lists them."""
+def replay_settings(b: Mapping[str, Any], n_epochs: int, preset: str) -> dict[str, PrunerFactory]:
+    """name -> pruner factory for scoring ``preset``: ours (warm-started from the other populations' tables,
+    never from ``preset``), the paper's classifier, then Optuna's grid, as bench.replay lists them."""
     r = b["replay"]
-    sig = r["signature"]
     out: dict[str, PrunerFactory] = {}
-    for clf in sig["classifiers"]:
+    warm = {"warm_start": [str(b["tables"])], "warm_exclude": [preset]}
+    for name, changes in (r.get("forecast") or {}).items():
+        out[name] = pruner_factory("forecast", n_epochs, {**warm, **(changes or {})})
+    sig = r.get("signature") or {}
+    for clf in sig.get("classifiers", []):
         for label, cents in sig["centralities"].items():
             out[f"signature-{clf}-{label}"] = pruner_factory(
                 "signature", n_epochs, {**sig["base"], "classifier": clf, "centralities": list(cents)})
     for name, changes in (sig.get("extra") or {}).items():
         out[name if name.startswith(KINDS) else f"signature-{name}"] = pruner_factory(
             "signature", n_epochs, {**sig["base"], **changes})
-    for name in r["optuna"]:
-        out[name] = pruner_factory(name, n_epochs)
+    for name, changes in (r.get("optuna") or {}).items():
+        changes = dict(changes or {})
+        out[name] = pruner_factory(changes.pop("pruner", name), n_epochs, changes)
     return out
 
 
@@ -190,17 +226,20 @@ def replay_population(b: Mapping[str, Any], preset: str, runs: Sequence[RunRecor
     orders = random_orders(len(runs), int(b["replay"]["orders"]))
     q = float(b["replay"]["high_quantile"])
     table: dict[str, Any] = {}
-    factories = replay_settings(b, n_epochs)
+    factories = replay_settings(b, n_epochs, preset)
     for name, factory in tqdm(factories.items(), desc=f"replaying {preset}", unit="pruner", file=sys.stderr):
         res = replay_orders(runs, factory, orders, q, n_jobs=int(b["workers"]))
-        res.pop("per_order")
+        res["regret_per_order"] = [o["regret"] for o in res.pop("per_order")]
         table[name] = res
         tqdm.write(f"[bench] {preset} {name:34s} epochs {res['epochs_frac'][0]:.2f}  regret {res['regret'][0]:.4f}"
-                   f"  false-prune {res['false_prune'][0]:.2f}  high pruned {res['high_pruned'][0]:.2f}"
-                   f"  pruner {res['pruner_s'][0]:.2f}s", file=sys.stderr)
+                   f"  zero-regret orders {res['zero_regret_share']:.2f}  pruner {res['pruner_s'][0]:.2f}s",
+                   file=sys.stderr)
     finals = [r.final_acc for r in runs]
+    epoch_s = [v for r in runs for v in r.history.get("time/epoch_s", []) if v is not None and math.isfinite(v)]
     return {"population": preset, "runs": len(runs), "epochs": n_epochs, "orders": len(orders),
             "high_quantile": q, "high_cut": float(np.quantile(np.nan_to_num(finals), q)),
+            "epoch_s": float(np.median(epoch_s)) if epoch_s else math.nan,
+            "total_epochs": int(sum(run_length(r) for r in runs)),
             "final_acc_range": [float(np.nanmin(finals)), float(np.nanmax(finals))], "pruners": table}
 
 
@@ -208,6 +247,10 @@ KINDS = ("signature", "hybrid", "curve")  # the SignaturePruner's feature source
 
 
 def _kind(name: str) -> str:
+    if name.startswith("forecast"):
+        return "forecast"
+    if name.startswith("top"):
+        return "one-epoch"
     return next((k for k in KINDS if name.startswith(k)), "optuna")
 
 
@@ -227,33 +270,116 @@ def replay_markdown(res: Mapping[str, Any]) -> str:
 
 
 def replay_plot(results: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """Epochs trained vs. regret, one point per pruner setting, one panel per population."""
+    """The Pareto plot: epochs trained vs. regret, one point per pruner setting, one panel per population;
+    the line joins the settings no other beats on both."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"signature": "tab:blue", "hybrid": "tab:purple", "curve": "tab:green", "optuna": "tab:orange"}
-    fig, axes = plt.subplots(1, len(results), figsize=(7 * len(results), 5.2), squeeze=False)
-    for ax, res in zip(axes[0], results):
+    colors = {"forecast": "tab:red", "signature": "tab:blue", "hybrid": "tab:purple", "curve": "tab:green",
+              "optuna": "tab:orange", "one-epoch": "tab:gray"}
+    cols = min(3, len(results))
+    rows = math.ceil(len(results) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.8 * rows), squeeze=False)
+    for ax, res in zip(axes.flat, results):
+        pts = sorted((a["epochs_frac"][0], a["regret"][0]) for a in res["pruners"].values())
+        front, best = [], math.inf
+        for x, y in pts:
+            if y < best - 1e-12:
+                front.append((x, y))
+                best = y
+        ax.step(*zip(*front), where="post", color="black", lw=0.8, alpha=0.5, label="Pareto front")
         for name, a in res["pruners"].items():
+            kind = _kind(name)
             # mean over orders; the spread of epochs trained as a bar (the regret's spread is in the table)
             ax.errorbar(a["epochs_frac"][0], a["regret"][0], xerr=a["epochs_frac"][1], fmt="o",
-                        color=colors[_kind(name)], capsize=2, ms=4, alpha=0.85)
-            ax.annotate(name, (a["epochs_frac"][0], a["regret"][0]), fontsize=6, xytext=(3, 3),
-                        textcoords="offset points")
+                        color=colors[kind], capsize=2, ms=6 if name == "forecast" else 4, alpha=0.85,
+                        mec="black" if name == "forecast" else None)
+            if kind in ("forecast", "one-epoch") or name in ("median", "successive_halving", "wilcoxon"):
+                ax.annotate(name, (a["epochs_frac"][0], a["regret"][0]), fontsize=6, xytext=(3, 3),
+                            textcoords="offset points")
         ax.set_xlabel("fraction of epochs trained (lower = more saved)")
-        ax.set_ylabel("regret (best final val_acc missed), mean over orders")
+        ax.set_ylabel("regret (best final val_acc missed), mean")
         ax.set_ylim(bottom=-0.05 * max(0.001, max(a["regret"][0] for a in res["pruners"].values())))
         ax.set_xlim(0, 1.05)
         ax.set_title(f"{res['population']} ({res['runs']} runs, {res['orders']} orders)", fontsize=10)
         ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(results):]:
+        ax.axis("off")
     handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=k) for k, c in colors.items()]
-    axes[0][-1].legend(handles=handles, fontsize=8, loc="upper right")
+    axes.flat[0].legend(handles=handles, fontsize=8, loc="upper right")
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _cheapest(pruners: Mapping[str, Any], names: Sequence[str], keep: float) -> str | None:
+    """The setting among ``names`` training the fewest epochs while keeping the best trial (zero regret) in
+    at least ``keep`` of the orders."""
+    ok = [n for n in names if pruners[n]["zero_regret_share"] >= keep - 1e-9]
+    return min(ok, key=lambda n: pruners[n]["epochs_frac"][0]) if ok else None
+
+
+def choose_forecast(results: Sequence[Mapping[str, Any]], preset: str, keep: float) -> str | None:
+    """Our setting for ``preset``, chosen on the OTHER populations only: the cheapest (mean epochs trained)
+    among those keeping the best trial in >= ``keep`` of the orders on every other population."""
+    others = [r for r in results if r["population"] != preset]
+    names = [n for n in results[0]["pruners"] if _kind(n) == "forecast"]
+    if not others or not names:
+        return None
+    ok = [n for n in names if all(r["pruners"][n]["zero_regret_share"] >= keep - 1e-9 for r in others)]
+    pool = ok or [max(names, key=lambda n: min(r["pruners"][n]["zero_regret_share"] for r in others))]
+    return min(pool, key=lambda n: float(np.mean([r["pruners"][n]["epochs_frac"][0] for r in others])))
+
+
+def headline(results: Sequence[Mapping[str, Any]], keep: float) -> tuple[str, list[dict[str, Any]]]:
+    """Per population: our default and our leave-one-population-out choice against the cheapest Optuna
+    setting (and the cheapest one-epoch baseline) that keeps the best trial in >= ``keep`` of the orders."""
+    rows = []
+    for res in results:
+        pr = res["pruners"]
+        opt = _cheapest(pr, [n for n in pr if _kind(n) == "optuna" and n != "none"], keep)
+        one = _cheapest(pr, [n for n in pr if _kind(n) == "one-epoch"], keep)
+        chosen = choose_forecast(results, res["population"], keep)
+        row = {"population": res["population"], "runs": res["runs"], "optuna": opt, "one_epoch": one,
+               "chosen": chosen}
+        for key, name in (("default", "forecast"), ("chosen", chosen)):
+            if name in pr:
+                a = pr[name]
+                saved = (1 - a["epochs_frac"][0]) * res["total_epochs"] * res["epoch_s"]
+                row[key + "_epochs"], row[key + "_keep"] = a["epochs_frac"][0], a["zero_regret_share"]
+                row[key + "_regret"] = a["regret"][0]
+                row[key + "_pruner_pct"] = 100 * a["pruner_s"][0] / saved if saved > 0 else math.nan
+        for key, name in (("optuna", opt), ("one_epoch", one), ("sh", "successive_halving"), ("median", "median")):
+            if name in pr:
+                row[key + "_epochs"], row[key + "_regret"] = pr[name]["epochs_frac"][0], pr[name]["regret"][0]
+                row[key + "_keep"] = pr[name]["zero_regret_share"]
+        if "default_epochs" in row and opt:
+            row["ratio"] = row["default_epochs"] / row["optuna_epochs"]
+        rows.append(row)
+
+    def cell(r: Mapping[str, Any], key: str, name: str | None = None) -> str:
+        if key + "_epochs" not in r:
+            return "-"
+        label = f"{name}: " if name else ""
+        return f"{label}{r[key + '_epochs']:.3f} ({r[key + '_keep'] * 20:.0f}/20, regret {r[key + '_regret']:.4f})"
+
+    lines = [f"Epochs trained (fraction of the population's epochs, mean over orders), orders keeping the best "
+             f"trial (scaled to 20), mean regret. \"Cheapest\" = fewest epochs among the settings keeping the "
+             f"best trial in >= {keep:.0%} of the orders. Ours is warm-started from the other populations only.",
+             "", "| population | ours: `pruner=forecast` (default) | ours, chosen on the other populations "
+             "| cheapest Optuna setting | ratio (target <= 0.8) | Optuna SuccessiveHalving (default) "
+             "| Optuna Median (default) | cheapest one-epoch top-k | pruner time / training time saved |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
+        lines.append(f"| {r['population']} ({r['runs']}) | {cell(r, 'default')} | {cell(r, 'chosen', r['chosen'])} "
+                     f"| {cell(r, 'optuna', r['optuna'])} | {ratio} | {cell(r, 'sh')} | {cell(r, 'median')} "
+                     f"| {cell(r, 'one_epoch', r['one_epoch'])} | "
+                     f"{r.get('default_pruner_pct', math.nan):.2f} % |")
+    return "\n".join(lines) + "\n", rows
 
 
 def replay_all(b: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -261,17 +387,80 @@ def replay_all(b: Mapping[str, Any]) -> list[dict[str, Any]]:
     out_dir.mkdir(parents=True, exist_ok=True)
     from epochgraph.population import from_table, read_table
 
-    table = read_table(b["table"])
+    table = read_table(b["tables"])
     results = []
     for preset in b["populations"]:
         res = replay_population(b, preset, from_table(table, [preset]))
         (out_dir / f"{preset}.json").write_text(json.dumps(res, indent=2))
         results.append(res)
-    md = "# Pruner replay\n\n" + "\n".join(replay_markdown(r) for r in results)
+    head, _ = headline(results, float(b["replay"]["keep_share"]))
+    md = ("# Pruner replay\n\n## Headline\n\n" + head + "\n![Pareto plot](epochs_vs_regret.png)\n\n"
+          + "\n".join(replay_markdown(r) for r in results))
     (out_dir / "replay.md").write_text(md)
+    (out_dir / "headline.md").write_text(head)
     replay_plot(results, out_dir / "epochs_vs_regret.png")
     print(md)
     return results
+
+
+# --- forecast (the forecaster alone) -----------------------------------------------------------------
+
+def forecast_scores(b: Mapping[str, Any]) -> pd.DataFrame:
+    """Spearman ρ of the forecast final val_acc and of val_acc at t with the true final val_acc, per
+    population: (a) the forecaster fitted on the other populations only; (b) the same plus the population's
+    own trainings from 4 of 5 folds (scored on the fifth), as the pruner is once a study has run a while."""
+    from omegaconf import OmegaConf
+    from sklearn.model_selection import KFold
+    from threadpoolctl import threadpool_limits
+
+    from epochgraph.forecast import FinalAccuracyForecaster, spearman_at, training_pairs
+    from epochgraph.population import from_table, read_table
+
+    conf = OmegaConf.load(Path(_conf_dir()) / "pruner" / "forecast.yaml")
+    source, method, own_weight = conf.source, conf.method, float(conf.own_weight)
+    table = read_table(b["tables"])
+    pops = {p: from_table(table, [p]) for p in b["populations"]}
+    rows = []
+    for preset, runs in pops.items():
+        n_epochs = max(run_length(r) for r in runs)
+        warm = [r.history for p, rs in pops.items() if p != preset for r in rs]
+        Xw, yw, _ = training_pairs(warm, source, n_epochs)
+        hs, finals = [r.history for r in runs], [r.final_acc for r in runs]
+        with threadpool_limits(1):
+            lopo = FinalAccuracyForecaster(source=source, method=method).fit(Xw, yw)
+            for t in (1, 2, 3):
+                rho_f, rho_c = spearman_at(hs, finals, lopo, t, n_epochs)
+                rows.append({"population": preset, "t": t, "fit on": "other populations",
+                             "forecast ρ": rho_f, "val_acc ρ": rho_c})
+            preds: dict[int, list[tuple[float, float]]] = {1: [], 2: [], 3: []}
+            for train, test in KFold(5, shuffle=True, random_state=0).split(hs):
+                Xo, yo, _ = training_pairs([hs[i] for i in train], source, n_epochs)
+                X, y = np.vstack([Xw, Xo]), np.concatenate([yw, yo])
+                w = np.concatenate([np.ones(len(yw)), np.full(len(yo), own_weight)])
+                model = FinalAccuracyForecaster(source=source, method=method).fit(X, y, sample_weight=w)
+                for t in preds:
+                    keep = [i for i in test if run_length(runs[i]) >= t]
+                    if keep:
+                        _, q = model.forecast([hs[i] for i in keep], t, n_epochs)
+                        preds[t] += list(zip(q[:, int(np.argmin(np.abs(model.levels_ - 0.5)))],
+                                             [finals[i] for i in keep]))
+        from scipy.stats import spearmanr
+
+        for t, pairs in preds.items():
+            f, y = np.array([p[0] for p in pairs]), np.nan_to_num([p[1] for p in pairs])
+            now = [run.history["val_acc"][t - 1] for run in runs if run_length(run) >= t]
+            rows.append({"population": preset, "t": t, "fit on": "other populations + 4/5 of its own (5-fold)",
+                         "forecast ρ": float(spearmanr(f, y).statistic),
+                         "val_acc ρ": float(spearmanr(np.nan_to_num(now), np.nan_to_num(
+                             [run.final_acc for run in runs if run_length(run) >= t])).statistic)})
+    out = pd.DataFrame(rows)
+    md = ["# Forecast of the final val_acc (Spearman ρ with the true final val_acc)", "",
+          f"Forecaster: conf/pruner/forecast.yaml (source {source}, method {method}). Target: forecast ρ above "
+          "val_acc's ρ at t = 2 on every population.", "", out.to_markdown(index=False, floatfmt=".3f"), ""]
+    Path(b["results"]).mkdir(parents=True, exist_ok=True)
+    (Path(b["results"]) / "forecast.md").write_text("\n".join(md))
+    print("\n".join(md))
+    return out
 
 
 # --- timing (paper Q3) ----------------------------------------------------------------------------
@@ -281,7 +470,7 @@ def timing(b: Mapping[str, Any]) -> pd.DataFrame:
     rolled vs. unrolled sizes and times of bench/graph_bench.py."""
     from epochgraph.population import read_table
 
-    df = read_table(b["table"])
+    df = read_table(b["tables"])
     df = df[df["experiment"].isin(list(b["populations"]))]
     rows = []
     for (preset, model), g in df.groupby(["experiment", "model"], sort=False):
@@ -480,7 +669,7 @@ def log_results(b: Mapping[str, Any]) -> str:
     with mlflow.start_run(experiment_id=exp_id, run_name=name) as run:
         mlflow.set_tags({"epochgraph.role": "bench", "populations": ",".join(b["populations"])})
         mlflow.log_params({"populations": json.dumps(b["populations"]), "orders": b["replay"]["orders"],
-                           "compare.epochs": b["compare"]["epochs"], "table": b["table"]})
+                           "compare.epochs": b["compare"]["epochs"], "tables": b["tables"]})
         for f in sorted([*results.glob("*.md"), *results.glob("*.png")]):
             mlflow.log_artifact(str(f))
         for sub in ("replay",):
@@ -497,7 +686,7 @@ def run_steps(b: Mapping[str, Any], command: str) -> None:
         print(f"[bench] results in {b['results']}/ and MLflow run {run_id} (experiment {b['experiment']})")
 
     actions = {"graph_stage": graph_stage_bench, "population": build_population, "export": export_table,
-               "compare": compare_populations, "replay": replay_all, "timing": timing, "summary": finish}
+               "compare": compare_populations, "forecast": forecast_scores, "replay": replay_all, "timing": timing, "summary": finish}
     for step in STEPS:
         if step in b["steps"]:
             actions[step](b)

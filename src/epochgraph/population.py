@@ -106,9 +106,22 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a table written by `write_table`; one-line error when it is missing or unreadable."""
+def table_paths(path: str | Path) -> list[Path]:
+    """The Parquet files of a table: the file itself, or every ``*.parquet`` of a folder (one per population)."""
     path = Path(path)
+    return sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a table written by `write_table`, or a folder of them (one file per population, concatenated);
+    one-line error when it is missing or unreadable."""
+    path = Path(path)
+    if path.is_dir():
+        files = table_paths(path)
+        if not files:
+            raise EpochgraphError(f"population folder {str(path)!r} holds no .parquet table; export some with "
+                                  f"'make bench' (bench.steps=[export])")
+        return pd.concat([read_table(f) for f in files], ignore_index=True)
     if not path.is_file():
         raise EpochgraphError(f"population table {str(path)!r} does not exist; export one with "
                               f"'make bench' (bench.steps=[export]) or point table=<path> at it")
@@ -135,13 +148,14 @@ def from_table(df: pd.DataFrame, experiments: Sequence[str] | None = None) -> li
         first = g.iloc[0]
         params = {k: str(int(first[k]) if isinstance(first[k], float) and float(first[k]).is_integer() else first[k])
                   for k in (*SEARCHED, *DESCRIBED) if k in g and not pd.isna(first[k])}
-        tags = {"model": str(first["model"]), "dataset": str(first["dataset"]),
-                "mlflow.runName": str(first["run_name"]), "diverged": str(bool(first["diverged"])).lower()}
+        tags = {"model": str(first.get("model", "")), "dataset": str(first.get("dataset", "")),
+                "mlflow.runName": str(first.get("run_name", run_id)),
+                "diverged": str(bool(first.get("diverged", False))).lower()}
         # as `load_runs` reads MLflow: epochs after a run's end are NaN, its weight baselines repeat the
         # last snapshot
         pad = [math.nan] * (n_epochs - len(g))
         history: dict[str, list[Any]] = {k: g[k].astype(float).tolist() + pad for k in EPOCH_COLUMNS if k in g}
-        history["test_acc"] = [math.nan] * (len(g) - 1) + [float(first["test_acc"])] + pad
+        history["test_acc"] = [math.nan] * (len(g) - 1) + [float(first.get("test_acc", math.nan))] + pad
         notes: dict[str, str] = {}
         for source in WEIGHT_SOURCES:
             if source in g:

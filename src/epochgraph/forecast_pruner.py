@@ -1,0 +1,286 @@
+"""`ForecastPruner`: stop a trial when it can no longer beat the best trial so far (predictive termination).
+
+At every epoch from ``min_epoch`` on, the pruner forecasts the trial's final val_acc with its uncertainty
+(`epochgraph.forecast.FinalAccuracyForecaster`) and prunes when P(final >= best completed value) < ``delta``,
+the rule of Domhan et al. 2015 (δ = 0.05 in their code) and of Baker et al. 2017.
+
+The forecaster starts *warm*, from recorded populations (``warm_start``: population tables, e.g.
+``bench/results/populations/*.parquet``, or a registered forecaster ``models:/...``), so the study prunes
+from its second trial on; and it is refitted *online* on the study's own finished trials, pruned ones
+included (their partial curves are pairs of epochs too), whose rows weigh ``own_weight`` times a warm
+row, so the study's own trials can overrule a prior from other networks.
+
+With ``base`` (any Optuna pruner), the forecast works with that pruner: ``combine="and"`` prunes only
+when both agree (the forecast vetoes the base pruner's prunes of trials that may still win), ``"or"``
+prunes when either says so (the forecast prunes earlier than the base pruner).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.pruners import BasePruner
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from epochgraph.errors import EpochgraphError
+from epochgraph.forecast import FinalAccuracyForecaster, History, pair_features, training_pairs
+from epochgraph.pruner import _nonfinite, trial_history
+
+log = logging.getLogger("epochgraph")
+COMBINE = ("and", "or")
+_WARM_CACHE: dict[Any, tuple[np.ndarray, np.ndarray]] = {}  # one read of the warm tables per process
+
+
+def _as_list(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+def warm_histories(sources: Sequence[str], experiments: Sequence[str] | None = None,
+                   exclude: Sequence[str] = ()) -> list[History]:
+    """The trainings of population tables ``sources`` (files, or folders of ``*.parquet``), those of
+    ``experiments`` only when given, never those of ``exclude``."""
+    from epochgraph.population import from_table, read_table
+
+    paths: list[Path] = []
+    for src in sources:
+        p = Path(src)
+        if p.is_dir():
+            paths += sorted(p.glob("*.parquet"))
+        else:
+            paths.append(p)
+    if not paths:
+        raise EpochgraphError(f"warm_start={list(sources)} holds no population table; point it at a .parquet "
+                              f"file or a folder of them (make bench exports bench/results/populations/)")
+    histories: list[History] = []
+    for path in paths:
+        df = read_table(path)
+        keep = df["experiment"].isin(experiments) if experiments else np.ones(len(df), dtype=bool)
+        df = df[keep & ~df["experiment"].isin(list(exclude))]
+        if len(df):
+            histories += [r.history for r in from_table(df)]
+    if not histories:
+        raise EpochgraphError(f"warm_start={list(sources)} with experiments={list(experiments or [])} and "
+                              f"exclude={list(exclude)} leaves no training; widen the selection")
+    return histories
+
+
+class ForecastPruner(BasePruner):
+    """Prune a trial when P(its final val_acc >= the best completed value) < ``delta`` (module docstring).
+
+    Example::
+
+        pruner = ForecastPruner(max_epoch=15, warm_start="bench/results/populations")
+        study = optuna.create_study(direction="maximize", pruner=pruner)
+
+    Args:
+        max_epoch: the epoch whose val_acc is the trial's value (the training's last epoch).
+        delta: prune when P(final >= best so far) is below this (0 < delta < 1).
+        min_epoch: the first epoch at which the forecast may prune.
+        warm_start: population tables (files or folders) and/or registered forecasters (``models:/...``).
+        warm_experiments, warm_exclude: which populations of the tables to use / leave out.
+        source, method, forecaster_params: the `FinalAccuracyForecaster` (``curve`` / ``hybrid``;
+            ``quantile_gbm`` / ``conformal`` / ``forest``).
+        own_weight: weight of a pair from the study's own trials against a warm one.
+        warm_rows: at most this many warm pairs (a random subset) enter each refit.
+        min_trials: without a warm start, finished trials needed before the first fit.
+        refit_growth: refit once the finished trials grew by this factor since the last fit.
+        base: an Optuna pruner to combine with (``combine``: ``and`` = veto, ``or`` = prune earlier).
+        seed: the forecaster's and the subsample's random state.
+    """
+
+    def __init__(self, max_epoch: int, delta: float = 0.05, min_epoch: int = 1,
+                 warm_start: str | Sequence[str] | None = None, warm_experiments: Sequence[str] | None = None,
+                 warm_exclude: Sequence[str] | None = None, source: str = "curve", method: str = "quantile_gbm",
+                 forecaster_params: Mapping[str, Any] | None = None, own_weight: float = 3.0,
+                 warm_rows: int = 3000, min_trials: int = 4, refit_growth: float = 1.3,
+                 base: BasePruner | None = None, combine: str = "and", seed: int = 0) -> None:
+        if int(max_epoch) < 2:
+            raise ValueError(f"max_epoch={max_epoch} must be >= 2 (the training's last epoch, trainer.epochs)")
+        if not 0 < delta < 1:
+            raise ValueError(f"delta={delta} must be in (0, 1), e.g. 0.05")
+        if int(min_epoch) < 1:
+            raise ValueError(f"min_epoch={min_epoch} must be >= 1")
+        if combine not in COMBINE:
+            raise ValueError(f"combine={combine!r} must be one of {COMBINE} (and: veto the base pruner's prunes, "
+                             f"or: prune when either says so)")
+        if base is not None and not isinstance(base, BasePruner):
+            raise TypeError(f"base={base!r} must be an Optuna pruner (optuna.pruners.BasePruner)")
+        if own_weight <= 0 or warm_rows < 0 or min_trials < 2 or refit_growth <= 1:
+            raise ValueError(f"own_weight={own_weight} must be > 0, warm_rows={warm_rows} >= 0, "
+                             f"min_trials={min_trials} >= 2 and refit_growth={refit_growth} > 1")
+        self.max_epoch, self.delta, self.min_epoch = int(max_epoch), float(delta), int(min_epoch)
+        self.source, self.method, self.seed = source, method, int(seed)
+        self.forecaster_params = dict(forecaster_params or {})
+        self._template()._check()  # a bad source or method fails now, not at the first prune
+        self.own_weight, self.warm_rows = float(own_weight), int(warm_rows)
+        self.min_trials, self.refit_growth = int(min_trials), float(refit_growth)
+        self.base, self.combine = base, combine
+        self.warm_start = _as_list(warm_start)
+        self._warm = self._load_warm(self.warm_start, warm_experiments, warm_exclude or [])
+        self._model: FinalAccuracyForecaster | None = None
+        self._fitted_on = -1  # finished trials at the last fit (-1: never)
+        self._histories: dict[int, History] = {}  # finished trial number -> history (they do not change)
+        self.last_forecast: dict[int, float] = {}  # trial number -> P(final >= best), for the job to record
+        self.last_forecast_value: dict[int, float] = {}  # trial number -> forecast median final val_acc
+
+    def _template(self) -> FinalAccuracyForecaster:
+        # the rule needs one quantile, 1 - delta (prune iff the best lies above it); the median is what the
+        # summary reports. Two quantile models instead of a whole grid keep each refit under a second.
+        params = {"levels": (0.5, 1.0 - self.delta), "max_iter": 50, **self.forecaster_params}
+        return FinalAccuracyForecaster(source=self.source, method=self.method, seed=self.seed, **params)
+
+    def _load_warm(self, sources: Sequence[str], experiments: Sequence[str] | None,
+                   exclude: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        tables = [s for s in sources if not s.startswith("models:/")]
+        models = [s for s in sources if s.startswith("models:/")]
+        parts_x, parts_y = [], []
+        if tables:
+            key = (tuple(tables), tuple(experiments or ()), tuple(exclude), self.source, self.max_epoch)
+            if key not in _WARM_CACHE:
+                X, y, _ = training_pairs(warm_histories(tables, experiments, exclude), self.source, self.max_epoch)
+                _WARM_CACHE[key] = (X, y)
+            parts_x.append(_WARM_CACHE[key][0])
+            parts_y.append(_WARM_CACHE[key][1])
+        for uri in models:
+            registered = load_forecaster(uri)
+            if registered.source != self.source:
+                raise EpochgraphError(f"{uri} was fitted on source={registered.source!r}, the pruner reads "
+                                      f"source={self.source!r}; set pruner.source={registered.source}")
+            parts_x.append(registered.train_X_)
+            parts_y.append(registered.train_y_)
+        if not parts_x:
+            return None
+        return np.vstack(parts_x), np.concatenate(parts_y)
+
+    # --- the forecaster -------------------------------------------------------------------------------
+
+    def _finished(self, study: optuna.Study) -> list[History]:
+        for tr in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if tr.number not in self._histories:
+                self._histories[tr.number] = trial_history(tr)
+        return list(self._histories.values())
+
+    def forecaster(self, study: optuna.Study) -> FinalAccuracyForecaster | None:
+        """The forecaster for ``study`` now: warm, refitted on its finished trials as they grow."""
+        finished = self._finished(study)
+        n = len(finished)
+        # refits grow geometrically apart (a few per study), at least 3 trials apart: each costs ~1 s
+        due = self._model is None or (n >= self.min_trials
+                                      and n >= max(self._fitted_on * self.refit_growth, self._fitted_on + 3))
+        if not due:
+            return self._model
+        X_own, y_own, _ = training_pairs(finished, self.source, self.max_epoch)
+        if self._warm is None and (n < self.min_trials or len(y_own) < 2):
+            return None
+        xs, ys, ws = [X_own], [y_own], [np.full(len(y_own), self.own_weight)]
+        if self._warm is not None:
+            Xw, yw = self._warm
+            if len(yw) > self.warm_rows:
+                pick = np.random.default_rng(self.seed).choice(len(yw), self.warm_rows, replace=False)
+                Xw, yw = Xw[pick], yw[pick]
+            xs.append(Xw)
+            ys.append(yw)
+            ws.append(np.ones(len(yw)))
+        model = self._template().fit(np.vstack(xs), np.concatenate(ys), sample_weight=np.concatenate(ws))
+        self._model, self._fitted_on = model, n
+        return model
+
+    def prob_beat_best(self, study: optuna.Study, trial: FrozenTrial) -> float | None:
+        """P(the trial's final val_acc >= the best completed value); see `_prob_beat_best`."""
+        from threadpoolctl import threadpool_limits
+
+        # one thread for scikit-learn's OpenMP: beside a training (or on a busy machine) its threads
+        # spin-wait, and one small prediction takes many times longer
+        with threadpool_limits(1, user_api="openmp"):
+            return self._prob_beat_best(study, trial)
+
+    def _prob_beat_best(self, study: optuna.Study, trial: FrozenTrial) -> float | None:
+        """P(the trial's final val_acc >= the best completed value) at its last epoch, or None when no
+        forecast is due (before ``min_epoch``, at the last epoch, no completed trial, no forecaster)."""
+        step = trial.last_step
+        if step is None or step < self.min_epoch or step >= self.max_epoch:
+            return None
+        values = [tr.value for tr in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                  if tr.value is not None and math.isfinite(tr.value)]
+        if not values:
+            return None
+        best = max(values) if study.direction == StudyDirection.MAXIMIZE else min(values)
+        history = trial_history(trial)
+        if len(history.get("val_acc", [])) < step:  # the job stores the curve with each report
+            history = {"val_acc": [trial.intermediate_values.get(e, math.nan) for e in range(1, step + 1)]}
+        model = self.forecaster(study)
+        if model is None:
+            return None
+        x = pair_features(history, step, self.max_epoch, self.source)[None, :]
+        now = float(x[0, 0])
+        q = model.predict_quantiles(x)  # one prediction serves both the median and P(final >= best)
+        self.last_forecast_value[trial.number] = now + float(q[0, int(np.argmin(np.abs(model.levels_ - 0.5)))])
+        return float(model.prob_gain_at_least(x, np.array([best - now]), quantiles=q)[0])
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        history = trial_history(trial)
+        if history and _nonfinite(history):
+            self.last_forecast[trial.number] = 0.0
+            return True
+        base = self.base.prune(study, trial) if self.base is not None else None
+        if self.base is not None and self.combine == "and" and not base:
+            return False  # nothing for the forecast to veto
+        p = self.prob_beat_best(study, trial)
+        if p is not None:
+            self.last_forecast[trial.number] = p
+        if base is None:
+            return p is not None and p < self.delta
+        if p is None:
+            return bool(base)
+        return (base and p < self.delta) if self.combine == "and" else (base or p < self.delta)
+
+
+# --- the registry ---------------------------------------------------------------------------------------
+
+def fit_forecaster(histories: Sequence[History], source: str = "curve", method: str = "quantile_gbm",
+                   max_epoch: int | None = None, **params: Any) -> FinalAccuracyForecaster:
+    """A forecaster fitted on every pair of epochs of ``histories``, keeping its rows (``train_X_``,
+    ``train_y_``) so that a pruner can refit it with a study's own trials."""
+    from threadpoolctl import threadpool_limits
+
+    X, y, g = training_pairs(histories, source, max_epoch)
+    with threadpool_limits(1):
+        model = FinalAccuracyForecaster(source=source, method=method, **params).fit(X, y, groups=g)
+    model.train_X_, model.train_y_ = X, y
+    return model
+
+
+def log_forecaster(model: FinalAccuracyForecaster, name: str = "forecaster",
+                   registered_model_name: str | None = None) -> Any:
+    """Log a fitted forecaster to the active MLflow run (and register it); returns the model info."""
+    import mlflow.sklearn
+    import skops.io
+
+    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    return mlflow.sklearn.log_model(model, name=name, registered_model_name=registered_model_name,
+                                    metadata={"epochgraph_forecaster": model.source},
+                                    skops_trusted_types=trusted)
+
+
+def load_forecaster(model_uri: str) -> FinalAccuracyForecaster:
+    """A forecaster logged by `log_forecaster`, e.g. ``models:/epochgraph-forecaster@champion``."""
+    import mlflow.sklearn
+
+    try:
+        model = mlflow.sklearn.load_model(model_uri)
+    except Exception as err:  # MLflow raises several types for a missing model / version / alias
+        raise EpochgraphError(f"cannot load the forecaster {model_uri!r}: {str(err).splitlines()[0][:160]}; "
+                              f"register one with epochgraph-compare ... register_forecaster=true") from None
+    if not isinstance(model, FinalAccuracyForecaster) or not hasattr(model, "train_X_"):
+        raise EpochgraphError(f"{model_uri!r} is not an epochgraph forecaster (register one with "
+                              f"epochgraph-compare ... register_forecaster=true)")
+    return model

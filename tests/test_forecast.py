@@ -1,0 +1,195 @@
+"""The final-accuracy forecaster, the predictive-termination pruner and the top-k baseline."""
+
+import math
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState, create_trial
+
+from epochgraph.errors import EpochgraphError
+from epochgraph.forecast import FinalAccuracyForecaster, pair_features, training_pairs
+from epochgraph.forecast_pruner import ForecastPruner, fit_forecaster, load_forecaster, log_forecaster
+from epochgraph.population import write_table
+from epochgraph.pruner import EPOCH_ATTR
+from epochgraph.topk_pruner import TopKPruner
+
+EPOCHS = 10
+
+
+def curve(final: float, start: float, tau: float = 2.0, epochs: int = EPOCHS) -> dict[str, list[float]]:
+    """A saturating learning curve from ``start`` (epoch 1) to about ``final``."""
+    e = np.arange(1, epochs + 1)
+    acc = final - (final - start) * np.exp(-(e - 1) / tau)
+    loss = 2.3 * (1 - acc) + 0.1
+    return {"val_acc": acc.tolist(), "val_loss": loss.tolist(), "train_acc": (acc + 0.02).tolist(),
+            "train_loss": (loss * 0.9).tolist()}
+
+
+def population(n: int = 40, seed: int = 0) -> list[dict[str, list[float]]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        final = rng.uniform(0.3, 0.9)
+        out.append(curve(final, final * rng.uniform(0.5, 0.8), tau=rng.uniform(1.0, 3.0)))
+    return out
+
+
+def test_pairs_cover_every_pair_of_reached_epochs():
+    short = curve(0.8, 0.5, epochs=4)
+    X, y, groups = training_pairs([short, curve(0.6, 0.3)])
+    assert len(y) == 4 * 3 // 2 + EPOCHS * (EPOCHS - 1) // 2 and set(groups) == {0, 1}
+    # the target is the gain in val_acc from t to s; the horizon columns say which pair it is
+    assert y[0] == pytest.approx(short["val_acc"][1] - short["val_acc"][0])
+    assert X[0, 0] == pytest.approx(short["val_acc"][0]) and tuple(X[0, -4:-1]) == (1.0, 2.0, 1.0)
+    diverged = {**curve(0.8, 0.5), "val_acc": [0.4, 0.5, math.nan, math.nan]}
+    assert len(training_pairs([diverged])[1]) == 1  # only the epochs with a val_acc
+    with pytest.raises(EpochgraphError, match="needs 3"):
+        pair_features(diverged, 3, 5)
+
+
+@pytest.mark.parametrize("method", ["quantile_gbm", "forest", "conformal"])
+def test_forecaster_fit_predict_contract(method):
+    hs = population()
+    X, y, g = training_pairs(hs)
+    fc = FinalAccuracyForecaster(method=method, levels=(0.1, 0.5, 0.9))
+    assert fc.fit(X, y, groups=g) is fc
+    q = fc.predict_quantiles(X[:50])
+    assert q.shape == (50, 3) and np.all(np.diff(q, axis=1) >= 0)
+    assert fc.predict(X[:50]) == pytest.approx(q[:, 1])
+    # a curve still far from its plateau is forecast to gain; the forecast median is near the truth
+    test = curve(0.8, 0.5)
+    now, qs = fc.forecast([test], 2, EPOCHS)
+    assert now[0] == pytest.approx(test["val_acc"][1])
+    assert qs[0, 1] > now[0] + 0.05 and abs(qs[0, 1] - 0.8) < 0.08
+    # P(final >= v) falls as v rises
+    p = fc.prob_at_least([test] * 3, 2, EPOCHS, [0.5, qs[0, 1], 0.99])
+    assert p[0] > 0.85 and p[2] < 0.1 and p[0] >= p[1] >= p[2]
+
+
+def test_forecaster_rejects_bad_settings():
+    X, y, _ = training_pairs(population(5))
+    with pytest.raises(EpochgraphError, match="unknown forecast method 'bogus'"):
+        FinalAccuracyForecaster(method="bogus").fit(X, y)
+    with pytest.raises(EpochgraphError, match="levels=\\[0.9, 0.5\\] must be increasing"):
+        FinalAccuracyForecaster(levels=(0.9, 0.5)).fit(X, y)
+    with pytest.raises(EpochgraphError, match="at least 2"):
+        FinalAccuracyForecaster().fit(X[:1], y[:1])
+
+
+def _trial(history: dict[str, list[float]], epochs: int, state=TrialState.RUNNING, value=None):
+    attrs = {EPOCH_ATTR.format(e + 1): {k: v[e] for k, v in history.items()} for e in range(epochs)}
+    return create_trial(state=state, value=value, intermediate_values={e + 1: history["val_acc"][e]
+                                                                         for e in range(epochs)},
+                        user_attrs=attrs)
+
+
+def _study(pruner, finished):
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for h in finished:
+        study.add_trial(_trial(h, EPOCHS, TrialState.COMPLETE, h["val_acc"][-1]))
+    return study
+
+
+def _table(tmp_path, histories, experiment):
+    rows = [{"experiment": experiment, "run_id": f"{experiment}-{i}", "seed": i, "final_acc": h["val_acc"][-1],
+             "epoch": e + 1, **{k: v[e] for k, v in h.items()}}
+            for i, h in enumerate(histories) for e in range(len(h["val_acc"]))]
+    return write_table(pd.DataFrame(rows), tmp_path / f"{experiment}.parquet")
+
+
+def test_prunes_what_cannot_beat_the_best_and_keeps_what_can(tmp_path):
+    _table(tmp_path, population(40), "warm")
+    pruner = ForecastPruner(max_epoch=EPOCHS, delta=0.05, warm_start=str(tmp_path))
+    best = curve(0.85, 0.6)
+    study = _study(pruner, [best])
+    hopeless, rising = curve(0.45, 0.3), curve(0.95, 0.7, tau=3.0)
+    assert pruner.prune(study, _trial(hopeless, 2)) is True
+    assert pruner.prune(study, _trial(rising, 2)) is False
+    assert pruner.last_forecast_value[0] == pytest.approx(0.95, abs=0.08)
+    # no incumbent yet: nothing to beat, nothing pruned; at the last epoch there is nothing to forecast
+    assert pruner.prune(_study(pruner, []), _trial(hopeless, 2)) is False
+    assert pruner.prune(study, _trial(hopeless, EPOCHS)) is False
+    # a non-finite loss is pruned at once
+    nan = {**hopeless, "train_loss": [math.nan] * EPOCHS}
+    assert pruner.prune(study, _trial(nan, 1)) is True
+
+
+def test_cold_start_waits_for_finished_trials():
+    pruner = ForecastPruner(max_epoch=EPOCHS, min_trials=4)
+    hs = population(3)
+    study = _study(pruner, hs)
+    assert pruner.prob_beat_best(study, _trial(curve(0.3, 0.2), 2)) is None
+    study.add_trial(_trial(population(1, seed=5)[0], EPOCHS, TrialState.COMPLETE, 0.5))
+    study.add_trial(_trial(curve(0.9, 0.5), 3, TrialState.PRUNED))  # a pruned trial's pairs are data too
+    assert pruner.prob_beat_best(study, _trial(curve(0.3, 0.2), 2)) is not None
+
+
+def test_warm_start_leaves_out_the_excluded_population(tmp_path):
+    _table(tmp_path, population(10, seed=1), "a")
+    _table(tmp_path, population(10, seed=2), "b")
+    only_a = ForecastPruner(max_epoch=EPOCHS, warm_start=str(tmp_path), warm_exclude=["b"])
+    both = ForecastPruner(max_epoch=EPOCHS, warm_start=str(tmp_path))
+    assert len(both._warm[1]) == 2 * len(only_a._warm[1]) == 2 * 10 * EPOCHS * (EPOCHS - 1) // 2
+    with pytest.raises(EpochgraphError, match="leaves no training"):
+        ForecastPruner(max_epoch=EPOCHS, warm_start=str(tmp_path), warm_exclude=["a", "b"])
+    with pytest.raises(EpochgraphError, match="holds no population table"):
+        ForecastPruner(max_epoch=EPOCHS, warm_start=str(tmp_path / "empty"))
+
+
+def test_warm_start_from_the_registry(tracking_uri):
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    model = fit_forecaster(population(20), max_epoch=EPOCHS, levels=(0.5, 0.95))
+    with mlflow.start_run():
+        log_forecaster(model, registered_model_name="fc")
+    loaded = load_forecaster("models:/fc/1")
+    assert np.array_equal(loaded.train_y_, model.train_y_)
+    pruner = ForecastPruner(max_epoch=EPOCHS, warm_start="models:/fc/1")
+    assert pruner.prune(_study(pruner, [curve(0.85, 0.6)]), _trial(curve(0.45, 0.3), 2)) is True
+    with pytest.raises(EpochgraphError, match="cannot load the forecaster 'models:/absent/1'"):
+        ForecastPruner(max_epoch=EPOCHS, warm_start="models:/absent/1")
+
+
+class _Always(optuna.pruners.BasePruner):
+    def __init__(self, answer: bool) -> None:
+        self.answer = answer
+
+    def prune(self, study, trial) -> bool:
+        return self.answer
+
+
+def test_wrapped_pruner_veto_and_earlier_prunes(tmp_path):
+    _table(tmp_path, population(40), "warm")
+    rising, hopeless = curve(0.95, 0.7, tau=3.0), curve(0.45, 0.3)
+
+    def pruner(answer, combine):
+        return ForecastPruner(max_epoch=EPOCHS, warm_start=str(tmp_path), base=_Always(answer), combine=combine)
+
+    veto = pruner(True, "and")
+    study = _study(veto, [curve(0.85, 0.6)])
+    assert veto.prune(study, _trial(rising, 2)) is False  # the base would prune, the forecast vetoes
+    assert veto.prune(study, _trial(hopeless, 2)) is True  # both agree
+    earlier = pruner(False, "or")
+    assert earlier.prune(study, _trial(hopeless, 2)) is True  # the base keeps it, the forecast prunes
+    assert earlier.prune(study, _trial(rising, 2)) is False
+    with pytest.raises(ValueError, match="combine='xor'"):
+        pruner(True, "xor")
+    with pytest.raises(TypeError, match="must be an Optuna pruner"):
+        ForecastPruner(max_epoch=EPOCHS, base="median")
+
+
+def test_topk_keeps_only_the_best_k_so_far():
+    pruner = TopKPruner(epoch=1, k=2)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for v in (0.5, 0.7):
+        study.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values={1: v}))
+    ranked = {0.6: False, 0.8: False, 0.4: True}
+    for v, expected in ranked.items():
+        trial = create_trial(state=TrialState.RUNNING, intermediate_values={1: v})
+        assert pruner.prune(study, trial) is expected
+    assert pruner.prune(study, create_trial(state=TrialState.RUNNING, intermediate_values={1: 0.1, 2: 0.2})) is False
+    with pytest.raises(ValueError, match="k=0 must be >= 1"):
+        TopKPruner(k=0)
