@@ -30,7 +30,7 @@ from epochgraph.predictor import WEIGHT_SOURCES
 from epochgraph.replay import PrunerFactory, pruner_factory, random_orders, replay_orders, run_length
 
 log = logging.getLogger("epochgraph")
-STEPS = ("graph_stage", "population", "export", "compare", "forecast", "replay", "timing", "summary")
+STEPS = ("graph_stage", "population", "export", "compare", "paper", "forecast", "replay", "timing", "summary")
 MAX_EPOCHS = 1000  # read window for the MLflow histories; the table keeps each run's own epochs
 
 
@@ -403,6 +403,100 @@ def replay_all(b: Mapping[str, Any]) -> list[dict[str, Any]]:
     return results
 
 
+# --- the paper's protocol (Table 2 at its labelling) and Q2 ---------------------------------------------
+
+def paper_cut(final_accs: Sequence[float], min_side: float = 0.2) -> float:
+    """The paper's label threshold: between the low and the high mode of the final accuracies, i.e. the
+    middle of the widest gap between consecutive sorted accuracies that leaves at least ``min_side`` of the
+    runs on each side."""
+    a = np.sort(np.nan_to_num(np.asarray(final_accs, dtype=float)))
+    lo = max(1, math.ceil(min_side * len(a)))
+    gaps = [(a[i] - a[i - 1], i) for i in range(lo, len(a) - lo + 1)]
+    if not gaps:
+        raise EpochgraphError(f"{len(a)} runs are too few to find a threshold between two modes")
+    _, i = max(gaps)
+    return float((a[i] + a[i - 1]) / 2)
+
+
+def paper_protocol(b: Mapping[str, Any]) -> None:
+    """Table 2 of the paper per population at its labelling (a threshold between the accuracy modes) and at
+    the median, and its Q2 generalisation splits, with ``epochgraph-compare`` on the tables."""
+    from epochgraph.population import read_table
+
+    p = b["paper"]
+    out = Path(b["results"]) / "paper"
+    table = read_table(b["tables"])
+    common = [f"table={b['tables']}", f"mlflow.tracking_uri={b['tracking_uri']}", f"n_jobs={b['workers']}",
+              f"epochs={p['epochs']}", *p["overrides"]]
+    cuts = {}
+    for preset in b["populations"]:
+        finals = table.loc[table["experiment"] == preset].groupby("run_id")["final_acc"].first()
+        cuts[preset] = paper_cut(finals.to_numpy())
+        for label, arg in (("threshold", f"label.threshold={cuts[preset]:.4f}"), ("median", "label.quantile=0.5")):
+            _call([sys.executable, "-m", "epochgraph.cli.compare", f"experiment={preset}", arg, *common,
+                   f"output_dir={out / label / preset}"], f"epochgraph-compare ({label}) on {preset}")
+    for name, split in (p.get("q2") or {}).items():
+        present = [e for e in split["experiments"] if e in b["populations"]]
+        if len(present) < len(split["experiments"]):
+            print(f"[bench] Q2 {name}: skipped, needs {split['experiments']}", flush=True)
+            continue
+        _call([sys.executable, "-m", "epochgraph.cli.compare", f"experiment=[{','.join(present)}]",
+               f"train_on={json.dumps(split['train_on'])}", f"test_on={json.dumps(split['test_on'])}", *common,
+               f"output_dir={out / 'q2' / name}"], f"epochgraph-compare Q2 {name}")
+    (out / "cuts.json").write_text(json.dumps(cuts, indent=2))
+    paper_markdown(b, cuts)
+
+
+PAPER_COLUMNS = {"Ours-deg": "signature-degree-plain", "Ours-evec": "signature-eigenvector-plain",
+                 "B_Wl": "b_wl", "B_Ŵ": "b_what", "B_W′": "b_wprime", "unroll-deg": "unrolled",
+                 "curve": "curve", "hybrid": "hybrid-both-plain"}
+
+
+def paper_markdown(b: Mapping[str, Any], cuts: Mapping[str, float]) -> str:
+    """bench/results/paper/paper.md: the Table 2 columns per population, labelling and t, and the Q2 table."""
+    out = Path(b["results"]) / "paper"
+    lines = ["# The paper's protocol", "",
+             "Balanced accuracy (5-fold CV on held-out trainings; Q2: one fit on the training architectures, "
+             "scored on the unseen ones), SVM / MLP, the paper's Table 2 columns plus the learning curve and the "
+             "hybrid. *threshold*: high = final val_acc above the cut between the low and high accuracy modes "
+             "(the paper's labelling; cut per population below); *median*: high = at or above the median.", ""]
+
+    def row(csv: Path, t: int) -> list[str]:
+        df = pd.read_csv(csv)
+        cells = []
+        for clf in ("svm", "mlp"):
+            for col in PAPER_COLUMNS.values():
+                hit = df[(df["t"] == t) & (df["classifier"] == clf) & (df["features"] == col)]
+                v = hit["bal_acc_mean"].iloc[0] if len(hit) else math.nan
+                cells.append("-" if not np.isfinite(v) else f"{v:.2f}")
+        return cells
+
+    head = ("| population | label (cut) | t | " + " | ".join(f"SVM {c}" for c in PAPER_COLUMNS) + " | "
+            + " | ".join(f"MLP {c}" for c in PAPER_COLUMNS) + " |")
+    lines += [head, "|" + "---|" * (3 + 2 * len(PAPER_COLUMNS))]
+    for preset in b["populations"]:
+        for label in ("threshold", "median"):
+            csv = out / label / preset / "comparison.csv"
+            if not csv.is_file():
+                continue
+            cut = f"{cuts.get(preset, math.nan):.3f}" if label == "threshold" else "median"
+            for t in b["paper"]["table_t"]:
+                lines.append(f"| {preset} | {label} ({cut}) | {t} | " + " | ".join(row(csv, t)) + " |")
+    lines += ["", "## Q2: generalising to unseen networks", "", head.replace("population | label (cut)",
+                                                                          "train → test | label"),
+              "|" + "---|" * (3 + 2 * len(PAPER_COLUMNS))]
+    for name, split in (b["paper"].get("q2") or {}).items():
+        csv = out / "q2" / name / "comparison.csv"
+        if csv.is_file():
+            for t in b["paper"]["table_t"]:
+                lines.append(f"| {split['train_on']} → {split['test_on']} | median of the training runs | {t} | "
+                             + " | ".join(row(csv, t)) + " |")
+    text = "\n".join(lines) + "\n"
+    (out / "paper.md").write_text(text)
+    print(text)
+    return text
+
+
 # --- forecast (the forecaster alone) -----------------------------------------------------------------
 
 def forecast_scores(b: Mapping[str, Any]) -> pd.DataFrame:
@@ -435,9 +529,9 @@ def forecast_scores(b: Mapping[str, Any]) -> pd.DataFrame:
             preds: dict[int, list[tuple[float, float]]] = {1: [], 2: [], 3: []}
             for train, test in KFold(5, shuffle=True, random_state=0).split(hs):
                 Xo, yo, _ = training_pairs([hs[i] for i in train], source, n_epochs)
-                X, y = np.vstack([Xw, Xo]), np.concatenate([yw, yo])
-                w = np.concatenate([np.ones(len(yw)), np.full(len(yo), own_weight)])
-                model = FinalAccuracyForecaster(source=source, method=method).fit(X, y, sample_weight=w)
+                reps = max(1, round(own_weight))  # as the pruner weighs its own trials: repeated rows
+                X, y = np.vstack([Xw, np.repeat(Xo, reps, axis=0)]), np.concatenate([yw, np.repeat(yo, reps)])
+                model = FinalAccuracyForecaster(source=source, method=method).fit(X, y)
                 for t in preds:
                     keep = [i for i in test if run_length(runs[i]) >= t]
                     if keep:
@@ -686,7 +780,7 @@ def run_steps(b: Mapping[str, Any], command: str) -> None:
         print(f"[bench] results in {b['results']}/ and MLflow run {run_id} (experiment {b['experiment']})")
 
     actions = {"graph_stage": graph_stage_bench, "population": build_population, "export": export_table,
-               "compare": compare_populations, "forecast": forecast_scores, "replay": replay_all, "timing": timing, "summary": finish}
+               "compare": compare_populations, "paper": paper_protocol, "forecast": forecast_scores, "replay": replay_all, "timing": timing, "summary": finish}
     for step in STEPS:
         if step in b["steps"]:
             actions[step](b)

@@ -36,6 +36,8 @@ from epochgraph.pruner import _nonfinite, trial_history
 log = logging.getLogger("epochgraph")
 COMBINE = ("and", "or")
 _WARM_CACHE: dict[Any, tuple[np.ndarray, np.ndarray]] = {}  # one read of the warm tables per process
+_PRIOR_CACHE: dict[Any, FinalAccuracyForecaster] = {}  # the forecaster fitted on the warm pairs alone
+_THREADPOOLS: Any = None  # threadpoolctl's controller, made at the first forecast
 
 
 def _as_list(value: str | Sequence[str] | None) -> list[str]:
@@ -50,9 +52,13 @@ def warm_histories(sources: Sequence[str], experiments: Sequence[str] | None = N
     ``experiments`` only when given, never those of ``exclude``."""
     from epochgraph.population import from_table, read_table
 
+    from epochgraph.cli.train import CONF_DIR
+
     paths: list[Path] = []
     for src in sources:
         p = Path(src)
+        if not p.exists() and not p.is_absolute() and (Path(CONF_DIR).parent / p).exists():
+            p = Path(CONF_DIR).parent / p  # the project's committed tables, wherever the command runs
         if p.is_dir():
             paths += sorted(p.glob("*.parquet"))
         else:
@@ -89,10 +95,11 @@ class ForecastPruner(BasePruner):
         warm_experiments, warm_exclude: which populations of the tables to use / leave out.
         source, method, forecaster_params: the `FinalAccuracyForecaster` (``curve`` / ``hybrid``;
             ``quantile_gbm`` / ``conformal`` / ``forest``).
-        own_weight: weight of a pair from the study's own trials against a warm one.
+        own_weight: weight of a pair from the study's own trials against a warm one (rounded: its rows are
+            repeated).
         warm_rows: at most this many warm pairs (a random subset) enter each refit.
         min_trials: without a warm start, finished trials needed before the first fit.
-        refit_growth: refit once the finished trials grew by this factor since the last fit.
+        refit_growth: refit once the finished trials grew by this factor (and by 5) since the last fit.
         base: an Optuna pruner to combine with (``combine``: ``and`` = veto, ``or`` = prune earlier).
         seed: the forecaster's and the subsample's random state.
     """
@@ -101,7 +108,7 @@ class ForecastPruner(BasePruner):
                  warm_start: str | Sequence[str] | None = None, warm_experiments: Sequence[str] | None = None,
                  warm_exclude: Sequence[str] | None = None, source: str = "curve", method: str = "quantile_gbm",
                  forecaster_params: Mapping[str, Any] | None = None, own_weight: float = 3.0,
-                 warm_rows: int = 3000, min_trials: int = 4, refit_growth: float = 1.3,
+                 warm_rows: int = 3000, min_trials: int = 4, refit_growth: float = 1.5,
                  base: BasePruner | None = None, combine: str = "and", seed: int = 0) -> None:
         if int(max_epoch) < 2:
             raise ValueError(f"max_epoch={max_epoch} must be >= 2 (the training's last epoch, trainer.epochs)")
@@ -125,6 +132,8 @@ class ForecastPruner(BasePruner):
         self.min_trials, self.refit_growth = int(min_trials), float(refit_growth)
         self.base, self.combine = base, combine
         self.warm_start = _as_list(warm_start)
+        self._warm_key = (tuple(self.warm_start), tuple(warm_experiments or ()), tuple(warm_exclude or ()),
+                          self.source, self.max_epoch, self.warm_rows, self.seed)
         self._warm = self._load_warm(self.warm_start, warm_experiments, warm_exclude or [])
         self._model: FinalAccuracyForecaster | None = None
         self._fitted_on = -1  # finished trials at the last fit (-1: never)
@@ -135,7 +144,7 @@ class ForecastPruner(BasePruner):
     def _template(self) -> FinalAccuracyForecaster:
         # the rule needs one quantile, 1 - delta (prune iff the best lies above it); the median is what the
         # summary reports. Two quantile models instead of a whole grid keep each refit under a second.
-        params = {"levels": (0.5, 1.0 - self.delta), "max_iter": 50, **self.forecaster_params}
+        params = {"levels": (0.5, 1.0 - self.delta), "max_iter": 30, "max_leaf_nodes": 10, **self.forecaster_params}
         return FinalAccuracyForecaster(source=self.source, method=self.method, seed=self.seed, **params)
 
     def _load_warm(self, sources: Sequence[str], experiments: Sequence[str] | None,
@@ -175,32 +184,46 @@ class ForecastPruner(BasePruner):
         n = len(finished)
         # refits grow geometrically apart (a few per study), at least 3 trials apart: each costs ~1 s
         due = self._model is None or (n >= self.min_trials
-                                      and n >= max(self._fitted_on * self.refit_growth, self._fitted_on + 3))
+                                      and n >= max(self._fitted_on * self.refit_growth, self._fitted_on + 5))
         if not due:
             return self._model
         X_own, y_own, _ = training_pairs(finished, self.source, self.max_epoch)
         if self._warm is None and (n < self.min_trials or len(y_own) < 2):
             return None
-        xs, ys, ws = [X_own], [y_own], [np.full(len(y_own), self.own_weight)]
+        if not len(y_own) and self._warm is not None:  # the warm prior alone: the same for every study
+            key = (self._warm_key, repr(sorted(self._template().get_params().items())))
+            if key not in _PRIOR_CACHE:
+                _PRIOR_CACHE[key] = self._template().fit(*self._warm_subset())
+            self._model, self._fitted_on = _PRIOR_CACHE[key], n
+            return self._model
+        # the own rows' weight by repetition: scikit-learn's weighted binning is many times slower
+        reps = max(1, round(self.own_weight))
+        xs, ys = [np.repeat(X_own, reps, axis=0)], [np.repeat(y_own, reps)]
         if self._warm is not None:
-            Xw, yw = self._warm
-            if len(yw) > self.warm_rows:
-                pick = np.random.default_rng(self.seed).choice(len(yw), self.warm_rows, replace=False)
-                Xw, yw = Xw[pick], yw[pick]
+            Xw, yw = self._warm_subset()
             xs.append(Xw)
             ys.append(yw)
-            ws.append(np.ones(len(yw)))
-        model = self._template().fit(np.vstack(xs), np.concatenate(ys), sample_weight=np.concatenate(ws))
+        model = self._template().fit(np.vstack(xs), np.concatenate(ys))
         self._model, self._fitted_on = model, n
         return model
 
+    def _warm_subset(self) -> tuple[np.ndarray, np.ndarray]:
+        Xw, yw = self._warm
+        if len(yw) > self.warm_rows:
+            pick = np.random.default_rng(self.seed).choice(len(yw), self.warm_rows, replace=False)
+            Xw, yw = Xw[pick], yw[pick]
+        return Xw, yw
+
     def prob_beat_best(self, study: optuna.Study, trial: FrozenTrial) -> float | None:
         """P(the trial's final val_acc >= the best completed value); see `_prob_beat_best`."""
-        from threadpoolctl import threadpool_limits
+        global _THREADPOOLS
+        if _THREADPOOLS is None:
+            from threadpoolctl import ThreadpoolController
 
+            _THREADPOOLS = ThreadpoolController()  # inspecting the loaded libraries once, not per call
         # one thread for scikit-learn's OpenMP: beside a training (or on a busy machine) its threads
         # spin-wait, and one small prediction takes many times longer
-        with threadpool_limits(1, user_api="openmp"):
+        with _THREADPOOLS.limit(limits=1, user_api="openmp"):
             return self._prob_beat_best(study, trial)
 
     def _prob_beat_best(self, study: optuna.Study, trial: FrozenTrial) -> float | None:

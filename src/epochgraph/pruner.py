@@ -16,7 +16,8 @@ from epochgraph.predictor import FeatureSpec, LabelRule, SignaturePredictor, loa
 from epochgraph.signature import NONFINITE
 
 EPOCH_ATTR = "epoch_{:03d}"  # user attr holding one epoch's signature and curve values
-FORECAST_ATTR = "forecast_p_high"
+FORECAST_ATTR = "forecast_p_high"  # the pruner's last probability (P(high), or P(final >= best))
+FORECAST_FINAL_ATTR = "forecast_final_val_acc"  # the forecast final val_acc (ForecastPruner)
 
 
 def trial_history(trial: FrozenTrial) -> dict[str, list[float]]:

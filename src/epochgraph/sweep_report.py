@@ -10,6 +10,7 @@ import optuna
 from optuna.trial import TrialState
 
 from epochgraph import tracking
+from epochgraph.pruner import FORECAST_FINAL_ATTR
 
 log = logging.getLogger("epochgraph")
 COLORS = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red"}
@@ -26,6 +27,12 @@ def summary(study: optuna.Study, epochs: int) -> dict[str, float]:
            "epochs_saved_frac": 1 - trained / budget if budget else 0.0}
     if count[TrialState.COMPLETE]:
         out["best_value"] = study.best_value
+    forecasts = [t.user_attrs[FORECAST_FINAL_ATTR] for t in trials
+                 if t.state == TrialState.PRUNED and FORECAST_FINAL_ATTR in t.user_attrs]
+    if forecasts:
+        out["pruned_forecast_median"] = float(sorted(forecasts)[len(forecasts) // 2])
+        out["pruned_forecast_max"] = float(max(forecasts))
+        out["pruned_with_forecast"] = len(forecasts)
     return out
 
 
@@ -77,6 +84,9 @@ def report(study: optuna.Study, client, parent_run_id: str, epochs: int, out_dir
         f"Epochs trained {s['epochs_trained']} of {s['epochs_budget']} without pruning "
         f"({100 * s['epochs_saved_frac']:.0f}% saved)",
     ]
+    if "pruned_with_forecast" in s:
+        lines.append(f"Forecast final val_acc of the {s['pruned_with_forecast']} trials pruned by the forecast: "
+                     f"median {s['pruned_forecast_median']:.4f}, highest {s['pruned_forecast_max']:.4f}")
     if "best_value" in s and math.isfinite(s["best_value"]):
         lines.append(f"Best val_acc {s['best_value']:.4f} (trial {study.best_trial.number}): {study.best_trial.params}")
     lines += [f"Curves: {png}", f"MLflow parent run {parent_run_id}", *(links or []), "Browse the runs: make ui"]

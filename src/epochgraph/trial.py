@@ -22,7 +22,7 @@ from optuna.storages._heartbeat import get_heartbeat_thread
 from epochgraph.errors import EpochgraphError
 from epochgraph.hooks import EpochState
 from epochgraph.predictor import CURVE_METRICS
-from epochgraph.pruner import EPOCH_ATTR, FORECAST_ATTR
+from epochgraph.pruner import EPOCH_ATTR, FORECAST_ATTR, FORECAST_FINAL_ATTR
 from epochgraph.storage import make_storage
 
 log = logging.getLogger("epochgraph")
@@ -78,6 +78,10 @@ class TrialReporter:
             self.trial.set_user_attr(FORECAST_ATTR, forecast)
             m["forecast_p_high"] = forecast
             state.tags["forecast_p_high"] = f"{forecast:.3f}"
+        final = getattr(self.study.pruner, "last_forecast_value", {}).get(self.trial.number)
+        if final is not None:  # the forecast final val_acc (epochgraph.forecast_pruner.ForecastPruner)
+            self.trial.set_user_attr(FORECAST_FINAL_ATTR, final)
+            m["forecast_final_val_acc"] = final
         if prune:
             state.prune = True
 
