@@ -57,13 +57,21 @@ REPEATS = 5
 MB = 2**20
 
 
-def _median_time(fn: Callable[[], Any], repeats: int = REPEATS) -> float:
-    times = []
+def _median_times(fn: Callable[[], Any], repeats: int = REPEATS) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of ``fn``. CPU = `time.process_time` (all threads of this process): on
+    cores shared with other work it stays near the time the work would take alone, where wall time
+    grows with the load."""
+    walls, cpus = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - start_cpu)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def _median_time(fn: Callable[[], Any], repeats: int = REPEATS) -> float:
+    return _median_times(fn, repeats)[0]
 
 
 def epoch_time(model: nn.Module, batches: int | None) -> float:
@@ -96,8 +104,8 @@ def next_snapshot(state_dict: dict[str, torch.Tensor], seed: int = 1) -> dict[st
             if v.is_floating_point() and not k.endswith("running_var") else v for k, v in state_dict.items()}
 
 
-def persistent_times(topo: Topology, snapshots: list[dict], repeats: int = REPEATS) -> tuple[float, float]:
-    """(first epoch, median later epoch) seconds of the graph-tool engine as a training runs it."""
+def persistent_times(topo: Topology, snapshots: list[dict], repeats: int = REPEATS) -> tuple[float, float, float]:
+    """(first epoch, median later epoch, its CPU) seconds of the graph-tool engine as a training runs it."""
     engine = SignatureEngine(topo, backend="graph_tool")
     t0 = time.perf_counter()
     engine.signature(snapshots[0])
@@ -108,7 +116,7 @@ def persistent_times(topo: Topology, snapshots: list[dict], repeats: int = REPEA
         epoch[0] += 1
         engine.signature(snapshots[epoch[0] % 2])
 
-    return first, _median_time(next_epoch, repeats)
+    return first, *_median_times(next_epoch, repeats)
 
 
 def picture_time(topo: Topology, sd: dict, tmp: Path) -> float:
@@ -131,7 +139,8 @@ def zoo_rows(batches: int | None) -> list[dict]:
                                "rolled_mb": (edges.num_edges * 24 + edges.num_nodes * 8) / MB,
                                "auto_engine": resolve_backend(topo, "auto")}
         persistent_times(topo, snapshots, 1)  # warm-up (imports, first allocations)
-        row["graph_tool_first_s"], row["graph_tool_epoch_s"] = persistent_times(topo, snapshots)
+        row["graph_tool_first_s"], row["graph_tool_epoch_s"], row["graph_tool_epoch_cpu_s"] = persistent_times(
+            topo, snapshots)
         for backend in ("arrays", "blocks"):
             SignatureEngine(topo, backend=backend).signature(sd)  # warm-up
             row[f"{backend}_epoch_s"] = _median_time(
@@ -166,11 +175,12 @@ def size_rows() -> list[dict]:
         model = build_model(name, in_channels=3, image_size=32, width=width)
         topo, sd = model.topology(), model.state_dict()
         snapshots = [sd, next_snapshot(sd)]
-        first, later = persistent_times(topo, snapshots, 3)
-        blocks = _median_time(lambda t=topo, w=sd: SignatureEngine(t, backend="blocks").signature(w), 3)
+        first, later, later_cpu = persistent_times(topo, snapshots, 3)
+        blocks, blocks_cpu = _median_times(lambda t=topo, w=sd: SignatureEngine(t, backend="blocks").signature(w), 3)
         rows.append({"model": f"{name} width {width} (3x32x32)", "edges": sum(
             topo.groups[c.src] * (1 if c.kind == "identity" else topo.groups[c.dst]) for c in topo.connections),
             "graph_tool_first_s": first, "graph_tool_epoch_s": later, "blocks_epoch_s": blocks,
+            "graph_tool_epoch_cpu_s": later_cpu, "blocks_epoch_cpu_s": blocks_cpu,
             "auto_engine": resolve_backend(topo, "auto")})
         print(f"{rows[-1]['model']}: graph-tool {later:.2f} s/epoch (first {first:.2f} s), blocks {blocks:.2f} s",
               flush=True)
@@ -201,9 +211,10 @@ def vgg11_imagenet() -> dict:
     res: dict[str, Any] = {"weights_mb": sum(v.numel() * v.element_size() for v in sd.values()) / MB}
 
     def timed(key: str, fn: Callable, *args: Any) -> Any:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         out = fn(*args)
         res[key] = time.perf_counter() - t0
+        res[key.removesuffix("_s") + "_cpu_s"] = time.process_time() - cpu0
         return out
 
     # the persistent graph-tool path, step by step: epoch 1 builds, epochs 2-4 update (median)
@@ -214,20 +225,24 @@ def vgg11_imagenet() -> dict:
         timed("persistent_first_adjacency_s", graph.adjacency)
         e0 = timed("persistent_first_lanczos_s", leading_eigenvector, graph.adjacency())
         steps: dict[str, list[float]] = {k: [] for k in ("update", "degree", "adjacency", "lanczos")}
+        steps_cpu: dict[str, list[float]] = {k: [] for k in steps}
         for i in range(3):
             snapshot = later_sd if i % 2 == 0 else sd
             for key, fn in (("update", lambda g=graph, s=snapshot: g.update(s)),
                             ("degree", lambda g=graph: weighted_degree_persistent(g)),
                             ("adjacency", graph.adjacency),
                             ("lanczos", lambda g=graph: leading_eigenvector(g.adjacency()))):
-                t0 = time.perf_counter()
+                t0, cpu0 = time.perf_counter(), time.process_time()
                 fn()
                 steps[key].append(time.perf_counter() - t0)
+                steps_cpu[key].append(time.process_time() - cpu0)
         for key, values in steps.items():
             res[f"persistent_{key}_s"] = statistics.median(values)
+            res[f"persistent_{key}_cpu_s"] = statistics.median(steps_cpu[key])
     res["persistent_first_s"] = (res["persistent_build_s"] + res["persistent_first_degree_s"]
                                  + res["persistent_first_adjacency_s"] + res["persistent_first_lanczos_s"])
     res["persistent_epoch_s"] = sum(res[f"persistent_{k}_s"] for k in steps)
+    res["persistent_epoch_cpu_s"] = sum(res[f"persistent_{k}_cpu_s"] for k in steps)
     del graph
     edges = timed("edge_arrays_s", edge_arrays, topo, sd)
     d = timed("arrays_degree_s", weighted_degree_arrays, edges)
@@ -239,6 +254,8 @@ def vgg11_imagenet() -> dict:
     del bg
     res["arrays_total_s"] = res["edge_arrays_s"] + res["arrays_degree_s"] + res["arrays_eigenvector_s"]
     res["blocks_total_s"] = res["blocks_build_s"] + res["blocks_degree_s"] + res["blocks_eigenvector_s"]
+    res["blocks_total_cpu_s"] = (res["blocks_build_cpu_s"] + res["blocks_degree_cpu_s"]
+                                 + res["blocks_eigenvector_cpu_s"])
     res["max_abs_diff_degree"] = float(abs(d - d0).max())
     res["max_abs_diff_eigenvector"] = float(abs(e - e0).max())
     res["max_abs_diff_degree_blocks"] = float(abs(d_b - d0).max())
@@ -275,16 +292,16 @@ def write(rows: list[dict], sizes: list[dict], big: dict, machine: dict, batches
         "first epoch, new weights written in place at every later one (two snapshots alternating); arrays and "
         "blocks rebuild everything every epoch. `auto` is what the training loop runs. Default width, untrained "
         "weights. Target: graph stage <= 1% of an epoch; a picture <= 1 s.", "",
-        "| model | nodes | edges | epoch (s) | auto | graph-tool, per epoch (ms) | % of epoch "
+        "| model | nodes | edges | epoch (s) | auto | graph-tool, per epoch (ms) | % of epoch | CPU (ms) "
         "| graph-tool, first epoch (ms) | arrays (ms) | % of epoch | blocks (ms) | % of epoch | picture (s) | target |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         ok = "met" if r["graph_auto_s"] <= 0.01 * r["epoch_s"] else "missed"
         lines.append(
             f"| {r['model']} | {r['nodes']:,} | {r['edges']:,} | {r['epoch_s']:.2f} | {r['auto_engine']} | "
             f"{_ms(r['graph_tool_epoch_s'])} | {_pct(r['graph_tool_epoch_s'], r['epoch_s'])} | "
-            f"{_ms(r['graph_tool_first_s'])} | {_ms(r['arrays_epoch_s'])} | "
+            f"{_ms(r['graph_tool_epoch_cpu_s'])} | {_ms(r['graph_tool_first_s'])} | {_ms(r['arrays_epoch_s'])} | "
             f"{_pct(r['arrays_epoch_s'], r['epoch_s'])} | "
             f"{_ms(r['blocks_epoch_s'])} | {_pct(r['blocks_epoch_s'], r['epoch_s'])} | {r['picture_s']:.2f} | {ok} |")
     lines += [
@@ -300,23 +317,28 @@ def write(rows: list[dict], sizes: list[dict], big: dict, machine: dict, batches
             f"{r['unrolled_nodes']:,} | {r['unrolled_edges']:,} | {r['unrolled_mb']:.0f} | {un} |")
     b = big
     ok = "met" if b["persistent_epoch_s"] <= 2.0 else "missed"
+    ok_cpu = "met" if b["persistent_epoch_cpu_s"] <= 2.0 else "missed"
     lines += [
         "", "## Choosing the engine by size", "",
         f"`auto` uses the persistent graph-tool engine up to {AUTO_BLOCKS_EDGES:,} edges and the blocks engine "
-        "above. Random weights, seconds per epoch:", "",
-        "| graph | edges | graph-tool, per epoch | graph-tool, first epoch | blocks, per epoch | auto |",
-        "|---|---:|---:|---:|---:|---|",
+        "above. Random weights, seconds per epoch (wall; CPU = process time of all threads):", "",
+        "| graph | edges | graph-tool, per epoch | CPU | graph-tool, first epoch | blocks, per epoch | CPU | auto |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     big_row = {"model": "VGG-11, ImageNet size", "edges": b["edges"], "graph_tool_epoch_s": b["persistent_epoch_s"],
                "graph_tool_first_s": b["persistent_first_s"], "blocks_epoch_s": b["blocks_total_s"],
+               "graph_tool_epoch_cpu_s": b["persistent_epoch_cpu_s"], "blocks_epoch_cpu_s": b["blocks_total_cpu_s"],
                "auto_engine": b["auto_engine"]}
     for r in [*sizes, big_row]:
-        lines.append(f"| {r['model']} | {r['edges']:,} | {r['graph_tool_epoch_s']:.2f} | {r['graph_tool_first_s']:.2f} "
-                     f"| {r['blocks_epoch_s']:.2f} | {r['auto_engine']} |")
+        lines.append(f"| {r['model']} | {r['edges']:,} | {r['graph_tool_epoch_s']:.2f} | "
+                     f"{r['graph_tool_epoch_cpu_s']:.2f} | {r['graph_tool_first_s']:.2f} | {r['blocks_epoch_s']:.2f} | "
+                     f"{r['blocks_epoch_cpu_s']:.2f} | {r['auto_engine']} |")
     lines += [
         "", "## VGG-11, ImageNet size (torchvision `vgg11(num_classes=10)`), random weights", "",
         f"{b['nodes']:,} nodes, {b['edges']:,} edges, {b['weights_mb']:.0f} MB of weights. "
-        f"Target: the persistent graph-tool path <= 2 s per epoch after the first ({ok}).", "",
+        f"Target: the persistent graph-tool path <= 2 s per epoch after the first: {ok} in wall time "
+        f"({b['persistent_epoch_s']:.2f} s), {ok_cpu} in CPU time ({b['persistent_epoch_cpu_s']:.2f} s; "
+        f"the blocks path {b['blocks_total_cpu_s']:.2f} s).", "",
         "| step | persistent graph-tool, first epoch (s) | persistent graph-tool, later epochs (s) "
         "| arrays path, scipy CSR (s) | blocks path (s) |", "|---|---:|---:|---:|---:|",
         f"| graph from the weights (first: build; later: norms written in place) | {b['persistent_build_s']:.2f} | "
