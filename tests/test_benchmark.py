@@ -26,7 +26,7 @@ def test_quick_mode_has_its_own_store_results_and_populations():
     assert sum(full["populations"].values()) >= 120 and "graph_stage" in full["steps"]
     assert quick["tracking_uri"] != full["tracking_uri"] and quick["results"] != full["results"]
     assert quick["tables"] != full["tables"] and "graph_stage" not in quick["steps"]
-    assert set(quick["populations"]) == set(full["populations"]) and max(quick["populations"].values()) <= 10
+    assert set(quick["populations"]) <= set(full["populations"]) and max(quick["populations"].values()) <= 10
     assert "trainer.epochs=3" in quick["train_overrides"]
     # quick replay settings merge into the signature base instead of replacing the variant list
     assert quick["replay"]["signature"]["classifiers"] == full["replay"]["signature"]["classifiers"]

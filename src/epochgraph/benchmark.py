@@ -780,7 +780,8 @@ def run_steps(b: Mapping[str, Any], command: str) -> None:
         print(f"[bench] results in {b['results']}/ and MLflow run {run_id} (experiment {b['experiment']})")
 
     actions = {"graph_stage": graph_stage_bench, "population": build_population, "export": export_table,
-               "compare": compare_populations, "paper": paper_protocol, "forecast": forecast_scores, "replay": replay_all, "timing": timing, "summary": finish}
+               "compare": compare_populations, "paper": paper_protocol,
+               "forecast": forecast_scores, "replay": replay_all, "timing": timing, "summary": finish}
     for step in STEPS:
         if step in b["steps"]:
             actions[step](b)

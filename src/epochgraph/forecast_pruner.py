@@ -35,6 +35,7 @@ from epochgraph.pruner import _nonfinite, trial_history
 
 log = logging.getLogger("epochgraph")
 COMBINE = ("and", "or")
+UPPER_ATTR = "forecast_upper_{:03d}"  # trial user attr: the upper quantile forecast at that epoch
 _WARM_CACHE: dict[Any, tuple[np.ndarray, np.ndarray]] = {}  # one read of the warm tables per process
 _PRIOR_CACHE: dict[Any, FinalAccuracyForecaster] = {}  # the forecaster fitted on the warm pairs alone
 _THREADPOOLS: Any = None  # threadpoolctl's controller, made at the first forecast
@@ -50,9 +51,8 @@ def warm_histories(sources: Sequence[str], experiments: Sequence[str] | None = N
                    exclude: Sequence[str] = ()) -> list[History]:
     """The trainings of population tables ``sources`` (files, or folders of ``*.parquet``), those of
     ``experiments`` only when given, never those of ``exclude``."""
-    from epochgraph.population import from_table, read_table
-
     from epochgraph.cli.train import CONF_DIR
+    from epochgraph.population import from_table, read_table
 
     paths: list[Path] = []
     for src in sources:
@@ -101,6 +101,8 @@ class ForecastPruner(BasePruner):
         min_trials: without a warm start, finished trials needed before the first fit.
         refit_growth: refit once the finished trials grew by this factor (and by 5) since the last fit.
         base: an Optuna pruner to combine with (``combine``: ``and`` = veto, ``or`` = prune earlier).
+        calibrate: widen the forecast by the study's own completed trials' residuals
+            (`calibration_margin`, online split-conformal).
         seed: the forecaster's and the subsample's random state.
     """
 
@@ -109,7 +111,8 @@ class ForecastPruner(BasePruner):
                  warm_exclude: Sequence[str] | None = None, source: str = "curve", method: str = "quantile_gbm",
                  forecaster_params: Mapping[str, Any] | None = None, own_weight: float = 3.0,
                  warm_rows: int = 3000, min_trials: int = 4, refit_growth: float = 1.5,
-                 base: BasePruner | None = None, combine: str = "and", seed: int = 0) -> None:
+                 base: BasePruner | None = None, combine: str = "and", calibrate: bool = True,
+                 seed: int = 0) -> None:
         if int(max_epoch) < 2:
             raise ValueError(f"max_epoch={max_epoch} must be >= 2 (the training's last epoch, trainer.epochs)")
         if not 0 < delta < 1:
@@ -130,7 +133,7 @@ class ForecastPruner(BasePruner):
         self._template()._check()  # a bad source or method fails now, not at the first prune
         self.own_weight, self.warm_rows = float(own_weight), int(warm_rows)
         self.min_trials, self.refit_growth = int(min_trials), float(refit_growth)
-        self.base, self.combine = base, combine
+        self.base, self.combine, self.calibrate = base, combine, bool(calibrate)
         self.warm_start = _as_list(warm_start)
         self._warm_key = (tuple(self.warm_start), tuple(warm_experiments or ()), tuple(warm_exclude or ()),
                           self.source, self.max_epoch, self.warm_rows, self.seed)
@@ -140,6 +143,8 @@ class ForecastPruner(BasePruner):
         self._histories: dict[int, History] = {}  # finished trial number -> history (they do not change)
         self.last_forecast: dict[int, float] = {}  # trial number -> P(final >= best), for the job to record
         self.last_forecast_value: dict[int, float] = {}  # trial number -> forecast median final val_acc
+        self.last_forecast_upper: dict[int, float] = {}  # trial number -> uncalibrated upper quantile, for the job
+        self._uppers: dict[int, dict[int, float]] = {}  # trial number -> epoch -> upper quantile forecast then
 
     def _template(self) -> FinalAccuracyForecaster:
         # the rule needs one quantile, 1 - delta (prune iff the best lies above it); the median is what the
@@ -246,8 +251,35 @@ class ForecastPruner(BasePruner):
         x = pair_features(history, step, self.max_epoch, self.source)[None, :]
         now = float(x[0, 0])
         q = model.predict_quantiles(x)  # one prediction serves both the median and P(final >= best)
-        self.last_forecast_value[trial.number] = now + float(q[0, int(np.argmin(np.abs(model.levels_ - 0.5)))])
-        return float(model.prob_gain_at_least(x, np.array([best - now]), quantiles=q)[0])
+        upper = now + float(q[0, -1])  # the highest level: 1 - delta
+        self._uppers.setdefault(trial.number, {})[step] = upper
+        self.last_forecast_upper[trial.number] = upper
+        margin = self.calibration_margin(study, step) if self.calibrate else 0.0
+        self.last_forecast_value[trial.number] = now + margin + float(
+            q[0, int(np.argmin(np.abs(model.levels_ - 0.5)))])
+        return float(model.prob_gain_at_least(x, np.array([best - now - margin]), quantiles=q)[0])
+
+    def calibration_margin(self, study: optuna.Study, step: int) -> float:
+        """How far the forecast's upper quantile fell short for this study's completed trials at ``step``.
+
+        Online split-conformal calibration: every forecast is recorded when made (before the outcome is
+        known), so once a trial completes, ``final - forecast upper quantile`` is an honest residual. The
+        margin is the residuals' conformal (1 - delta) quantile (their maximum while fewer than
+        (1 - delta)^-1 trials completed), never negative. A prior fitted on other networks is thereby widened
+        to what this study's trials show."""
+        res = []
+        for tr in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            up = self._uppers.get(tr.number, {}).get(step, tr.user_attrs.get(UPPER_ATTR.format(step)))
+            if up is not None and tr.value is not None and math.isfinite(tr.value):
+                res.append(float(tr.value) - float(up))
+        if not res:
+            return 0.0
+        res.sort()
+        k = math.ceil((len(res) + 1) * (1 - self.delta))
+        margin = res[k - 1] if k <= len(res) else res[-1]
+        # never narrower than the forecaster says: the completed trials are the survivors of pruning, whose
+        # residuals understate how far a pruned late bloomer would have climbed
+        return max(margin, 0.0)
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         history = trial_history(trial)
@@ -262,8 +294,8 @@ class ForecastPruner(BasePruner):
             self.last_forecast[trial.number] = p
         if base is None:
             return p is not None and p < self.delta
-        if p is None:
-            return bool(base)
+        if p is None:  # no forecast (before min_epoch, no incumbent): "and" keeps the trial, "or" asks the base
+            return bool(base) and self.combine == "or"
         return (base and p < self.delta) if self.combine == "and" else (base or p < self.delta)
 
 

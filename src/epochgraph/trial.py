@@ -78,6 +78,11 @@ class TrialReporter:
             self.trial.set_user_attr(FORECAST_ATTR, forecast)
             m["forecast_p_high"] = forecast
             state.tags["forecast_p_high"] = f"{forecast:.3f}"
+        upper = getattr(self.study.pruner, "last_forecast_upper", {}).pop(self.trial.number, None)
+        if upper is not None:  # kept for the pruner's calibration on this study's completed trials
+            from epochgraph.forecast_pruner import UPPER_ATTR
+
+            self.trial.set_user_attr(UPPER_ATTR.format(state.epoch), upper)
         final = getattr(self.study.pruner, "last_forecast_value", {}).get(self.trial.number)
         if final is not None:  # the forecast final val_acc (epochgraph.forecast_pruner.ForecastPruner)
             self.trial.set_user_attr(FORECAST_FINAL_ATTR, final)
