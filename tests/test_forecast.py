@@ -106,8 +106,9 @@ def test_prunes_what_cannot_beat_the_best_and_keeps_what_can(tmp_path):
     study = _study(pruner, [best])
     hopeless, rising = curve(0.45, 0.3), curve(0.95, 0.7, tau=3.0)
     assert pruner.prune(study, _trial(hopeless, 2)) is True
-    assert pruner.prune(study, _trial(rising, 2)) is False
-    assert pruner.last_forecast_value[0] == pytest.approx(0.95, abs=0.08)
+    rising_trial = _trial(rising, 2)
+    assert pruner.prune(study, rising_trial) is False
+    assert pruner.last_forecast_value[rising_trial.number] == pytest.approx(0.95, abs=0.08)
     # no incumbent yet: nothing to beat, nothing pruned; at the last epoch there is nothing to forecast
     assert pruner.prune(_study(pruner, []), _trial(hopeless, 2)) is False
     assert pruner.prune(study, _trial(hopeless, EPOCHS)) is False
@@ -134,6 +135,9 @@ def test_warm_start_leaves_out_the_excluded_population(tmp_path):
     assert len(both._warm[1]) == 2 * len(only_a._warm[1]) == 2 * 10 * EPOCHS * (EPOCHS - 1) // 2
     with pytest.raises(EpochgraphError, match="leaves no training"):
         ForecastPruner(max_epoch=EPOCHS, warm_start=str(tmp_path), warm_exclude=["a", "b"])
+    with pytest.raises(EpochgraphError, match="'.*absent', which does not exist"):
+        ForecastPruner(max_epoch=EPOCHS, warm_start=str(tmp_path / "absent"))
+    (tmp_path / "empty").mkdir()
     with pytest.raises(EpochgraphError, match="holds no population table"):
         ForecastPruner(max_epoch=EPOCHS, warm_start=str(tmp_path / "empty"))
 

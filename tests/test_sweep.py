@@ -63,7 +63,8 @@ def test_pruned_trials_are_recorded_in_optuna_and_mlflow(tmp_path):
 
 def test_signature_pruner_prunes_after_warm_up_and_sweep_resumes(tmp_path):
     # learning rates that do not diverge: a diverging trial is pruned at once, warm-up or not
-    over = ["trainer.epochs=3", "data.train_size=1000", "hydra.sweeper.n_trials=6", "pruner.n_startup_trials=3",
+    over = ["trainer.epochs=3", "data.train_size=1000", "hydra.sweeper.n_trials=6", "pruner=signature",
+            "pruner.n_startup_trials=3",
             "pruner.min_per_class=1", "optim.lr=tag(log, interval(0.01, 0.3))",
             "pruner.check_epochs=[2]", "pruner.bound=0.5", "hydra.sweeper.sampler.n_startup_trials=6"]
     _, storage, tracking = _sweep(tmp_path, *over)
@@ -83,6 +84,22 @@ def test_signature_pruner_prunes_after_warm_up_and_sweep_resumes(tmp_path):
     assert len(parents) == 1  # the sweep's parent run is reused, not duplicated
     trial_runs = client.search_runs([exp.experiment_id], "tags.study = 'tiny' and tags.trial != ''")
     assert sorted(int(r.data.tags["trial"]) for r in trial_runs) == list(range(8))
+
+
+def test_forecast_pruner_in_a_live_sweep_forecasts_from_the_first_incumbent(tmp_path):
+    # make run's pruner, warm from the committed population tables (LeNet's own left out, as make run does)
+    proc, storage, _ = _sweep(tmp_path, "trainer.epochs=3", "data.train_size=1000", "hydra.sweeper.n_trials=4",
+                              "pruner.min_epoch=1", "pruner.delta=0.2", "optim.lr=tag(log, interval(0.01, 0.3))")
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert [t.state.is_finished() for t in study.trials] == [True] * 4
+    first_complete = min(t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
+    later = [t for t in study.trials if t.number > first_complete]
+    # every later trial was forecast at epochs 1 and 2 (not 3: the last epoch is known, not forecast)
+    for t in later:
+        assert 0.0 <= t.user_attrs["forecast_p_high"] <= 1.0 and 0.0 < t.user_attrs["forecast_final_val_acc"] < 1.2
+        assert "forecast_upper_001" in t.user_attrs and "forecast_upper_003" not in t.user_attrs
+    assert "forecast_final_val_acc" not in study.trials[first_complete].user_attrs
+    assert "Epochs trained" in proc.stdout
 
 
 SAMPLERS = sorted(p.stem for p in (Path(CONF_DIR) / "hydra" / "sweeper" / "sampler").glob("*.yaml"))

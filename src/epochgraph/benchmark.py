@@ -154,6 +154,18 @@ def build_population(b: Mapping[str, Any]) -> dict[str, int]:
 
 # --- export ---------------------------------------------------------------------------------------
 
+def trim_weights(df: pd.DataFrame, epochs: int) -> pd.DataFrame:
+    """The weight baselines kept for epochs 1..``epochs`` only (the forecasts read t <= compare.epochs): a
+    wide last layer (AlexNet's 5,130 weights) would otherwise take a table past what a repository holds."""
+    from epochgraph.predictor import WEIGHT_SOURCES
+
+    df = df.copy()
+    for source in WEIGHT_SOURCES:
+        if source in df:
+            df[source] = [v if e <= epochs else [] for v, e in zip(df[source], df["epoch"])]
+    return df
+
+
 def export_table(b: Mapping[str, Any]) -> pd.DataFrame:
     """Read every population from MLflow (histories and weights) and write its table; a population with
     no FINISHED training in the store keeps the table it has (recorded elsewhere, committed)."""
@@ -172,7 +184,7 @@ def export_table(b: Mapping[str, Any]) -> pd.DataFrame:
             continue
         runs = load_runs(client, preset, MAX_EPOCHS, weight_sources=WEIGHT_SOURCES, extra_metrics=EXTRA_METRICS)
         runs = [r for r in runs if int(float(r.params.get("seed", -1))) < int(n)]
-        df = to_table(runs, preset)
+        df = trim_weights(to_table(runs, preset), int(b["weight_epochs"]))
         path = write_table(df, path)
         print(f"[bench] table {path}: {df['run_id'].nunique()} runs, {len(df)} rows, "
               f"{path.stat().st_size / 2**20:.1f} MB", flush=True)

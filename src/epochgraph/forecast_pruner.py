@@ -59,6 +59,9 @@ def warm_histories(sources: Sequence[str], experiments: Sequence[str] | None = N
         p = Path(src)
         if not p.exists() and not p.is_absolute() and (Path(CONF_DIR).parent / p).exists():
             p = Path(CONF_DIR).parent / p  # the project's committed tables, wherever the command runs
+        if not p.exists():
+            raise EpochgraphError(f"pruner.warm_start names {src!r}, which does not exist; point it at a population "
+                                  f"table or a folder of them (bench/results/populations), or set pruner.warm_start=[]")
         if p.is_dir():
             paths += sorted(p.glob("*.parquet"))
         else:
