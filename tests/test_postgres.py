@@ -19,8 +19,11 @@ def test_two_workers_share_one_study_on_postgres(tmp_path):
         cmd = [sys.executable, "-m", "epochgraph.cli.worker", "+experiment=pruned_sweep", "storage=postgres",
                "hydra/launcher=local_workers", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2",
                "hydra.sweeper.n_trials=8", "hydra.sweeper.study_name=pg", "trainer.epochs=3", "trainer.threads=1",
-               "data.train_size=600", "data.val_size=200", "data.test_size=100", "pruner=threshold",
-               "pruner.lower=0.5", "pruner.n_warmup_steps=2", f"mlflow.tracking_uri={tracking}",
+               "data.train_size=600", "data.val_size=200", "data.test_size=100",
+               # the forecast pruner (warm from the committed tables), pruning earlier than Optuna's threshold
+               "pruner=forecast", "pruner.min_epoch=1", "pruner.combine=or",
+               "pruner.base={_target_: optuna.pruners.ThresholdPruner, lower: 0.5, n_warmup_steps: 2}",
+               f"mlflow.tracking_uri={tracking}",
                f"hydra.sweep.dir={tmp_path / 'multirun'}"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
                               env={**__import__("os").environ, "EPOCHGRAPH_STORAGE_URL": url})
@@ -30,6 +33,10 @@ def test_two_workers_share_one_study_on_postgres(tmp_path):
     states = Counter(t.state.name for t in trials)
     assert len(trials) == 8 and states["COMPLETE"] + states["PRUNED"] == 8
     assert states["PRUNED"] >= 1  # pruning decided in the worker processes, told by the sweeper
+    # once a trial completed, the others were forecast in their workers, and the forecasts kept in the storage
+    first = min(t.datetime_complete for t in trials if t.state.name == "COMPLETE")
+    later = [t for t in trials if t.datetime_start > first]
+    assert any("forecast_upper_001" in t.user_attrs for t in later)
     client = MlflowClient(tracking)
     exp = client.get_experiment_by_name("pruned_sweep")
     runs = client.search_runs([exp.experiment_id], "tags.study = 'pg' and tags.trial != ''")

@@ -524,6 +524,9 @@ def forecast_scores(b: Mapping[str, Any]) -> pd.DataFrame:
 
     conf = OmegaConf.load(Path(_conf_dir()) / "pruner" / "forecast.yaml")
     source, method, own_weight = conf.source, conf.method, float(conf.own_weight)
+    # the pruner's own forecaster (`ForecastPruner._template`): the median and its upper quantile
+    params = {"levels": (0.5, 1 - float(conf.delta)), "max_iter": 30, "max_leaf_nodes": 10}
+    rng = np.random.default_rng(0)
     table = read_table(b["tables"])
     pops = {p: from_table(table, [p]) for p in b["populations"]}
     rows = []
@@ -531,9 +534,12 @@ def forecast_scores(b: Mapping[str, Any]) -> pd.DataFrame:
         n_epochs = max(run_length(r) for r in runs)
         warm = [r.history for p, rs in pops.items() if p != preset for r in rs]
         Xw, yw, _ = training_pairs(warm, source, n_epochs)
+        if len(yw) > int(conf.warm_rows):  # as the pruner: a random subset of the warm pairs
+            pick = rng.choice(len(yw), int(conf.warm_rows), replace=False)
+            Xw, yw = Xw[pick], yw[pick]
         hs, finals = [r.history for r in runs], [r.final_acc for r in runs]
-        with threadpool_limits(1):
-            lopo = FinalAccuracyForecaster(source=source, method=method).fit(Xw, yw)
+        with threadpool_limits(1, user_api="openmp"):
+            lopo = FinalAccuracyForecaster(source=source, method=method, **params).fit(Xw, yw)
             for t in (1, 2, 3):
                 rho_f, rho_c = spearman_at(hs, finals, lopo, t, n_epochs)
                 rows.append({"population": preset, "t": t, "fit on": "other populations",
@@ -543,7 +549,7 @@ def forecast_scores(b: Mapping[str, Any]) -> pd.DataFrame:
                 Xo, yo, _ = training_pairs([hs[i] for i in train], source, n_epochs)
                 reps = max(1, round(own_weight))  # as the pruner weighs its own trials: repeated rows
                 X, y = np.vstack([Xw, np.repeat(Xo, reps, axis=0)]), np.concatenate([yw, np.repeat(yo, reps)])
-                model = FinalAccuracyForecaster(source=source, method=method).fit(X, y)
+                model = FinalAccuracyForecaster(source=source, method=method, **params).fit(X, y)
                 for t in preds:
                     keep = [i for i in test if run_length(runs[i]) >= t]
                     if keep:
