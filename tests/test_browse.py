@@ -63,15 +63,15 @@ def test_dashboard_serves_the_study_storage_on_localhost(tmp_path):
         base = f"http://127.0.0.1:{port}"
         studies = _get(f"{base}/api/studies", time.time() + 120)["study_summaries"]
         assert [s["study_name"] for s in studies] == ["pruned_sweep"]
-        detail = _get(f"{base}/api/studies/{studies[0]['study_id']}", time.time() + 10)
+        detail = _get(f"{base}/api/studies/{studies[0]['study_id']}", time.time() + 120)
         assert [t["state"] for t in detail["trials"]] == ["Complete", "Pruned", "Complete"]
         assert [v["value"] for v in detail["trials"][1]["intermediate_values"]] == [0.2, 0.25]
         assert [t["number"] for t in detail["best_trials"]] == [2]
-        importances = _get(f"{base}/api/studies/{studies[0]['study_id']}/param_importances", time.time() + 10)
+        importances = _get(f"{base}/api/studies/{studies[0]['study_id']}/param_importances", time.time() + 120)
         assert [p["name"] for p in importances["param_importances"][0]] == ["optim.lr"]
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=120)
     assert f"optuna-dashboard on http://127.0.0.1:{port}/dashboard (storage: {url})" in out
     assert proc.returncode == 143 and err.strip().splitlines()[-1] == "epochgraph: terminated (SIGTERM)"
 

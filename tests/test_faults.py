@@ -80,7 +80,7 @@ def test_killed_worker_is_failed_retried_and_its_run_closed(tmp_path):
 
 
 def test_sweep_waits_for_a_killed_trial_says_so_and_closes_its_run(tmp_path):
-    over = ["hydra.sweeper.n_trials=1", "storage.heartbeat_interval=1", "storage.grace_period=20",
+    over = ["hydra.sweeper.n_trials=1", "storage.heartbeat_interval=1", "storage.grace_period=40",
             "storage.max_retry=1"]
     _kill_mid_trial(tmp_path, over)
     # restarted at once, the killed trial still looks alive and fills the budget: the sweep waits for it,
@@ -90,7 +90,7 @@ def test_sweep_waits_for_a_killed_trial_says_so_and_closes_its_run(tmp_path):
     _killed_trial_accounted_for(tmp_path, done, complete=1)
     log = done.stderr + done.stdout
     assert ("waiting for trial 0, still RUNNING in the study (another worker's, or one whose process died); a trial "
-            "without a heartbeat for 20 s (storage.grace_period) is failed and retried here, at the latest in") in log
+            "without a heartbeat for 40 s (storage.grace_period) is failed and retried here, at the latest in") in log
 
 
 def test_interrupted_sweep_resumes_without_rerunning(tmp_path):
