@@ -38,8 +38,9 @@ def _runs(tmp_path):
 
 def _wait_for_running_trial_run(tmp_path, proc) -> None:
     deadline = time.time() + 120
+    # a trial run that has logged an epoch: its training loop (and its signal handling) is surely running
     while time.time() < deadline and not any(r.info.status == "RUNNING" and "trial" in r.data.tags
-                                             for r in _runs(tmp_path)):
+                                             and "train_loss" in r.data.metrics for r in _runs(tmp_path)):
         assert proc.poll() is None, "the sweep ended before its first trial started"
         time.sleep(0.5)
 
@@ -230,10 +231,10 @@ def test_interrupt_ends_the_run_killed_with_one_line(tmp_path, sig, status, said
     client = MlflowClient(tracking)
     deadline = time.time() + 120
     runs = []
-    while time.time() < deadline and not runs:
+    while time.time() < deadline and not runs:  # until the training has logged an epoch
         time.sleep(0.5)
         exp = client.get_experiment_by_name("epochgraph")
-        runs = client.search_runs([exp.experiment_id]) if exp else []
+        runs = [r for r in client.search_runs([exp.experiment_id]) if "train_loss" in r.data.metrics] if exp else []
     time.sleep(1.0)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
