@@ -87,9 +87,10 @@ def test_signature_pruner_prunes_after_warm_up_and_sweep_resumes(tmp_path):
 
 
 def test_forecast_pruner_in_a_live_sweep_forecasts_from_the_first_incumbent(tmp_path):
-    # make run's pruner, warm from the committed population tables (LeNet's own left out, as make run does)
+    # the forecast alone (make run combines it with SuccessiveHalving), warm from the committed tables
     proc, storage, _ = _sweep(tmp_path, "trainer.epochs=3", "data.train_size=1000", "hydra.sweeper.n_trials=4",
-                              "pruner.min_epoch=1", "pruner.delta=0.2", "optim.lr=tag(log, interval(0.01, 0.3))")
+                              "pruner.min_epoch=1", "pruner.delta=0.2", "pruner.base=null",
+                              "optim.lr=tag(log, interval(0.01, 0.3))")
     study = optuna.load_study(study_name="tiny", storage=storage)
     assert [t.state.is_finished() for t in study.trials] == [True] * 4
     first_complete = min(t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
