@@ -450,7 +450,10 @@ def paper_protocol(b: Mapping[str, Any]) -> None:
     for preset in b["populations"]:
         finals = table.loc[table["experiment"] == preset].groupby("run_id")["final_acc"].first()
         cuts[preset] = paper_cut(finals.to_numpy())
-        # the median labelling is the compare step's (bench/results/compare/<preset>/)
+        # the median labelling is the compare step's (bench/results/compare/<preset>/); a threshold table
+        # already written is kept (delete bench/results/paper/threshold/<preset> to redo it)
+        if (out / "threshold" / preset / "comparison.csv").is_file():
+            continue
         _call([sys.executable, "-m", "epochgraph.cli.compare", f"experiment={preset}",
                f"label.threshold={cuts[preset]:.4f}", *common, f"output_dir={out / 'threshold' / preset}"],
               f"epochgraph-compare (threshold) on {preset}")
@@ -460,10 +463,20 @@ def paper_protocol(b: Mapping[str, Any]) -> None:
             print(f"[bench] Q2 {name}: skipped, needs {split['experiments']}", flush=True)
             continue
         _call([sys.executable, "-m", "epochgraph.cli.compare", f"experiment=[{','.join(present)}]",
-               f"train_on={json.dumps(split['train_on'])}", f"test_on={json.dumps(split['test_on'])}", *common,
+               f"train_on={_override(split['train_on'])}", f"test_on={_override(split['test_on'])}", *common,
                f"output_dir={out / 'q2' / name}"], f"epochgraph-compare Q2 {name}")
     (out / "cuts.json").write_text(json.dumps(cuts, indent=2))
     paper_markdown(b, cuts)
+
+
+def _override(value: Any) -> str:
+    """A value in Hydra's override grammar (``{model.width: 1.0}``, ``[lenet, vgg]``): JSON's quoted keys
+    are not part of it."""
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {_override(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_override(v) for v in value) + "]"
+    return str(value)
 
 
 PAPER_COLUMNS = {"Ours-deg": "signature-degree-plain", "Ours-evec": "signature-eigenvector-plain",

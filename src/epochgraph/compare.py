@@ -257,8 +257,12 @@ def evaluate(spec: FeatureSpec, kind: str, params: Mapping[str, Any], runs: Sequ
         cut = rule.cut([r.final_acc for r in train]) if cut is None else cut
         y_tr = rule.labels([r.final_acc for r in train], cut)
         y_te = (np.nan_to_num([r.final_acc for r in test]) >= cut).astype(int)
-        model = make_classifier(kind, seed, **params).fit(spec.matrix([r.history for r in train]), y_tr)
-        bal, auc = _scores(y_te, model.predict_proba(spec.matrix([r.history for r in test]))[:, 1])
+        X_tr, X_te = spec.matrix([r.history for r in train]), spec.matrix([r.history for r in test])
+        if X_tr.shape[1] != X_te.shape[1]:  # e.g. B_Wl of a wider network: its last layer has more weights
+            return {"n_runs": len(train) + len(test),
+                    "note": f"{X_tr.shape[1]} features on the training networks, {X_te.shape[1]} on the test ones"}
+        model = make_classifier(kind, seed, **params).fit(X_tr, y_tr)
+        bal, auc = _scores(y_te, model.predict_proba(X_te)[:, 1])
         return {"n_runs": len(train) + len(test), "bal_acc_mean": bal, "bal_acc_std": 0.0,
                 "auc_mean": auc, "auc_std": 0.0}
     y = rule.labels([r.final_acc for r in runs], cut)
