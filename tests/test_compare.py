@@ -208,3 +208,21 @@ def test_ties_at_the_median_label_the_runs_above_it_high_and_the_header_says_so(
     # every run tied: no cut separates them, the one-line error stays
     with pytest.raises(EpochgraphError, match="leaves no run labelled low among 4 runs"):
         population_cut([_record(i, 0.1) for i in range(4)], cfg)
+
+
+def test_unseen_network_with_another_last_layer_size_is_a_cell_note_not_a_crash():
+    from epochgraph.compare import RunRecord, evaluate
+    from epochgraph.predictor import FeatureSpec, LabelRule
+
+    def rec(i, model, width, final):
+        return RunRecord(f"{model}{i}", {"model.name": model}, {"model": model},
+                         {"val_acc": [final], "b_wl": [[final] * width]}, final)
+
+    small = [rec(i, "lenet", 4, f) for i, f in enumerate([0.2, 0.3, 0.7, 0.8])]
+    wide = [rec(i, "alexnet", 9, f) for i, f in enumerate([0.25, 0.75])]
+    res = evaluate(FeatureSpec("b_wl", t=1), "svm", {}, small + wide, LabelRule(quantile=0.5), 2, 0,
+                   train_on={"model": "lenet"}, test_on={"model": "alexnet"})
+    assert res["note"] == "feature sizes differ between the networks (4, 9)" and "bal_acc_mean" not in res
+    same = evaluate(FeatureSpec("b_wl", t=1), "svm", {}, small + [rec(9, "alexnet", 4, 0.9), rec(8, "alexnet", 4, 0.1)],
+                    LabelRule(quantile=0.5), 2, 0, train_on={"model": "lenet"}, test_on={"model": "alexnet"})
+    assert 0.0 <= same["bal_acc_mean"] <= 1.0

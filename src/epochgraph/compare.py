@@ -257,8 +257,12 @@ def evaluate(spec: FeatureSpec, kind: str, params: Mapping[str, Any], runs: Sequ
         cut = rule.cut([r.final_acc for r in train]) if cut is None else cut
         y_tr = rule.labels([r.final_acc for r in train], cut)
         y_te = (np.nan_to_num([r.final_acc for r in test]) >= cut).astype(int)
+        sizes = {len(spec.vector(r.history)) for r in (*train, *test)}
+        if len(sizes) > 1:  # e.g. B_Wl of another network: its last layer has another number of weights
+            return {"n_runs": len(train) + len(test),
+                    "note": f"feature sizes differ between the networks ({', '.join(map(str, sorted(sizes)))})"}
         X_tr, X_te = spec.matrix([r.history for r in train]), spec.matrix([r.history for r in test])
-        if X_tr.shape[1] != X_te.shape[1]:  # e.g. B_Wl of a wider network: its last layer has more weights
+        if X_tr.shape[1] != X_te.shape[1]:
             return {"n_runs": len(train) + len(test),
                     "note": f"{X_tr.shape[1]} features on the training networks, {X_te.shape[1]} on the test ones"}
         model = make_classifier(kind, seed, **params).fit(X_tr, y_tr)
