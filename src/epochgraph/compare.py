@@ -257,14 +257,13 @@ def evaluate(spec: FeatureSpec, kind: str, params: Mapping[str, Any], runs: Sequ
         cut = rule.cut([r.final_acc for r in train]) if cut is None else cut
         y_tr = rule.labels([r.final_acc for r in train], cut)
         y_te = (np.nan_to_num([r.final_acc for r in test]) >= cut).astype(int)
-        sizes = {len(spec.vector(r.history)) for r in (*train, *test)}
+        # each run's features once: their sizes say whether one classifier can read them all
+        v_tr, v_te = [spec.vector(r.history) for r in train], [spec.vector(r.history) for r in test]
+        sizes = {len(v) for v in (*v_tr, *v_te)}
         if len(sizes) > 1:  # e.g. B_Wl of another network: its last layer has another number of weights
             return {"n_runs": len(train) + len(test),
                     "note": f"feature sizes differ between the networks ({', '.join(map(str, sorted(sizes)))})"}
-        X_tr, X_te = spec.matrix([r.history for r in train]), spec.matrix([r.history for r in test])
-        if X_tr.shape[1] != X_te.shape[1]:
-            return {"n_runs": len(train) + len(test),
-                    "note": f"{X_tr.shape[1]} features on the training networks, {X_te.shape[1]} on the test ones"}
+        X_tr, X_te = np.vstack(v_tr), np.vstack(v_te)
         model = make_classifier(kind, seed, **params).fit(X_tr, y_tr)
         bal, auc = _scores(y_te, model.predict_proba(X_te)[:, 1])
         return {"n_runs": len(train) + len(test), "bal_acc_mean": bal, "bal_acc_std": 0.0,

@@ -222,8 +222,10 @@ class ForecastPruner(BasePruner):
             Xw, yw = Xw[pick], yw[pick]
         return Xw, yw
 
-    def prob_beat_best(self, study: optuna.Study, trial: FrozenTrial) -> float | None:
-        """P(the trial's final val_acc >= the best completed value); see `_prob_beat_best`."""
+    def prob_beat_best(self, study: optuna.Study, trial: FrozenTrial,
+                       history: History | None = None) -> float | None:
+        """P(the trial's final val_acc >= the best completed value); see `_prob_beat_best` (``history``: the
+        trial's, when already read)."""
         global _THREADPOOLS
         if _THREADPOOLS is None:
             from threadpoolctl import ThreadpoolController
@@ -232,9 +234,9 @@ class ForecastPruner(BasePruner):
         # one thread for scikit-learn's OpenMP: beside a training (or on a busy machine) its threads
         # spin-wait, and one small prediction takes many times longer
         with _THREADPOOLS.limit(limits=1, user_api="openmp"):
-            return self._prob_beat_best(study, trial)
+            return self._prob_beat_best(study, trial, trial_history(trial) if history is None else history)
 
-    def _prob_beat_best(self, study: optuna.Study, trial: FrozenTrial) -> float | None:
+    def _prob_beat_best(self, study: optuna.Study, trial: FrozenTrial, history: History) -> float | None:
         """P(the trial's final val_acc >= the best completed value) at its last epoch, or None when no
         forecast is due (before ``min_epoch``, at the last epoch, no completed trial, no forecaster)."""
         step = trial.last_step
@@ -245,7 +247,6 @@ class ForecastPruner(BasePruner):
         if not values:
             return None
         best = max(values) if study.direction == StudyDirection.MAXIMIZE else min(values)
-        history = trial_history(trial)
         if len(history.get("val_acc", [])) < step:  # the job stores the curve with each report
             history = {"val_acc": [trial.intermediate_values.get(e, math.nan) for e in range(1, step + 1)]}
         model = self.forecaster(study)
@@ -292,7 +293,7 @@ class ForecastPruner(BasePruner):
         base = self.base.prune(study, trial) if self.base is not None else None
         if self.base is not None and self.combine == "and" and not base:
             return False  # nothing for the forecast to veto
-        p = self.prob_beat_best(study, trial)
+        p = self.prob_beat_best(study, trial, history)
         if p is not None:
             self.last_forecast[trial.number] = p
         if base is None:
