@@ -1,4 +1,4 @@
-"""``make bench``: the pruning benchmark (conf/bench/bench.yaml; the steps live in `epochgraph.benchmark`).
+"""``make bench``: the pruning benchmark (conf/bench/bench.yaml; the steps live in `epochgraph.bench.benchmark`).
 
     .venv/bin/python bench/bench.py                        # or: make bench
     .venv/bin/python bench/bench.py bench.quick=true       # a handful of 3-epoch trainings (CI)
@@ -15,7 +15,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from epochgraph import benchmark
+from epochgraph.bench import benchmark
 from epochgraph.errors import report_errors
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf" / "bench")

@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from epochgraph.baselines import DEFAULT_BUDGET, OverBudget, unrolled_degree, unrolled_plan
-from epochgraph.centrality import (
+from epochgraph.graph.baselines import DEFAULT_BUDGET, OverBudget, unrolled_degree, unrolled_plan
+from epochgraph.graph.centrality import (
     eigenvector_centrality_arrays,
     eigenvector_centrality_blocks,
     leading_eigenvector,
@@ -44,11 +44,11 @@ from epochgraph.centrality import (
     weighted_degree_blocks,
     weighted_degree_persistent,
 )
-from epochgraph.graph_stage import draw_epoch
+from epochgraph.graph.graph_stage import draw_epoch
+from epochgraph.graph.rolled_graph import PersistentRolledGraph, block_graph, edge_arrays
+from epochgraph.graph.signature import AUTO_BLOCKS_EDGES, SignatureEngine, one_blas_thread, resolve_backend
+from epochgraph.graph.topology import Topology, TopologyBuilder
 from epochgraph.models import build_model
-from epochgraph.rolled_graph import PersistentRolledGraph, block_graph, edge_arrays
-from epochgraph.signature import AUTO_BLOCKS_EDGES, SignatureEngine, _one_blas_thread, resolve_backend
-from epochgraph.topology import Topology, TopologyBuilder
 
 OUT = Path(__file__).parent / "results"
 MODELS = ["lenet", "alexnet", "vgg11", "resnet20", "resnet32", "resnet44"]
@@ -218,7 +218,7 @@ def vgg11_imagenet() -> dict:
         return out
 
     # the persistent graph-tool path, step by step: epoch 1 builds, epochs 2-4 update (median)
-    with _one_blas_thread():
+    with one_blas_thread():
         graph = timed("persistent_build_s", PersistentRolledGraph, topo, sd)
         res["nodes"], res["edges"] = graph.num_nodes, graph.num_edges
         d0 = timed("persistent_first_degree_s", weighted_degree_persistent, graph)

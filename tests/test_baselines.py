@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from epochgraph.baselines import (
+from epochgraph.graph.baselines import (
     OverBudget,
     UnrolledUnsupported,
     b_what,
@@ -21,10 +21,10 @@ from epochgraph.baselines import (
     unrolled_plan,
     unrolled_size,
 )
+from epochgraph.graph.rolled_graph import BN_EPS
+from epochgraph.graph.signature import aggregate
+from epochgraph.graph.topology import Topology, TopologyBuilder
 from epochgraph.models import build_model
-from epochgraph.rolled_graph import BN_EPS
-from epochgraph.signature import aggregate
-from epochgraph.topology import Topology, TopologyBuilder
 
 
 def test_last_layer_baselines():

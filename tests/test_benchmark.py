@@ -8,8 +8,9 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from epochgraph import benchmark, tracking
+from epochgraph.bench import benchmark, populations, pruning, summary
 from epochgraph.errors import EpochgraphError
+from epochgraph.store import tracking
 
 BENCH_CONF = str(Path(__file__).resolve().parents[1] / "conf" / "bench")
 
@@ -52,10 +53,10 @@ def test_resume_skips_only_finished_unpruned_seeds(tracking_uri):
         run = client.create_run(exp, tags=tags)
         client.log_param(run.info.run_id, "seed", seed)
         client.set_terminated(run.info.run_id, status)
-    assert benchmark.recorded_seeds(MlflowClient(tracking_uri), "pop") == {0, 4}
-    assert benchmark.recorded_seeds(client, "absent") == set()
+    assert populations.recorded_seeds(MlflowClient(tracking_uri), "pop") == {0, 4}
+    assert populations.recorded_seeds(client, "absent") == set()
     b = benchmark.settings(_cfg())
-    cmd = benchmark.train_command("population_lenet", [1, 2, 3], {**b, "tracking_uri": tracking_uri})
+    cmd = populations.train_command("population_lenet", [1, 2, 3], {**b, "tracking_uri": tracking_uri})
     assert "seed=1,2,3" in cmd and "+experiment=population_lenet" in cmd and "hydra/launcher=local_workers" in cmd
     assert f"mlflow.tracking_uri={tracking_uri}" in cmd
 
@@ -70,21 +71,21 @@ def test_pruning_targets_compare_at_no_more_regret():
     res = _res(**{"signature-mlp-both": (0.4, 0.0, 1.0, 0.2), "signature-svm-both": (0.3, 0.01, 0.5, 0.2),
                   "signature-svm-degree": (0.9, 0.0, 1.0, 0.01), "hybrid-mlp": (0.2, 0.0, 1.0, 0.3),
                   "median": (0.25, 0.02, 0.3, 0.5), "hyperband": (0.7, 0.0, 1.0, 0.1), "none": (1.0, 0.0, 1.0, 0.0)})
-    p = benchmark.pruning_targets(res)
+    p = pruning.pruning_targets(res)
     # svm saves more but not at zero regret; median saves more but with regret: neither is the comparison;
     # the hybrid is a kind of its own
     assert p["signature"] == "signature-mlp-both" and p["signature_saving"] == pytest.approx(0.6)
     assert p["optuna"] == "hyperband" and p["optuna_saving"] == pytest.approx(0.3)
     assert p["ratio"] == pytest.approx(2.0) and p["optuna_most_saving"] == "median"
     assert p["fewest_false_prunes"] == "signature-svm-degree" and p["fewest_false_prunes_saving"] == pytest.approx(0.1)
-    h = benchmark.pruning_targets(res, "hybrid")
+    h = pruning.pruning_targets(res, "hybrid")
     assert h["signature"] == "hybrid-mlp" and h["ratio"] == pytest.approx(0.8 / 0.3)
 
 
 def test_pruning_targets_without_a_zero_regret_signature_take_the_lowest_regret():
     res = _res(**{"signature-a": (0.5, 0.01, 0.5, 0.1), "signature-b": (0.3, 0.03, 0.2, 0.1),
                   "median": (0.4, 0.01, 0.5, 0.3), "none": (1.0, 0.0, 1.0, 0.0)})
-    p = benchmark.pruning_targets(res)
+    p = pruning.pruning_targets(res)
     assert p["signature"] == "signature-a" and p["optuna"] == "median"
     assert p["ratio"] == pytest.approx(0.5 / 0.6)
 
@@ -98,7 +99,7 @@ def test_forecast_targets_pick_the_best_cell_per_family():
         {"classifier": "svm", "features": "b_wl", "t": 1, "bal_acc_mean": 0.99},
         {"classifier": "svm", "features": "unrolled", "t": 2, "bal_acc_mean": None, "note": "over budget"},
     ])
-    rows = benchmark.forecast_targets(df)
+    rows = summary.forecast_targets(df)
     assert len(rows) == 1
     r = rows[0]
     assert (r["signature"], r["signature_cell"]) == (0.8, "mlp signature-both-wavg")

@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from epochgraph.centrality import (
+from epochgraph.graph.centrality import (
     DENSE_MAX_NODES,
     eigenvector_centrality,
     eigenvector_centrality_arrays,
@@ -19,9 +19,9 @@ from epochgraph.centrality import (
     weighted_degree_arrays,
     weighted_degree_blocks,
 )
+from epochgraph.graph.rolled_graph import EdgeArrays, block_graph, edge_arrays, graph_from_arrays, rolled_graph
+from epochgraph.graph.topology import TopologyBuilder
 from epochgraph.models import build_model
-from epochgraph.rolled_graph import EdgeArrays, block_graph, edge_arrays, graph_from_arrays, rolled_graph
-from epochgraph.topology import TopologyBuilder
 from tests.test_rolled_graph import residual
 
 

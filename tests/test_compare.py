@@ -12,9 +12,9 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from epochgraph.compare import run_compare
 from epochgraph.errors import EpochgraphError
-from epochgraph.job import run_job
+from epochgraph.forecast.compare import run_compare
+from epochgraph.training.job import run_job
 from tests.conftest import compose_train
 
 COMPARE_CONF = str(Path(__file__).resolve().parents[1] / "conf" / "compare")
@@ -60,14 +60,14 @@ def test_tiny_compare_writes_tables_plots_and_registers(population, tmp_path):
     assert {a.path for a in client.list_artifacts(comp.info.run_id)} >= {"comparison.csv", "comparison.md",
                                                                            "balanced_accuracy_vs_t.png"}
     assert comp.data.tags["registered_model"] == "models:/tiny-sig@champion"
-    from epochgraph.compare import load_runs
-    from epochgraph.predictor import load_predictor
+    from epochgraph.forecast.predictor import load_predictor
+    from epochgraph.forecast.records import load_runs
 
     loaded = load_predictor("models:/tiny-sig@champion")
     assert loaded.spec.t == 2 and loaded.classifier == "svm"
     runs = load_runs(client, "tiny_pop", 2)
     # the registered model is the one fitted on all runs: refitting the same spec gives the same forecasts
-    from epochgraph.predictor import SignaturePredictor
+    from epochgraph.forecast.predictor import SignaturePredictor
 
     refit = SignaturePredictor(loaded.spec, loaded.rule, "svm", loaded.params, loaded.seed)
     refit.fit([r.history for r in runs], [r.final_acc for r in runs])
@@ -144,8 +144,9 @@ def test_corrupt_weights_artifact_is_named_and_that_run_skipped(population, tmp_
 
 
 def test_weight_features_need_the_snapshot_of_epoch_t():
-    from epochgraph.compare import RunRecord, _has_weight_features
-    from epochgraph.predictor import FeatureSpec
+    from epochgraph.forecast.compare import _has_weight_features
+    from epochgraph.forecast.predictor import FeatureSpec
+    from epochgraph.forecast.records import RunRecord
 
     # weights kept for epochs 1 and 3 only (mlflow.keep_weights): B_* exist at t=1, 3; unrolled only at t=1
     rec = RunRecord("r", {}, {}, {"b_wl": [[1.0], None, [2.0]], "unrolled": [[0.0] * 5, None, [1.0] * 5]}, 0.5)
@@ -155,9 +156,9 @@ def test_weight_features_need_the_snapshot_of_epoch_t():
 
 
 def test_a_population_table_gives_the_comparison_the_mlflow_runs_give(population, tmp_path):
-    from epochgraph.compare import load_runs
-    from epochgraph.population import EXTRA_METRICS, to_table, write_table
-    from epochgraph.predictor import WEIGHT_SOURCES
+    from epochgraph.forecast.population import EXTRA_METRICS, to_table, write_table
+    from epochgraph.forecast.predictor import WEIGHT_SOURCES
+    from epochgraph.forecast.records import load_runs
 
     runs = load_runs(MlflowClient(population), "tiny_pop", 10, weight_sources=WEIGHT_SOURCES,
                      extra_metrics=EXTRA_METRICS)
@@ -172,7 +173,7 @@ def test_a_population_table_gives_the_comparison_the_mlflow_runs_give(population
 
 
 def _record(i: int, final: float, epochs: int = 2):
-    from epochgraph.compare import RunRecord
+    from epochgraph.forecast.records import RunRecord
 
     # a learning curve that ends where the run ends: stuck runs stay at chance
     curve = [0.1 + (final - 0.1) * (e + 1) / epochs for e in range(epochs)]
@@ -182,7 +183,7 @@ def _record(i: int, final: float, epochs: int = 2):
 
 
 def test_ties_at_the_median_label_the_runs_above_it_high_and_the_header_says_so(tmp_path):
-    from epochgraph.compare import compare, folds_text, label_text, population_cut
+    from epochgraph.forecast.compare import compare, folds_text, label_text, population_cut
 
     # 7 of 12 runs stuck at chance: the median is 0.1 and ">= 0.1" would label every run high
     finals = [0.1] * 7 + [0.55, 0.6, 0.7, 0.75, 0.8]
@@ -211,8 +212,9 @@ def test_ties_at_the_median_label_the_runs_above_it_high_and_the_header_says_so(
 
 
 def test_unseen_network_with_another_last_layer_size_is_a_cell_note_not_a_crash():
-    from epochgraph.compare import RunRecord, evaluate
-    from epochgraph.predictor import FeatureSpec, LabelRule
+    from epochgraph.forecast.compare import evaluate
+    from epochgraph.forecast.predictor import FeatureSpec, LabelRule
+    from epochgraph.forecast.records import RunRecord
 
     def rec(i, model, width, final):
         return RunRecord(f"{model}{i}", {"model.name": model}, {"model": model},
@@ -226,3 +228,17 @@ def test_unseen_network_with_another_last_layer_size_is_a_cell_note_not_a_crash(
     same = evaluate(FeatureSpec("b_wl", t=1), "svm", {}, small + [rec(9, "alexnet", 4, 0.9), rec(8, "alexnet", 4, 0.1)],
                     LabelRule(quantile=0.5), 2, 0, train_on={"model": "lenet"}, test_on={"model": "alexnet"})
     assert 0.0 <= same["bal_acc_mean"] <= 1.0
+
+
+def test_the_command_writes_into_its_hydra_run_dir_not_the_repository(population, tmp_path, monkeypatch):
+    from epochgraph.cli import compare as cli
+
+    monkeypatch.chdir(tmp_path)  # a user's own folder: nothing may appear under bench/results there
+    run_dir = tmp_path / "hydra-run"
+    monkeypatch.setattr(sys, "argv", ["epochgraph-compare", "experiment=tiny_pop", f"mlflow.tracking_uri={population}",
+                                      "epochs=1", "folds=2", "classifiers=[svm]", "baselines=[]", "variants=[plain]",
+                                      "label.quantile=null", "label.threshold=0.3", f"hydra.run.dir={run_dir}"])
+    cli.main()
+    assert (run_dir / "comparison.csv").stat().st_size > 0 and (run_dir / "comparison.md").stat().st_size > 0
+    assert not (tmp_path / "bench").exists()
+    assert not (Path(__file__).resolve().parents[1] / "bench" / "results" / "compare" / "tiny_pop").exists()

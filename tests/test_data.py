@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from epochgraph.data import balanced_indices, load_data
 from epochgraph.errors import EpochgraphError
+from epochgraph.training.data import balanced_indices, load_data
 
 
 def test_embedded_fashion_mnist_subsets_are_balanced_disjoint_and_seeded():

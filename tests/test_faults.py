@@ -136,7 +136,7 @@ CLOSED_PORT = _free_port()  # nothing listens there
      "cannot open the Optuna storage storage.url='postgresql+psycopg2://u:***@127.0.0.1:1/none'"),
     (["optim.lr=tag(log,interval(0.0,1.0))"], "malformed search space entry 'optim.lr=tag(log,interval(0.0,1.0))'"),
     (["pruner=signature", "pruner.model_uri=models:/does-not-exist@champion"],
-     "cannot build pruner=epochgraph.pruner.SignaturePruner: cannot load the predictor"),
+     "cannot build pruner=epochgraph.search.pruner.SignaturePruner: cannot load the predictor"),
     (["pruner=signature", "pruner.bound=2"], "bound=2"),
     (["optim.lr=-1"], "optim.lr=-1 must be a positive number"),
     # a bad value the search space reaches, not one the first trial happens to draw
@@ -199,8 +199,8 @@ def test_first_uses_of_a_new_store_at_once_do_not_race(tmp_path):
     script = (
         "import sys, time\n"
         "start = float(sys.argv[1])\n"
-        "from epochgraph import tracking\n"
-        "from epochgraph.storage import make_storage\n"
+        "from epochgraph.store import tracking\n"
+        "from epochgraph.store.storage import make_storage\n"
         "while time.time() < start: time.sleep(0.001)\n"
         f"tracking.get_client('sqlite:///{tmp_path}/mlruns/mlflow.db')\n"
         f"make_storage({{'url': 'sqlite:///{tmp_path}/optuna.db', 'heartbeat_interval': 30}})\n"

@@ -9,11 +9,11 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from epochgraph.errors import EpochgraphError
-from epochgraph.forecast import FinalAccuracyForecaster, pair_features, training_pairs
-from epochgraph.forecast_pruner import ForecastPruner, fit_forecaster, load_forecaster, log_forecaster
-from epochgraph.population import write_table
-from epochgraph.pruner import EPOCH_ATTR
-from epochgraph.topk_pruner import TopKPruner
+from epochgraph.forecast.forecaster import FinalAccuracyForecaster, pair_features, training_pairs
+from epochgraph.forecast.population import write_table
+from epochgraph.search.forecast_pruner import ForecastPruner, fit_forecaster, load_forecaster, log_forecaster
+from epochgraph.search.topk_pruner import TopKPruner
+from epochgraph.search.trial_attrs import EPOCH_ATTR
 
 EPOCHS = 10
 

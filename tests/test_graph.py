@@ -9,7 +9,8 @@ import pytest
 import torch
 from scipy import stats
 
-from epochgraph.centrality import (
+from epochgraph.errors import EpochgraphError
+from epochgraph.graph.centrality import (
     eigenvector_centrality,
     eigenvector_centrality_arrays,
     eigenvector_centrality_blocks,
@@ -17,11 +18,10 @@ from epochgraph.centrality import (
     weighted_degree_arrays,
     weighted_degree_blocks,
 )
-from epochgraph.errors import EpochgraphError
+from epochgraph.graph.rolled_graph import BN_EPS, block_graph, edge_arrays, rolled_graph
+from epochgraph.graph.signature import AGGREGATORS, TemporalSignature, aggregate, snapshot_signature
+from epochgraph.graph.topology import TopologyBuilder
 from epochgraph.models import build_model
-from epochgraph.rolled_graph import BN_EPS, block_graph, edge_arrays, rolled_graph
-from epochgraph.signature import AGGREGATORS, TemporalSignature, aggregate, snapshot_signature
-from epochgraph.topology import TopologyBuilder
 
 
 def _edges_dict(e):
@@ -125,7 +125,7 @@ def test_eigenvector_matches_networkx_on_random_graphs_and_a_residual_block():
             g[u][v]["weight"] = float(rng.uniform(0.1, 2))
         src, dst = map(np.array, zip(*g.edges))
         w = np.array([g[u][v]["weight"] for u, v in g.edges])
-        from epochgraph.rolled_graph import EdgeArrays, graph_from_arrays
+        from epochgraph.graph.rolled_graph import EdgeArrays, graph_from_arrays
 
         e = EdgeArrays(src, dst, w, g.number_of_nodes(), np.zeros(g.number_of_nodes(), int),
                        np.zeros(g.number_of_nodes()))

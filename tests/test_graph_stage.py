@@ -4,10 +4,10 @@ from urllib.parse import urlparse
 import pytest
 from mlflow.tracking import MlflowClient
 
-from epochgraph.graph_stage import main as recompute_main
-from epochgraph.graph_stage import recompute_signatures
-from epochgraph.job import run_job
-from epochgraph.signature import AGGREGATORS
+from epochgraph.cli.graph_stage import main as recompute_main
+from epochgraph.cli.graph_stage import recompute_signatures
+from epochgraph.graph.signature import AGGREGATORS
+from epochgraph.training.job import run_job
 from tests.conftest import TINY, compose_train
 
 

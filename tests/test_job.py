@@ -5,7 +5,7 @@ import sys
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from epochgraph.job import run_job
+from epochgraph.training.job import run_job
 from tests.conftest import TINY, compose_train
 
 

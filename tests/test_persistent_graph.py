@@ -9,17 +9,16 @@ import scipy.sparse as sp
 import torch
 from graph_tool.spectral import adjacency
 
-from epochgraph.centrality import (
+from epochgraph.graph.centrality import (
     eigenvector_centrality,
     eigenvector_centrality_persistent,
     weighted_degree,
     weighted_degree_persistent,
 )
-from epochgraph.graph_drawing import CentralityDistributions, _edge_budgets, draw_rolled_graph, strongest_edges
-from epochgraph.graph_stage import drawn_connections
-from epochgraph.models import ZOO, build_model
-from epochgraph.rolled_graph import PersistentRolledGraph, edge_arrays, rolled_graph
-from epochgraph.signature import (
+from epochgraph.graph.graph_drawing import CentralityDistributions, _edge_budgets, draw_rolled_graph, strongest_edges
+from epochgraph.graph.graph_stage import drawn_connections
+from epochgraph.graph.rolled_graph import PersistentRolledGraph, edge_arrays, rolled_graph
+from epochgraph.graph.signature import (
     AGGREGATORS,
     AUTO_BLOCKS_EDGES,
     SignatureEngine,
@@ -28,6 +27,7 @@ from epochgraph.signature import (
     resolve_backend,
     rolled_edge_count,
 )
+from epochgraph.models import ZOO, build_model
 from tests.test_centrality import _chain, _nx_reference
 from tests.test_rolled_graph import residual
 

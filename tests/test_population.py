@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from epochgraph.compare import RunRecord
 from epochgraph.errors import EpochgraphError
-from epochgraph.population import EPOCH_COLUMNS, from_table, read_table, to_table, write_table
-from epochgraph.predictor import FeatureSpec
+from epochgraph.forecast.population import EPOCH_COLUMNS, from_table, read_table, to_table, write_table
+from epochgraph.forecast.predictor import FeatureSpec
+from epochgraph.forecast.records import RunRecord
 
 EPOCHS = 4
 

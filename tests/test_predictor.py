@@ -5,9 +5,9 @@ from mlflow.tracking import MlflowClient
 from sklearn.model_selection import StratifiedKFold, cross_validate
 
 from epochgraph.errors import EpochgraphError
-from epochgraph.predictor import FeatureSpec, LabelRule, SignaturePredictor, load_predictor, make_classifier
-from epochgraph.pruner import SignaturePruner
-from epochgraph.signature import AGGREGATORS
+from epochgraph.forecast.predictor import FeatureSpec, LabelRule, SignaturePredictor, load_predictor, make_classifier
+from epochgraph.graph.signature import AGGREGATORS
+from epochgraph.search.pruner import SignaturePruner
 
 
 def _history(level: float, epochs: int = 3, rng=None) -> dict:
@@ -103,7 +103,7 @@ def test_registry_round_trip_and_pruner_uses_the_registered_model(registry_uri):
     from optuna.distributions import FloatDistribution
     from optuna.trial import TrialState, create_trial
 
-    from epochgraph.pruner import EPOCH_ATTR
+    from epochgraph.search.trial_attrs import EPOCH_ATTR
 
     def running(h):
         attrs = {EPOCH_ATTR.format(e + 1): {k: v[e] for k, v in h.items()} for e in range(2)}

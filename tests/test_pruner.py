@@ -8,8 +8,9 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from epochgraph.pruner import EPOCH_ATTR, SignaturePruner, trial_history
-from epochgraph.signature import AGGREGATORS
+from epochgraph.graph.signature import AGGREGATORS
+from epochgraph.search.pruner import SignaturePruner
+from epochgraph.search.trial_attrs import EPOCH_ATTR, trial_history
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "pruner"
 
@@ -84,8 +85,8 @@ def test_bad_arguments_name_the_value(kwargs, match):
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in CONF.glob("*.yaml")))
 def test_every_pruner_preset_composes_and_runs_one_trial(name, tmp_path, tracking_uri):
-    from epochgraph.storage import make_storage
-    from epochgraph.trial import build_pruner, run_trial
+    from epochgraph.search.trial import build_pruner, run_trial
+    from epochgraph.store.storage import make_storage
     from tests.conftest import TINY, compose_train
 
     storage_url = f"sqlite:///{tmp_path / 'optuna.db'}"

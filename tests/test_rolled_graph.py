@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from epochgraph.graph.rolled_graph import BN_EPS, block_graph, edge_arrays, rolled_graph
+from epochgraph.graph.topology import Topology, TopologyBuilder
 from epochgraph.models import build_model
-from epochgraph.rolled_graph import BN_EPS, block_graph, edge_arrays, rolled_graph
-from epochgraph.topology import Topology, TopologyBuilder
 
 
 def _edges(e) -> dict[tuple[int, int], float]:

@@ -11,13 +11,13 @@ import torch
 from mlflow.entities import Metric
 from scipy import stats
 
-from epochgraph.centrality import eigenvector_centrality, weighted_degree
 from epochgraph.errors import EpochgraphError
-from epochgraph.graph_stage import GraphStage, model_from_params
+from epochgraph.graph.centrality import eigenvector_centrality, weighted_degree
+from epochgraph.graph.graph_stage import GraphStage
+from epochgraph.graph.rolled_graph import rolled_graph
+from epochgraph.graph.signature import AGGREGATORS, NONFINITE, TemporalSignature, aggregate, snapshot_signature
 from epochgraph.hooks import EpochState
-from epochgraph.models import build_model
-from epochgraph.rolled_graph import rolled_graph
-from epochgraph.signature import AGGREGATORS, NONFINITE, TemporalSignature, aggregate, snapshot_signature
+from epochgraph.models import build_model, model_from_params
 from tests.test_rolled_graph import residual
 
 ZOO = ["lenet", "alexnet", "vgg11", "resnet20"]

@@ -181,7 +181,7 @@ def test_seeded_sampler_is_reproducible_and_never_replays_across_processes(tmp_p
 
 
 def test_trial_seeds_differ_by_trial_and_by_seed():
-    from epochgraph.sampler import TrialSeededSampler
+    from epochgraph.search.sampler import TrialSeededSampler
 
     s0 = TrialSeededSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed=0)
     s1 = TrialSeededSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed=1)

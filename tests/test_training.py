@@ -5,7 +5,7 @@ import torch
 from omegaconf import OmegaConf
 
 from epochgraph.errors import EpochgraphError
-from epochgraph.training import train
+from epochgraph.training.loop import train
 from tests.conftest import TINY, compose_train
 
 
@@ -66,7 +66,7 @@ def test_bad_config_values_raise_one_clear_error(override, match):
 
 
 def test_data_seed_draws_the_subsets_and_the_seed_the_rest():
-    from epochgraph.training import check_config
+    from epochgraph.training.loop import check_config
 
     base = check_config(_cfg())  # seed=0 draws the data too
     same_data = check_config(_cfg("+data.seed=0", "seed=7"))

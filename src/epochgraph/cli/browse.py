@@ -19,14 +19,14 @@ DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"  # conf/storage/sqlite.yaml
 def storage_url(explicit: str | None = None) -> str:
     """The study storage the sweeps use: ``explicit``, else ``EPOCHGRAPH_STORAGE_URL`` (storage=postgres),
     else the embedded SQLite file."""
-    from epochgraph.storage import resolve_url
+    from epochgraph.store.storage import resolve_url
 
     return resolve_url(explicit or os.environ.get("EPOCHGRAPH_STORAGE_URL") or DEFAULT_STORAGE)
 
 
 def experiment_links(tracking_uri: str | None, base: str) -> list[str]:
     """One line per experiment of the store: its name and the link to its runs table."""
-    from epochgraph import tracking
+    from epochgraph.store import tracking
 
     client = tracking.get_client(tracking_uri)
     lines = []
@@ -41,7 +41,7 @@ def serve_dashboard(url: str, host: str, port: int) -> None:
     """optuna-dashboard on the study storage ``url`` (blocks until stopped)."""
     from optuna_dashboard import run_server
 
-    from epochgraph.storage import make_storage, redact
+    from epochgraph.store.storage import make_storage, redact
 
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
         raise EpochgraphError(f"no study storage at {url[len('sqlite:///'):]} yet; run a sweep first (make run), "

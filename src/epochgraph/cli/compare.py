@@ -1,4 +1,4 @@
-"""``epochgraph-compare``: Hydra entry point for `epochgraph.compare`."""
+"""``epochgraph-compare``: Hydra entry point for `epochgraph.forecast.compare`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf" / "compare")
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="compare")
 @report_errors
 def main(cfg: DictConfig) -> None:
-    from epochgraph.compare import run_compare
+    from epochgraph.forecast.compare import run_compare
 
     run_compare(OmegaConf.to_container(cfg, resolve=True))
 

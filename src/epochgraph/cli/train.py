@@ -1,22 +1,19 @@
-"""``epochgraph-train``: Hydra entry point; composes the config and hands it to `epochgraph.job`."""
+"""``epochgraph-train``: Hydra entry point; composes the config and hands it to `epochgraph.training.job`."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from epochgraph import resolvers  # noqa: F401 - registers ${eg.*} for the config
 from epochgraph.errors import report_errors
-
-CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
+from epochgraph.paths import CONF_DIR
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | dict | None:
     if cfg.get("optuna") and cfg.optuna.get("trial_number") is not None:
-        from epochgraph.trial import run_trial
+        from epochgraph.search.trial import run_trial
 
         # a sweep's job: errors and interrupts go to the sweeper, which ends the trial and reports them
         return run_trial(cfg)
@@ -26,7 +23,7 @@ def main(cfg: DictConfig) -> float | dict | None:
 @report_errors
 def train_one(cfg: DictConfig) -> float | None:
     """One training, as a command: bad input, Ctrl-C and SIGTERM end with one line (exit 2, 130, 143)."""
-    from epochgraph.job import run_job
+    from epochgraph.training.job import run_job
 
     job = run_job(cfg)
     return job.result.history[-1]["val_acc"] if job.result.history else None

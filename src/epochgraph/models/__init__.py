@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
-from epochgraph.errors import choice_error
+from epochgraph.errors import EpochgraphError, choice_error
 from epochgraph.models.alexnet import AlexNet
 from epochgraph.models.lenet import LeNet5
 from epochgraph.models.resnet import ResNet
@@ -36,3 +37,22 @@ def build_model(name: str, *, in_channels: int, image_size: int, num_classes: in
 
 
 __all__ = ["VGG", "ZOO", "AlexNet", "LeNet5", "ResNet", "build_model"]
+
+
+def _parse(value: str):
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return {"True": True, "False": False, "None": None}.get(value, value)
+
+
+def model_from_params(params: Mapping[str, str]):
+    """Rebuild a run's (untrained) model from its logged params (``model.*``, ``data.*``)."""
+    if "model.name" not in params:
+        raise EpochgraphError("the run has no 'model.name' param; was it logged by epochgraph-train?")
+    kwargs = {k[len("model."):]: _parse(v) for k, v in params.items()
+              if k.startswith("model.") and k != "model.name"}
+    return build_model(params["model.name"], in_channels=int(params.get("data.in_channels", 1)),
+                       image_size=int(params.get("data.image_size", 28)), **kwargs)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from epochgraph.graph.topology import Topology, TopologyBuilder
 from epochgraph.models._common import check_common, scaled
-from epochgraph.topology import Topology, TopologyBuilder
 
 
 class AlexNet(nn.Module):

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from epochgraph.errors import EpochgraphError
+from epochgraph.graph.topology import Topology, TopologyBuilder
 from epochgraph.models._common import check_common, scaled
-from epochgraph.topology import Topology, TopologyBuilder
 
 
 class BasicBlock(nn.Module):

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from epochgraph.errors import choice_error
+from epochgraph.graph.topology import Topology, TopologyBuilder
 from epochgraph.models._common import check_common, scaled
-from epochgraph.topology import Topology, TopologyBuilder
 
 CONFIGS: dict[int, list[int | str]] = {
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],

@@ -1,7 +1,7 @@
 """The epochgraph sweeper: ask Optuna trials, launch them as Hydra jobs, tell their outcome.
 
 Unlike hydra-optuna-sweeper, a job can be *pruned*: each job reconnects to its trial through the
-study's storage (`epochgraph.trial`), reports every epoch and stops when the pruner says so; it returns
+study's storage (`epochgraph.search.trial`), reports every epoch and stops when the pruner says so; it returns
 ``{"state": "COMPLETE" | "PRUNED", "value": ...}`` and this sweeper is the one side that tells Optuna.
 Every trial is an MLflow run nested under the sweep's parent run, which receives the summary and a
 plot of all val-accuracy curves at the end.
@@ -29,6 +29,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from epochgraph.errors import EpochgraphError, Terminated, note_interrupt
+from epochgraph.store import optuna_internals
 
 log = logging.getLogger("epochgraph")
 
@@ -137,9 +138,9 @@ def probe_points(space: dict[str, BaseDistribution]) -> list[dict[str, Any]]:
 
 def make_sampler(node: Any) -> optuna.samplers.BaseSampler | None:
     """The sampler of ``hydra.sweeper.sampler``: a seeded one draws each trial with a seed of its own
-    (`epochgraph.sampler.TrialSeededSampler`), so that resumed sweeps and parallel workers never replay the
+    (`epochgraph.search.sampler.TrialSeededSampler`), so that resumed sweeps and parallel workers never replay the
     same configurations; QMC keeps one seed (its sequence is shared through the storage)."""
-    from epochgraph.sampler import TrialSeededSampler
+    from epochgraph.search.sampler import TrialSeededSampler
 
     if node is None or isinstance(node, optuna.samplers.BaseSampler):
         return node
@@ -153,37 +154,6 @@ def make_sampler(node: Any) -> optuna.samplers.BaseSampler | None:
 
 def _sampler_name(sampler: optuna.samplers.BaseSampler) -> str:
     return type(getattr(sampler, "sampler", sampler)).__name__
-
-
-def _rdb_storage(study: optuna.Study) -> Any:
-    """The study's storage backend (Optuna wraps an `RDBStorage` in a cache)."""
-    return getattr(study._storage, "_backend", study._storage)
-
-
-def _stale_trial_callback(storage: Any) -> Any:
-    """The storage's callback for a failed stale trial (`RetryFailedTrialCallback`: re-queue it), or None."""
-    for getter in ("get_heartbeat_stale_trial_callback", "get_failed_trial_callback"):  # Optuna 5, 4
-        if hasattr(storage, getter):
-            return getattr(storage, getter)()
-    return None
-
-
-def _heartbeat_ages(study: optuna.Study) -> dict[int, float]:
-    """Seconds since the last heartbeat of each RUNNING trial (trial number -> age); empty when unknown."""
-    storage = _rdb_storage(study)
-    try:
-        import sqlalchemy
-        from optuna.storages._rdb import models
-
-        with storage.scoped_session() as session:
-            now = session.execute(sqlalchemy.func.now()).scalar().replace(tzinfo=None)
-            rows = (session.query(models.TrialModel.number, models.TrialHeartbeatModel.heartbeat)
-                    .join(models.TrialHeartbeatModel, models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id)
-                    .filter(models.TrialModel.study_id == study._study_id,
-                            models.TrialModel.state == TrialState.RUNNING).all())
-        return {int(number): (now - beat.replace(tzinfo=None)).total_seconds() for number, beat in rows}
-    except Exception:  # another storage, or Optuna's tables changed: the message goes without the ages
-        return {}
 
 
 def _choice(cfg: DictConfig, group: str, default: str) -> str:
@@ -231,9 +201,10 @@ class EpochgraphSweeper(Sweeper):
         report_errors(self._sweep)(arguments)
 
     def _sweep(self, arguments: list[str]) -> None:
-        from epochgraph import sweep_report, tracking
-        from epochgraph.storage import make_storage, redact
-        from epochgraph.trial import build_pruner
+        from epochgraph.search import sweep_report
+        from epochgraph.search.trial import build_pruner
+        from epochgraph.store import tracking
+        from epochgraph.store.storage import make_storage, redact
 
         cfg = self.config
         space, fixed = search_space([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
@@ -285,7 +256,7 @@ class EpochgraphSweeper(Sweeper):
 
     @staticmethod
     def _links(client, exp_id: str, parent_id: str) -> list[str]:
-        from epochgraph import tracking
+        from epochgraph.store import tracking
 
         return [f"Runs: {tracking.runs_url(client.tracking_uri, exp_id)}",
                 f"Sweep run: {tracking.run_url(client.tracking_uri, exp_id, parent_id)}"]
@@ -293,7 +264,7 @@ class EpochgraphSweeper(Sweeper):
     def _check_values(self, space: dict[str, BaseDistribution], fixed: dict[str, str]) -> None:
         """Build the job config at every bound and choice of the search space and check it as a training
         would (data, model, optimizer), so that a bad value fails now, in one line, not inside a trial."""
-        from epochgraph.training import check_config
+        from epochgraph.training.loop import check_config
 
         checked: dict[str, Any] = {}
         for point in probe_points(space) or [{}]:
@@ -328,17 +299,16 @@ class EpochgraphSweeper(Sweeper):
     def _abandon(self, study: optuna.Study, batch: list[optuna.trial.Trial], client, experiment: str) -> str:
         """End the batch's unfinished trials FAIL at once (an interrupt, an error in the launcher) and re-queue
         them as a stale trial would be (``storage.max_retry``); returns what was done, for the last line."""
-        storage = study._storage
-        retry = _stale_trial_callback(storage)
+        retry = optuna_internals.stale_trial_callback(study)
         failed, queued = [], []
         for trial in batch:
-            if storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+            if optuna_internals.frozen_trial(study, trial).state != TrialState.RUNNING:
                 continue
             study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
             failed.append(trial.number)
             waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
             if retry is not None:
-                retry(study, storage.get_trial(trial._trial_id))
+                retry(study, optuna_internals.frozen_trial(study, trial))
                 if len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) > waiting:
                     queued.append(trial.number)
         close_orphan_runs(study, client, experiment)
@@ -349,9 +319,9 @@ class EpochgraphSweeper(Sweeper):
         return "; ".join(outcome) + ";"
 
     def _wait_message(self, study: optuna.Study, running: list[int]) -> str:
-        storage = _rdb_storage(study)
+        storage = optuna_internals.rdb_storage(study)
         grace = getattr(storage, "grace_period", None) or 2 * (getattr(storage, "heartbeat_interval", None) or 0)
-        ages = _heartbeat_ages(study)
+        ages = optuna_internals.heartbeat_ages(study)
         trials = ", ".join(str(n) for n in running)
         msg = f"waiting for trial {trials}, still RUNNING in the study (another worker's, or one whose process died)"
         if grace:

@@ -24,10 +24,11 @@ from safetensors.torch import save_file
 
 from epochgraph.errors import EpochgraphError, Terminated, note_interrupt, sigterm_as_exception
 from epochgraph.hooks import EpochState
-from epochgraph.storage import redact, sqlite_init_lock
+from epochgraph.store.storage import redact, sqlite_init_lock
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 WEIGHTS_DIR = "weights"
+WEIGHTS_RE = re.compile(r"weights/epoch_(\d+)\.safetensors$")
 
 
 def weights_artifact(epoch: int) -> str:
@@ -263,3 +264,28 @@ def log_weights(client: MlflowClient, run_id: str, model, epoch: int) -> int:
 
 def finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def weights_epochs(client, run_id: str) -> dict[int, str]:
+    """``{epoch: artifact path}`` of a run's weights artifacts."""
+    out = {}
+    for f in client.list_artifacts(run_id, "weights"):
+        m = WEIGHTS_RE.search(f.path)
+        if m:
+            out[int(m.group(1))] = f.path
+    return dict(sorted(out.items()))
+
+
+def load_weights(client, run_id: str, path: str, dst: str):
+    """Download and read one weights artifact; a missing or corrupt file raises `EpochgraphError`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        Path(dst).mkdir(parents=True, exist_ok=True)
+        local = client.download_artifacts(run_id, path, dst)
+        return load_file(local)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise EpochgraphError(f"run {run_id}: weights artifact {path} is unreadable ({err})") from None
+    except Exception as err:  # MLflow raises its own exception types for missing artifacts
+        raise EpochgraphError(f"run {run_id}: weights artifact {path} is missing ({str(err)[:120]})") from None

@@ -11,36 +11,16 @@ import optuna
 from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
-from epochgraph.centrality import CENTRALITIES
-from epochgraph.predictor import FeatureSpec, LabelRule, SignaturePredictor, load_predictor
-from epochgraph.signature import NONFINITE
-
-EPOCH_ATTR = "epoch_{:03d}"  # user attr holding one epoch's signature and curve values
-FORECAST_ATTR = "forecast_p_high"  # the pruner's last probability (P(high), or P(final >= best))
-FORECAST_FINAL_ATTR = "forecast_final_val_acc"  # the forecast final val_acc (ForecastPruner)
-
-
-def trial_history(trial: FrozenTrial) -> dict[str, list[float]]:
-    """``metric -> [epoch 1, epoch 2, ...]`` from the trial's per-epoch user attrs."""
-    epochs = sorted(int(k[len("epoch_"):]) for k in trial.user_attrs if k.startswith("epoch_"))
-    history: dict[str, list[float]] = {}
-    for i, epoch in enumerate(epochs):
-        for key, value in trial.user_attrs[EPOCH_ATTR.format(epoch)].items():
-            history.setdefault(key, [math.nan] * len(epochs))[i] = float(value) if value is not None else math.nan
-    return history
-
-
-def _nonfinite(history: Mapping[str, Sequence[float]]) -> bool:
-    flags = history.get(NONFINITE, [])
-    losses = history.get("train_loss", []) + history.get("val_loss", [])
-    return any(f and f > 0 for f in flags) or any(not math.isfinite(v) for v in losses)
+from epochgraph.forecast.predictor import FeatureSpec, LabelRule, SignaturePredictor, load_predictor
+from epochgraph.graph.centrality import CENTRALITIES
+from epochgraph.search.trial_attrs import diverged, trial_history
 
 
 class SignaturePruner(BasePruner):
     """Prune a trial when its temporal graph signature forecasts a low final accuracy.
 
     At each epoch in ``check_epochs`` the pruner builds the trial's features from its user attrs
-    (written each epoch by `epochgraph.trial.TrialReporter`) and asks a predictor for P(high); the trial
+    (written each epoch by `epochgraph.search.trial.TrialReporter`) and asks a predictor for P(high); the trial
     is pruned when P(high) < ``bound``. A trial whose weights or losses became non-finite is pruned at
     once, whatever the epoch.
 
@@ -140,7 +120,7 @@ class SignaturePruner(BasePruner):
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         history = trial_history(trial)
-        if history and _nonfinite(history):
+        if history and diverged(history):
             self.last_forecast[trial.number] = 0.0
             return True
         p = self.forecast(study, trial)

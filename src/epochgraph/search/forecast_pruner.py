@@ -1,7 +1,7 @@
 """`ForecastPruner`: stop a trial when it can no longer beat the best trial so far (predictive termination).
 
 At every epoch from ``min_epoch`` on, the pruner forecasts the trial's final val_acc with its uncertainty
-(`epochgraph.forecast.FinalAccuracyForecaster`) and prunes when P(final >= best completed value) < ``delta``,
+(`epochgraph.forecast.forecaster.FinalAccuracyForecaster`) and prunes when P(final >= best completed value) < ``delta``,
 the rule of Domhan et al. 2015 (δ = 0.05 in their code) and of Baker et al. 2017.
 
 The forecaster starts *warm*, from recorded populations (``warm_start``: population tables, e.g.
@@ -30,12 +30,12 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from epochgraph.errors import EpochgraphError
-from epochgraph.forecast import FinalAccuracyForecaster, History, pair_features, training_pairs
-from epochgraph.pruner import _nonfinite, trial_history
+from epochgraph.forecast.forecaster import FinalAccuracyForecaster, History, pair_features, training_pairs
+from epochgraph.paths import project_path
+from epochgraph.search.trial_attrs import UPPER_ATTR, diverged, trial_history
 
 log = logging.getLogger("epochgraph")
 COMBINE = ("and", "or")
-UPPER_ATTR = "forecast_upper_{:03d}"  # trial user attr: the upper quantile forecast at that epoch
 _WARM_CACHE: dict[Any, tuple[np.ndarray, np.ndarray]] = {}  # one read of the warm tables per process
 _PRIOR_CACHE: dict[Any, FinalAccuracyForecaster] = {}  # the forecaster fitted on the warm pairs alone
 _THREADPOOLS: Any = None  # threadpoolctl's controller, made at the first forecast
@@ -51,14 +51,11 @@ def warm_histories(sources: Sequence[str], experiments: Sequence[str] | None = N
                    exclude: Sequence[str] = ()) -> list[History]:
     """The trainings of population tables ``sources`` (files, or folders of ``*.parquet``), those of
     ``experiments`` only when given, never those of ``exclude``."""
-    from epochgraph.cli.train import CONF_DIR
-    from epochgraph.population import from_table, read_table
+    from epochgraph.forecast.population import from_table, read_table
 
     paths: list[Path] = []
     for src in sources:
-        p = Path(src)
-        if not p.exists() and not p.is_absolute() and (Path(CONF_DIR).parent / p).exists():
-            p = Path(CONF_DIR).parent / p  # the project's committed tables, wherever the command runs
+        p = project_path(src)  # the project's committed tables, wherever the command runs
         if not p.exists():
             raise EpochgraphError(f"pruner.warm_start names {src!r}, which does not exist; point it at a population "
                                   f"table or a folder of them (bench/results/populations), or set pruner.warm_start=[]")
@@ -287,7 +284,7 @@ class ForecastPruner(BasePruner):
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         history = trial_history(trial)
-        if history and _nonfinite(history):
+        if history and diverged(history):
             self.last_forecast[trial.number] = 0.0
             return True
         base = self.base.prune(study, trial) if self.base is not None else None

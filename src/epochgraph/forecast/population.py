@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from epochgraph.compare import RunRecord, trained_epochs
 from epochgraph.errors import EpochgraphError
-from epochgraph.predictor import CURVE_METRICS, VALUE_CLIP, WEIGHT_SOURCES
-from epochgraph.signature import AGGREGATORS, NONFINITE, metric_name
+from epochgraph.forecast.predictor import CURVE_METRICS, VALUE_CLIP, WEIGHT_SOURCES
+from epochgraph.forecast.records import RunRecord, trained_epochs
+from epochgraph.graph.signature import AGGREGATORS, NONFINITE, metric_name
 
 SEARCHED = ("optim.lr", "optim.momentum", "optim.weight_decay", "model.dropout", "trainer.batch_size", "seed")
 DESCRIBED = ("model.name", "model.width", "data.name", "data.train_size", "trainer.epochs")
@@ -66,7 +66,7 @@ def _last(values: Sequence[Any]) -> float:
 
 
 def to_table(runs: Iterable[RunRecord], experiment: str) -> pd.DataFrame:
-    """The long table of ``runs`` (from `epochgraph.compare.load_runs` with ``extra_metrics=EXTRA_METRICS``),
+    """The long table of ``runs`` (from `epochgraph.forecast.compare.load_runs` with ``extra_metrics=EXTRA_METRICS``),
     epochs 1 to the last with a val_acc."""
     rows = []
     for run in runs:

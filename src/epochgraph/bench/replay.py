@@ -2,7 +2,7 @@
 
 Each recorded run becomes a trial of an in-memory study: epoch by epoch its signature and learning
 curve go into the trial's user attrs and its val_acc is reported, exactly as a live job does
-(`epochgraph.trial`), and the trial stops where the pruner says so. Replaying a population in many
+(`epochgraph.search.trial`), and the trial stops where the pruner says so. Replaying a population in many
 random orders measures what a pruner would have saved and lost on it, without training anything:
 
 * ``epochs_frac``: epochs trained / epochs of the whole population (1.0 = no pruning);
@@ -27,18 +27,19 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from epochgraph.compare import RunRecord, trained_epochs
 from epochgraph.errors import EpochgraphError, choice_error
-from epochgraph.predictor import CURVE_METRICS
-from epochgraph.pruner import EPOCH_ATTR
-from epochgraph.signature import NONFINITE
+from epochgraph.forecast.predictor import CURVE_METRICS
+from epochgraph.forecast.records import RunRecord, trained_epochs
+from epochgraph.graph.signature import NONFINITE
+from epochgraph.paths import CONF_DIR
+from epochgraph.search.trial_attrs import EPOCH_ATTR
 
 PrunerFactory = Callable[[], optuna.pruners.BasePruner]
 METRICS = ("epochs_frac", "regret", "false_prune", "high_pruned", "pruned", "pruner_s")
 
 
 def run_length(run: RunRecord) -> int:
-    """Epochs the run trained (`epochgraph.compare.trained_epochs`), at least one."""
+    """Epochs the run trained (`epochgraph.forecast.compare.trained_epochs`), at least one."""
     return max(1, trained_epochs(run.history))
 
 
@@ -129,8 +130,6 @@ def pruner_factory(name: str, n_epochs: int, overrides: Mapping[str, Any] | None
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
-
-    from epochgraph.cli.train import CONF_DIR
 
     path = Path(CONF_DIR) / "pruner" / f"{name}.yaml"
     if not path.is_file():

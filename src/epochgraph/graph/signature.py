@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from scipy import stats
 
-from epochgraph.centrality import (
+from epochgraph.errors import EpochgraphError, choice_error
+from epochgraph.graph.centrality import (
     CENTRALITIES,
     eigenvector_centrality_arrays,
     eigenvector_centrality_blocks,
@@ -38,9 +39,8 @@ from epochgraph.centrality import (
     weighted_degree_blocks,
     weighted_degree_persistent,
 )
-from epochgraph.errors import EpochgraphError, choice_error
-from epochgraph.rolled_graph import BlockGraph, PersistentRolledGraph, block_graph, edge_arrays
-from epochgraph.topology import Topology
+from epochgraph.graph.rolled_graph import BlockGraph, PersistentRolledGraph, block_graph, edge_arrays
+from epochgraph.graph.topology import Topology
 
 AGGREGATORS = ("median", "mean", "std", "skewness", "kurtosis")
 VARIANTS = ("plain", "wavg", "expavg")
@@ -93,7 +93,7 @@ def _blas_controller():
     return ThreadpoolController()
 
 
-def _one_blas_thread() -> contextlib.AbstractContextManager:
+def one_blas_thread() -> contextlib.AbstractContextManager:
     """Run the graph stage's BLAS calls on one thread: its matrices are small or memory-bound, and idle
     OpenBLAS threads spinning beside torch's own thread pool slowed it several-fold (see the bench)."""
     controller = _blas_controller()
@@ -185,7 +185,7 @@ class SignatureEngine:
             edges = edge_arrays(self.topology, state_dict)
             funcs = {"degree": lambda: weighted_degree_arrays(edges),
                      "eigenvector": lambda: eigenvector_centrality_arrays(edges)}
-        with _one_blas_thread():
+        with one_blas_thread():
             return {c: funcs[c]() for c in self.centralities}
 
     def signature(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, float]:
@@ -209,6 +209,21 @@ def snapshot_signature(topology: Topology, state_dict: Mapping[str, torch.Tensor
     """``{"sig/<centrality>/<aggregator>": value, ..., "sig/nonfinite": 0.0 or 1.0}`` of one snapshot,
     on its own (a training keeps one `SignatureEngine` for all its epochs instead)."""
     return SignatureEngine(topology, centralities, backend).signature(state_dict)
+
+
+def graph_signature(model: torch.nn.Module, centralities: Sequence[str] = CENTRALITIES,
+                    backend: str = "auto") -> dict[str, float]:
+    """The signature of ``model``'s rolled graph at its current weights (one snapshot, as the graph stage
+    computes it each epoch): ``{"sig/<centrality>/<aggregator>": value, ..., "sig/nonfinite": 0.0 or 1.0}``.
+
+    The model declares its rolled graph with ``topology()`` (the zoo's models do); one without it is
+    named in an `EpochgraphError`.
+    """
+    topology = getattr(model, "topology", None)
+    if not callable(topology):
+        raise EpochgraphError(f"{type(model).__name__} declares no rolled graph (no topology() method); "
+                              f"use a model of epochgraph.models (model=lenet, resnet20, ...)")
+    return snapshot_signature(topology(), model.state_dict(), centralities, backend)
 
 
 def _step_value(item: Any) -> tuple[int | None, float]:

@@ -6,7 +6,7 @@ connection (the classifier) plus its bias:
 * `b_wl` (B_Wl): its flattened parameters, weights then bias;
 * `b_what` (B_Ŵ): 7 aggregators of that vector: mean, variance (population), percentiles
   0/25/50/75/100 (numpy's linear interpolation);
-* `b_wprime` (B_W′): the 5 signature aggregators of that vector (`epochgraph.signature.aggregate`).
+* `b_wprime` (B_W′): the 5 signature aggregators of that vector (`epochgraph.graph.signature.aggregate`).
 
 **Unrolled graph** (`unrolled_degree`): every activation position is a node and every
 multiplication an edge of weight |w|. A conv with kernel K maps input position (k, y, x) to output
@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from epochgraph.errors import EpochgraphError
-from epochgraph.rolled_graph import bn_scale
-from epochgraph.signature import aggregate
-from epochgraph.topology import Topology
+from epochgraph.graph.rolled_graph import bn_scale
+from epochgraph.graph.signature import aggregate
+from epochgraph.graph.topology import Topology
 
 BYTES_PER_EDGE = 24
 BYTES_PER_NODE = 8

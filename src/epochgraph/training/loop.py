@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from epochgraph.data import Splits, load_data
 from epochgraph.errors import EpochgraphError, choice_error
 from epochgraph.hooks import EpochHook, EpochState
 from epochgraph.models import build_model
+from epochgraph.training.data import Splits, load_data
 
 log = logging.getLogger("epochgraph")
 

@@ -44,7 +44,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from epochgraph.topology import Connection, Topology
+from epochgraph.graph.topology import Connection, Topology
 
 if TYPE_CHECKING:
     import graph_tool

@@ -35,7 +35,7 @@ import scipy.linalg
 import scipy.sparse as sp
 from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
 
-from epochgraph.rolled_graph import BlockGraph, EdgeArrays, PersistentRolledGraph
+from epochgraph.graph.rolled_graph import BlockGraph, EdgeArrays, PersistentRolledGraph
 
 if TYPE_CHECKING:
     import graph_tool

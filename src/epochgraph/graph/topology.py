@@ -3,7 +3,7 @@
 Every zoo model returns a `Topology` from ``model.topology()``. It names node groups (the input
 channels, then one group per conv or linear layer, holding one node per filter or neuron) and the
 connections between them, each tied to the ``state_dict`` key of the tensor that weighs it. The rolled
-graph (`epochgraph.rolled_graph`) is built from a topology plus a ``state_dict`` alone, so signatures
+graph (`epochgraph.graph.rolled_graph`) is built from a topology plus a ``state_dict`` alone, so signatures
 can be recomputed from saved weights without the model's code running.
 """
 

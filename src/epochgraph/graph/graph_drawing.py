@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from epochgraph.topology import Topology
+from epochgraph.graph.topology import Topology
 
 MAX_DRAWN_EDGES = 3000
 PICTURE_SIZE = (1400, 900)  # pixels
@@ -187,7 +187,7 @@ def _annotate(cr, topology: Topology, size: tuple[int, int], title: str, value_n
 class CentralityDistributions:
     """Per layer (node group), the quantiles `QUANTILES` of each centrality at every recorded epoch.
 
-    >>> from epochgraph.topology import TopologyBuilder
+    >>> from epochgraph.graph.topology import TopologyBuilder
     >>> t = TopologyBuilder(2); _ = t.add("fc", 3, "linear", "fc.weight")
     >>> dist = CentralityDistributions(t.build())
     >>> dist.add(1, {"degree": np.array([1.0, 2.0, 3.0, 4.0, 5.0])})

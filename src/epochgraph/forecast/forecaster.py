@@ -1,6 +1,6 @@
 """Forecast a training's final accuracy, with its uncertainty, from its first epochs (S4 as regression).
 
-The paper's predictor (`epochgraph.predictor.SignaturePredictor`) answers "will this run end above the
+The paper's predictor (`epochgraph.forecast.predictor.SignaturePredictor`) answers "will this run end above the
 median?". Pruning needs another answer: "can this run still beat the best one so far?" (predictive
 termination: Domhan et al. 2015, Baker et al. 2017, LC-PFN 2023). `FinalAccuracyForecaster` gives a
 predictive distribution of val_acc at a later epoch ``s`` from epochs ``1..t``, and
@@ -16,7 +16,7 @@ Features of a pair (`pair_features`), ``source``:
 * ``curve``: val_acc at t, its best so far, its change over the last epoch and the last three, val_acc at
   epoch 1, log val_loss and log train_loss at t, train_acc at t and its gap to val_acc, and the horizon
   (t, s, s - t, log(s / t));
-* ``hybrid``: the same plus the graph signature at t (`epochgraph.signature`) and its change over the
+* ``hybrid``: the same plus the graph signature at t (`epochgraph.graph.signature`) and its change over the
   last epoch.
 
 Methods (``method``), all scikit-learn estimators:
@@ -43,9 +43,9 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 
-from epochgraph.centrality import CENTRALITIES
 from epochgraph.errors import EpochgraphError, choice_error
-from epochgraph.signature import AGGREGATORS, metric_name
+from epochgraph.graph.centrality import CENTRALITIES
+from epochgraph.graph.signature import AGGREGATORS, metric_name
 
 History = Mapping[str, Sequence[Any]]
 SOURCES = ("curve", "hybrid")

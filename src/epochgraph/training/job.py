@@ -9,9 +9,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from epochgraph import tracking
 from epochgraph.hooks import EpochHook
-from epochgraph.training import TrainResult, check_config, train
+from epochgraph.store import tracking
+from epochgraph.training.loop import TrainResult, check_config, train
 
 log = logging.getLogger("epochgraph")
 
@@ -29,7 +29,7 @@ def graph_hooks(cfg: Mapping[str, Any], client=None, run_id: str | None = None
     graph = cfg.get("graph") or {}
     if not graph.get("enabled", False):
         return [], []
-    from epochgraph.graph_stage import GraphPictures, GraphStage
+    from epochgraph.graph.graph_stage import GraphPictures, GraphStage
 
     stage = GraphStage(centralities=tuple(graph.get("centralities", ("degree", "eigenvector"))),
                        backend=str(graph.get("backend", "auto")))

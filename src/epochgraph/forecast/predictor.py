@@ -21,9 +21,9 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from epochgraph.centrality import CENTRALITIES
 from epochgraph.errors import EpochgraphError, choice_error
-from epochgraph.signature import NONFINITE, VARIANTS, TemporalSignature
+from epochgraph.graph.centrality import CENTRALITIES
+from epochgraph.graph.signature import NONFINITE, VARIANTS, TemporalSignature
 
 CURVE_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
 SOURCES = ("signature", "curve", "hybrid", "b_wl", "b_what", "b_wprime", "unrolled")

@@ -9,8 +9,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from epochgraph import tracking
-from epochgraph.pruner import FORECAST_FINAL_ATTR
+from epochgraph.search.trial_attrs import FORECAST_FINAL_ATTR
+from epochgraph.store import tracking
 
 log = logging.getLogger("epochgraph")
 COLORS = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red"}

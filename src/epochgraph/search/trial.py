@@ -9,6 +9,7 @@ it returns its outcome and the sweeper tells it (exactly one side may).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
@@ -17,13 +18,13 @@ from typing import Any
 
 import optuna
 from hydra.utils import instantiate
-from optuna.storages._heartbeat import get_heartbeat_thread
 
 from epochgraph.errors import EpochgraphError
+from epochgraph.forecast.predictor import CURVE_METRICS
 from epochgraph.hooks import EpochState
-from epochgraph.predictor import CURVE_METRICS
-from epochgraph.pruner import EPOCH_ATTR, FORECAST_ATTR, FORECAST_FINAL_ATTR
-from epochgraph.storage import make_storage
+from epochgraph.search.trial_attrs import EPOCH_ATTR, FORECAST_ATTR, FORECAST_FINAL_ATTR, UPPER_ATTR
+from epochgraph.store import optuna_internals
+from epochgraph.store.storage import make_storage
 
 log = logging.getLogger("epochgraph")
 
@@ -46,8 +47,8 @@ class TrialReporter:
     def __init__(self, study: optuna.Study, trial: optuna.trial.Trial) -> None:
         self.study, self.trial = study, trial
         self.forecast: float | None = None
-        self._heartbeat = get_heartbeat_thread(trial._trial_id, study._storage)
-        self._heartbeat.__enter__()
+        self._heartbeat = contextlib.ExitStack()
+        self._heartbeat.enter_context(optuna_internals.heartbeat(study, trial))
 
     @classmethod
     def connect(cls, cfg: Mapping[str, Any]) -> TrialReporter:
@@ -58,11 +59,11 @@ class TrialReporter:
         except KeyError:
             raise EpochgraphError(f"no Optuna study {opt['study_name']!r} in the storage; "
                                   f"start the sweep with -m hydra/sweeper=epochgraph") from None
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, int(opt["trial_number"]))
+        trial_id = optuna_internals.trial_id(study, int(opt["trial_number"]))
         return cls(study, optuna.trial.Trial(study, trial_id))
 
     def close(self) -> None:
-        self._heartbeat.__exit__(None, None, None)
+        self._heartbeat.close()
 
     def on_epoch_end(self, state: EpochState) -> None:
         m = state.metrics
@@ -80,11 +81,9 @@ class TrialReporter:
             state.tags["forecast_p_high"] = f"{forecast:.3f}"
         upper = getattr(self.study.pruner, "last_forecast_upper", {}).pop(self.trial.number, None)
         if upper is not None:  # kept for the pruner's calibration on this study's completed trials
-            from epochgraph.forecast_pruner import UPPER_ATTR
-
             self.trial.set_user_attr(UPPER_ATTR.format(state.epoch), upper)
         final = getattr(self.study.pruner, "last_forecast_value", {}).get(self.trial.number)
-        if final is not None:  # the forecast final val_acc (epochgraph.forecast_pruner.ForecastPruner)
+        if final is not None:  # the forecast final val_acc (epochgraph.search.forecast_pruner.ForecastPruner)
             self.trial.set_user_attr(FORECAST_FINAL_ATTR, final)
             m["forecast_final_val_acc"] = final
         if prune:
@@ -93,7 +92,7 @@ class TrialReporter:
 
 def run_trial(cfg) -> dict[str, Any]:
     """Train one sweep trial, logged as a nested MLflow run; returns the outcome for the sweeper."""
-    from epochgraph.job import run_job
+    from epochgraph.training.job import run_job
 
     opt = cfg["optuna"]
     reporter = TrialReporter.connect(cfg)
@@ -107,7 +106,7 @@ def run_trial(cfg) -> dict[str, Any]:
     res = job.result
     reporter.trial.set_user_attr("mlflow_run_id", job.run_id)
     state = "PRUNED" if res.pruned_at_epoch is not None else "COMPLETE"
-    from epochgraph import tracking
+    from epochgraph.store import tracking
 
     client = tracking.get_client(cfg["mlflow"]["tracking_uri"])
     tracking.set_tags(client, job.run_id, {"state": state})

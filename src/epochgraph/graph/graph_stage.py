@@ -1,0 +1,161 @@
+"""The graph stage of a training run: after every epoch, rolled graph -> centralities -> signature.
+
+`GraphStage` is an epoch hook; it adds ``sig/<centrality>/<aggregator>``, ``sig/nonfinite`` and
+``time/graph_s`` to the epoch's metrics, which the MLflow logger then records with ``step=epoch``, and
+tags the run with the engine that computed them (``graph_engine``). It keeps one
+`SignatureEngine` per model: with the default graph-tool engine, one `graph_tool.Graph` built at
+the first epoch and given new weights in place at every later one.
+
+`GraphPictures` draws what the stage computed: ``graph/epoch_NNN.png`` for the epochs whose weights
+are kept, and ``graph/centrality_distributions.png`` at the end of the run (see `epochgraph.graph.graph_drawing`).
+
+`epochgraph.cli.graph_stage` does the same afterwards for an existing MLflow run, from its
+``weights/epoch_NNN.safetensors`` artifacts.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from epochgraph.errors import choice_error
+from epochgraph.graph.centrality import CENTRALITIES
+from epochgraph.graph.graph_drawing import CentralityDistributions, ConnectionWeights, draw_rolled_graph
+from epochgraph.graph.rolled_graph import block_graph
+from epochgraph.graph.signature import (
+    AGGREGATORS,
+    BACKENDS,
+    NONFINITE,
+    SignatureEngine,
+    check_centralities,
+    metric_name,
+)
+from epochgraph.hooks import EpochState
+
+log = logging.getLogger("epochgraph")
+PICTURES_DIR = "graph"
+DISTRIBUTIONS_PICTURE = "centrality_distributions.png"
+ENGINE_TAG = "graph_engine"
+
+
+def picture_artifact(epoch: int) -> str:
+    """Artifact path of the rolled-graph picture of ``epoch``: ``graph/epoch_003.png``."""
+    return f"{PICTURES_DIR}/epoch_{epoch:03d}.png"
+
+
+class GraphStage:
+    """Epoch hook: after every epoch, the snapshot signature of the model's rolled graph.
+
+    It adds ``sig/<centrality>/<aggregator>`` and ``sig/nonfinite`` (see
+    `epochgraph.graph.signature.SignatureEngine`) and ``time/graph_s`` to ``state.metrics``, tags the run
+    ``graph_engine=<engine>`` at its first epoch, and ``nonfinite_weights=true`` when the weights hold
+    NaN or inf. A numerical failure of the graph stage never ends the training: the epoch's signature
+    is then NaN and the tag ``graph_error`` names the cause. The centralities of every epoch are kept
+    per layer in `distributions` (for `GraphPictures`).
+
+    Args:
+        centralities: which centralities to summarise (``degree``, ``eigenvector``).
+        backend: ``auto``, ``graph_tool``, ``arrays`` or ``blocks`` (same numbers, different speed).
+    """
+
+    def __init__(self, centralities: Sequence[str] = CENTRALITIES, backend: str = "auto") -> None:
+        self.centralities = check_centralities(centralities)
+        if backend not in BACKENDS:
+            raise choice_error("graph backend", backend, BACKENDS, key="graph.backend")
+        self.backend = backend
+        self.engine: SignatureEngine | None = None
+        self.distributions: CentralityDistributions | None = None
+        self.last_epoch: int | None = None  # the epoch `engine.vectors` belongs to
+
+    def on_epoch_end(self, state: EpochState) -> None:
+        start = time.perf_counter()
+        topology = state.model.topology()
+        if self.engine is None or self.engine.topology != topology:
+            # one engine (one persistent graph) per model: a new topology gets a new one
+            self.engine = SignatureEngine(topology, self.centralities, self.backend)
+            self.distributions = CentralityDistributions(topology)
+            state.tags[ENGINE_TAG] = self.engine.engine
+        engine = self.engine
+        try:
+            sig = engine.signature(state.model.state_dict())
+        except (ArithmeticError, ValueError, RuntimeError, np.linalg.LinAlgError) as err:
+            # a numerical failure must not end the training: the epoch gets an undefined signature
+            log.warning("epoch %d: graph stage failed (%s); signature left undefined", state.epoch, err)
+            sig = {metric_name(c, a): float("nan") for c in self.centralities for a in AGGREGATORS}
+            sig[NONFINITE] = 0.0
+            engine.vectors = {}
+            state.tags["graph_error"] = str(err)[:250]
+        self.last_epoch = state.epoch
+        state.metrics.update(sig)
+        state.metrics["time/graph_s"] = time.perf_counter() - start
+        if self.distributions is not None:
+            self.distributions.add(state.epoch, engine.vectors)
+        if sig[NONFINITE]:
+            state.tags["nonfinite_weights"] = "true"
+
+
+def drawn_connections(engine: SignatureEngine, state_dict: Mapping[str, torch.Tensor]) -> list[ConnectionWeights]:
+    """Every connection's current weights for `draw_rolled_graph`: views into the persistent graph's
+    ``weight`` property, or the blocks (built here for the arrays engine)."""
+    if engine.graph is not None:
+        return [(s_off, d_off, engine.graph.connection_matrix(i))
+                for i, (_, _, _, _, s_off, d_off) in enumerate(engine.graph.connection_spans)]
+    blocks = engine.blocks if engine.blocks is not None else block_graph(engine.topology, state_dict)
+    return list(blocks.blocks)
+
+
+def draw_epoch(engine: SignatureEngine, state_dict: Mapping[str, torch.Tensor], path: str | Path,
+               title: str) -> bool:
+    """Draw the rolled graph of the snapshot ``engine`` last computed to ``path``; False (nothing drawn)
+    when that snapshot had no finite centralities."""
+    if not engine.vectors:
+        return False
+    name = "eigenvector" if "eigenvector" in engine.vectors else next(iter(engine.vectors))
+    draw_rolled_graph(engine.topology, drawn_connections(engine, state_dict), engine.vectors[name], path,
+                      title=title, value_name=f"{name} centrality")
+    return True
+
+
+class GraphPictures:
+    """Epoch hook, after `GraphStage` and the pruner: pictures of the graph stage as MLflow artifacts.
+
+    ``graph/epoch_NNN.png`` (`draw_rolled_graph`) for the epochs whose weights are kept (``keep``:
+    those epochs, ``None``: all; a pruned or diverged epoch too, as the weights logger does), and
+    ``graph/centrality_distributions.png`` when the run ends (its last epoch, a prune or a divergence).
+    Drawing time is added to ``time/graph_pictures_s``; a picture that fails is a warning, never the end
+    of the training.
+    """
+
+    def __init__(self, stage: GraphStage, client, run_id: str, *, epochs: int, keep: set[int] | None = None,
+                 title: str = "") -> None:
+        self.stage, self.client, self.run_id = stage, client, run_id
+        self.epochs, self.keep, self.title = epochs, keep, title
+
+    def on_epoch_end(self, state: EpochState) -> None:
+        engine = self.stage.engine
+        if engine is None or self.stage.last_epoch != state.epoch:
+            return
+        start = time.perf_counter()
+        last = state.epoch >= self.epochs or state.prune or state.diverged
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                if self.keep is None or state.epoch in self.keep or last:
+                    path = Path(tmp, Path(picture_artifact(state.epoch)).name)
+                    title = f"{self.title} epoch {state.epoch}".strip()
+                    if draw_epoch(engine, state.model.state_dict(), path, title):
+                        self.client.log_artifact(self.run_id, str(path), artifact_path=PICTURES_DIR)
+                if last and self.stage.distributions is not None and self.stage.distributions.epochs:
+                    path = Path(tmp, DISTRIBUTIONS_PICTURE)
+                    self.stage.distributions.plot(path, title=self.title)
+                    self.client.log_artifact(self.run_id, str(path), artifact_path=PICTURES_DIR)
+            except (OSError, ValueError, RuntimeError, MemoryError) as err:
+                log.warning("epoch %d: graph picture failed (%s)", state.epoch, err)
+        state.metrics["time/graph_pictures_s"] = time.perf_counter() - start
+
+
