@@ -69,9 +69,13 @@ def test_dashboard_serves_the_study_storage_on_localhost(tmp_path):
         assert [t["number"] for t in detail["best_trials"]] == [2]
         importances = _get(f"{base}/api/studies/{studies[0]['study_id']}/param_importances", time.time() + 120)
         assert [p["name"] for p in importances["param_importances"][0]] == ["optim.lr"]
+        # a client that stalls half-way through its request holds one of the server's threads
+        stalled = socket.create_connection(("127.0.0.1", port), timeout=30)
+        stalled.sendall(b"GET /api/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n")
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
+    stalled.close()
     assert f"optuna-dashboard on http://127.0.0.1:{port}/dashboard (storage: {url})" in out
     assert proc.returncode == 143 and err.strip().splitlines()[-1] == "epochgraph: terminated (SIGTERM)"
 

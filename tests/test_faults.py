@@ -18,6 +18,8 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from epochgraph.errors import EpochgraphError
+from epochgraph.store.tracking import get_client
 from tests.conftest import TINY
 
 BASE = [sys.executable, "-m", "epochgraph.cli.train"]
@@ -31,25 +33,29 @@ def _sweep_cmd(tmp_path, *overrides):
 
 
 def _runs(tmp_path):
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client = get_client(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("pruned_sweep")
     return client.search_runs([exp.experiment_id]) if exp else []
 
 
-def _wait_for_running_trial_run(tmp_path, proc) -> None:
-    deadline = time.time() + 120
+def _wait_for_running_trial_run(tmp_path, proc, log=None) -> None:
+    deadline = time.time() + 300
     # a trial run that has logged an epoch: its training loop (and its signal handling) is surely running
-    while time.time() < deadline and not any(r.info.status == "RUNNING" and "trial" in r.data.tags
-                                             and "train_loss" in r.data.metrics for r in _runs(tmp_path)):
-        assert proc.poll() is None, "the sweep ended before its first trial started"
+    while not any(r.info.status == "RUNNING" and "trial" in r.data.tags and "train_loss" in r.data.metrics
+                  for r in _runs(tmp_path)):
+        said = log.read_text()[-3000:] if log is not None and log.exists() else ""
+        assert proc.poll() is None, f"the sweep ended (status {proc.returncode}) before its first trial:\n{said}"
+        assert time.time() < deadline, f"no trial has trained an epoch after 300 s:\n{said}"
         time.sleep(0.5)
 
 
 def _kill_mid_trial(tmp_path, over) -> None:
     # 5000 epochs: the first trial is surely still training when it is killed, however fast the machine
-    proc = subprocess.Popen(_sweep_cmd(tmp_path, *over, "trainer.epochs=5000"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    _wait_for_running_trial_run(tmp_path, proc)
+    log = tmp_path / "killed-sweep.log"
+    with open(log, "w") as out:  # kept: what the sweep said, if it ends before it can be killed
+        proc = subprocess.Popen(_sweep_cmd(tmp_path, *over, "trainer.epochs=5000"), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    _wait_for_running_trial_run(tmp_path, proc, log)
     os.killpg(proc.pid, signal.SIGKILL)  # the worker dies mid-trial: no cleanup code runs
     proc.wait()
     assert any(r.info.status == "RUNNING" for r in _runs(tmp_path))
@@ -216,6 +222,52 @@ def test_first_uses_of_a_new_store_at_once_do_not_race(tmp_path):
     assert [e.name for e in client.search_experiments()] == ["Default"]
 
 
+def test_a_new_store_opened_at_once_by_a_process_without_the_lock_does_not_fail_ours(tmp_path):
+    """``mlflow ui`` (or a user's script) creating a new store's schema while a sweep opens it: the sweep waits."""
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    (tmp_path / "mlruns").mkdir()
+    wait = "import sys, time\nstart = float(sys.argv[1])\n"
+    plain = wait + ("from mlflow.tracking import MlflowClient\nwhile time.time() < start: time.sleep(0.001)\n"
+                    f"MlflowClient({uri!r}).search_experiments()\n")
+    ours = wait + ("from epochgraph.store import tracking\nwhile time.time() < start: time.sleep(0.001)\n"
+                   f"tracking.get_client({uri!r})\nprint('opened')\n")
+    start = time.time() + 8  # after both have imported MLflow
+    others = [subprocess.Popen([sys.executable, "-c", plain, str(start)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL) for _ in range(2)]
+    proc = subprocess.run([sys.executable, "-c", ours, str(start)], capture_output=True, text=True, timeout=300)
+    for other in others:
+        other.wait(timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "opened", proc.stderr[-1500:]
+
+
+def test_opening_retries_while_the_schema_is_being_created_and_not_for_a_broken_store(tmp_path, monkeypatch):
+    from epochgraph.store import tracking
+
+    calls = []
+    real = MlflowClient.search_experiments
+
+    def mid_creation(self, *args, **kwargs):  # what MLflow raised here, caught by another process's migration
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyError("dimension_attributes")
+        if len(calls) == 2:
+            raise RuntimeError("(sqlite3.OperationalError) table _alembic_tmp_experiments already exists")
+        return real(self, *args, **kwargs)
+
+    slept = []
+    monkeypatch.setattr(tracking.time, "sleep", slept.append)
+    monkeypatch.setattr(MlflowClient, "search_experiments", mid_creation)
+    assert tracking.get_client(f"sqlite:///{tmp_path}/a/mlflow.db") is not None and len(calls) == 3
+    assert slept == [0.5, 1.0]
+    broken = tmp_path / "broken.db"
+    broken.write_text("not a database")
+    monkeypatch.setattr(MlflowClient, "search_experiments", real)
+    slept.clear()
+    with pytest.raises(EpochgraphError, match="cannot open the MLflow store .*broken.db"):
+        tracking.get_client(f"sqlite:///{broken}")
+    assert slept == []  # a broken store is said at once
+
+
 def test_unknown_pruner_name_lists_the_choices(tmp_path):
     proc = subprocess.run(_sweep_cmd(tmp_path, "pruner=nope"), capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
@@ -226,18 +278,22 @@ def test_unknown_pruner_name_lists_the_choices(tmp_path):
                                                (signal.SIGTERM, 143, "terminated (SIGTERM)")])
 def test_interrupt_ends_the_run_killed_with_one_line(tmp_path, sig, status, said):
     tracking = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    proc = subprocess.Popen([*BASE, *TINY, "trainer.epochs=5000", f"mlflow.tracking_uri={tracking}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    client = MlflowClient(tracking)
-    deadline = time.time() + 120
+    log = tmp_path / "train.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([*BASE, *TINY, "trainer.epochs=5000", f"mlflow.tracking_uri={tracking}"],
+                                stdout=subprocess.DEVNULL, stderr=out)
+    client = get_client(tracking)
+    deadline = time.time() + 300
     runs = []
-    while time.time() < deadline and not runs:  # until the training has logged an epoch
+    while not runs:  # until the training has logged an epoch
+        assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
         time.sleep(0.5)
         exp = client.get_experiment_by_name("epochgraph")
         runs = [r for r in client.search_runs([exp.experiment_id]) if "train_loss" in r.data.metrics] if exp else []
     time.sleep(1.0)
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    proc.wait(timeout=120)
+    err = log.read_text()
     assert proc.returncode == status
     run_id = runs[0].info.run_id
     assert err.strip().splitlines()[-1] == f"epochgraph: {said}; MLflow run {run_id} closed as KILLED"
@@ -247,12 +303,15 @@ def test_interrupt_ends_the_run_killed_with_one_line(tmp_path, sig, status, said
 
 def test_interrupted_sweep_ends_its_trial_at_once_and_resumes_it(tmp_path):
     over = ["hydra.sweeper.n_trials=2", "storage.max_retry=1"]
-    proc = subprocess.Popen(_sweep_cmd(tmp_path, *over, "trainer.epochs=5000"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    _wait_for_running_trial_run(tmp_path, proc)
+    log = tmp_path / "sweep.log"
+    with open(log, "w") as out:  # a file, not a pipe: nothing blocks the sweep however much it says
+        proc = subprocess.Popen(_sweep_cmd(tmp_path, *over, "trainer.epochs=5000"), stdout=subprocess.DEVNULL,
+                                stderr=out)
+    _wait_for_running_trial_run(tmp_path, proc, log)
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)  # Ctrl-C
-    _, err = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    err = log.read_text()
     assert proc.returncode == 130
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == (

@@ -38,8 +38,19 @@ def experiment_links(tracking_uri: str | None, base: str) -> list[str]:
 
 
 def serve_dashboard(url: str, host: str, port: int) -> None:
-    """optuna-dashboard on the study storage ``url`` (blocks until stopped)."""
-    from optuna_dashboard import run_server
+    """optuna-dashboard on the study storage ``url`` (blocks until stopped).
+
+    The server answers in threads of its own (one per request, as optuna-dashboard's own command serves)
+    while the main thread only waits, so Ctrl-C and SIGTERM stop it within a second, also in the middle
+    of a request: a signal never lands inside the server's code, where wsgiref's request handler would
+    catch its exception and serve on.
+    """
+    import signal
+    import socketserver
+    import threading
+    from wsgiref.simple_server import WSGIServer, make_server
+
+    from optuna_dashboard import wsgi
 
     from epochgraph.store.storage import make_storage, redact
 
@@ -47,9 +58,32 @@ def serve_dashboard(url: str, host: str, port: int) -> None:
         raise EpochgraphError(f"no study storage at {url[len('sqlite:///'):]} yet; run a sweep first (make run), "
                               f"or point EPOCHGRAPH_STORAGE_URL at the shared one")
     storage = make_storage({"url": url})
+
+    class Server(socketserver.ThreadingMixIn, WSGIServer):
+        daemon_threads = True  # a request in progress does not keep a stopped dashboard alive
+
+    try:
+        server = make_server(host, port, wsgi(storage), server_class=Server)
+    except OSError as err:
+        raise EpochgraphError(f"cannot serve optuna-dashboard on {host}:{port} ({err.strerror or err}); "
+                              f"pick another port with --port (make dashboard DASHBOARD_PORT=...)") from None
+    thread = threading.Thread(target=server.serve_forever, name="optuna-dashboard", daemon=True)
+    # the server's threads (and the request threads they start) block Ctrl-C and SIGTERM, so the kernel
+    # delivers both to the main thread, whose wait they interrupt
+    stop = {signal.SIGINT, signal.SIGTERM}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     print(f"optuna-dashboard on http://{host}:{port}/dashboard (storage: {redact(url)}); Ctrl-C stops it",
           flush=True)
-    run_server(storage, host=host, port=port)
+    try:
+        while thread.is_alive():
+            thread.join(0.5)  # the signal's exception (Terminated, KeyboardInterrupt) is raised here
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @report_errors

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -104,22 +105,55 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
                               f"{resp.status_code} to a search of experiments; {fix}")
 
 
+# what opening a SQLite store says while another process is creating its schema (MLflow migrates a new
+# store in many steps): the store is fine a moment later
+_SCHEMA_RACE = ("already exists", "duplicate column", "database is locked", "no such table", "no such column",
+                "out-of-date database schema")
+OPEN_ATTEMPTS = 8  # ~30 s of waiting in all: a schema migration on a loaded machine takes seconds
+
+
+def _schema_race(err: BaseException) -> bool:
+    """Whether ``err`` (or an exception it was raised from) is a store caught mid-creation by another process."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, KeyError) or any(m in str(err).lower() for m in _SCHEMA_RACE):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _open_client(uri: str) -> MlflowClient:
+    with sqlite_init_lock(uri):
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)
+    return client
+
+
 def get_client(tracking_uri: str | None) -> MlflowClient:
     """A client for the tracking URI, checked once: a server answers within seconds, and a new embedded store
-    is created under a lock (two first runs at once would race on its schema)."""
+    is created under a lock (two first runs at once would race on its schema).
+
+    A process that does not take the lock (``mlflow ui`` or a script started on the same new store) can
+    still be creating the schema when this one opens it: MLflow then fails with "table ... already exists"
+    and the like, so opening a SQLite store is retried while that is what it says.
+    """
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
         check_server(uri)
     mlflow.set_tracking_uri(uri)
-    try:
-        with sqlite_init_lock(uri):
-            client = MlflowClient(tracking_uri=uri)
-            client.search_experiments(max_results=1)
-    except Exception as err:  # a bad URI or a broken store: one line, not a wall
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise EpochgraphError(f"cannot open the MLflow store at mlflow.tracking_uri={redact(uri)!r}: {first}; "
-                              f"fix the URI or the store") from None
-    return client
+    attempts = 0
+    while True:
+        try:
+            return _open_client(uri)
+        except Exception as err:  # a bad URI or a broken store: one line, not a wall
+            attempts += 1
+            if uri.startswith("sqlite:") and attempts < OPEN_ATTEMPTS and _schema_race(err):
+                time.sleep(0.5 * attempts)
+                continue
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise EpochgraphError(f"cannot open the MLflow store at mlflow.tracking_uri={redact(uri)!r}: {first}; "
+                                  f"fix the URI or the store") from None
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
