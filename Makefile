@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 MLFLOW_DB ?= mlruns/mlflow.db
 
-.PHONY: setup run test test-slow ui dashboard server bench lint clean population compare
+.PHONY: setup run test test-fast ui dashboard server bench lint clean population compare
 
 setup:
 	@bash scripts/setup.sh
@@ -16,8 +16,8 @@ run: setup
 test: setup
 	$(PY) -m pytest -q
 
-test-slow: setup
-	$(PY) -m pytest -q -m slow
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 ui: setup
 	@mkdir -p mlruns/artifacts

@@ -28,9 +28,9 @@ def _get(url: str, deadline: float):
     """GET a JSON answer, retrying while the server starts."""
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=10) as resp:
+            with urllib.request.urlopen(url, timeout=60) as resp:
                 return json.load(resp)
-        except (urllib.error.URLError, ConnectionError):
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
             if time.time() > deadline:
                 raise
             time.sleep(0.5)

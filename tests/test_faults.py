@@ -22,6 +22,8 @@ from epochgraph.errors import EpochgraphError
 from epochgraph.store.tracking import get_client
 from tests.conftest import TINY
 
+pytestmark = pytest.mark.slow  # real processes, signals and servers: minutes; CI runs them
+
 BASE = [sys.executable, "-m", "epochgraph.cli.train"]
 
 

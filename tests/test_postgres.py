@@ -10,7 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from tests import pg
 
-pytestmark = pytest.mark.skipif(not pg.available(), reason="PostgreSQL 15 server binaries not installed")
+pytestmark = [pytest.mark.slow,  # a real server and two workers: minutes; make test (and CI) runs it
+              pytest.mark.skipif(not pg.available(), reason="PostgreSQL 15 server binaries not installed")]
 
 
 def test_two_workers_share_one_study_on_postgres(tmp_path):

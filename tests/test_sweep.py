@@ -24,6 +24,7 @@ def _sweep(tmp_path, *overrides):
     return proc, storage, tracking
 
 
+@pytest.mark.slow
 def test_pruned_trials_are_recorded_in_optuna_and_mlflow(tmp_path):
     proc, storage, tracking = _sweep(tmp_path, "hydra.sweeper.n_trials=3", "pruner=threshold",
                                      "pruner.lower=0.99", "pruner.n_warmup_steps=2",
@@ -61,6 +62,7 @@ def test_pruned_trials_are_recorded_in_optuna_and_mlflow(tmp_path):
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
+@pytest.mark.slow
 def test_signature_pruner_prunes_after_warm_up_and_sweep_resumes(tmp_path):
     # learning rates that do not diverge: a diverging trial is pruned at once, warm-up or not
     over = ["trainer.epochs=3", "data.train_size=1000", "hydra.sweeper.n_trials=6", "pruner=signature",
@@ -86,6 +88,7 @@ def test_signature_pruner_prunes_after_warm_up_and_sweep_resumes(tmp_path):
     assert sorted(int(r.data.tags["trial"]) for r in trial_runs) == list(range(8))
 
 
+@pytest.mark.slow
 def test_forecast_pruner_in_a_live_sweep_forecasts_from_the_first_incumbent(tmp_path):
     # the forecast alone (make run combines it with SuccessiveHalving), warm from the committed tables
     proc, storage, _ = _sweep(tmp_path, "trainer.epochs=3", "data.train_size=1000", "hydra.sweeper.n_trials=4",

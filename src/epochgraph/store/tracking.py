@@ -108,7 +108,7 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
 # what opening a SQLite store says while another process is creating its schema (MLflow migrates a new
 # store in many steps): the store is fine a moment later
 _SCHEMA_RACE = ("already exists", "duplicate column", "database is locked", "no such table", "no such column",
-                "out-of-date database schema")
+                "out-of-date database schema", "alembic")  # alembic: "Online migration expected to match one row"
 OPEN_ATTEMPTS = 8  # ~30 s of waiting in all: a schema migration on a loaded machine takes seconds
 
 
