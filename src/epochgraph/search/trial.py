@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from epochgraph.errors import EpochgraphError
 from epochgraph.forecast.predictor import CURVE_METRICS
 from epochgraph.hooks import EpochState
-from epochgraph.search.trial_attrs import EPOCH_ATTR, FORECAST_ATTR, FORECAST_FINAL_ATTR, UPPER_ATTR
+from epochgraph.search.trial_attrs import EPOCH_ATTR, FORECAST_ATTR, FORECAST_FINAL_ATTR, SCHEDULE_ATTR, UPPER_ATTR
 from epochgraph.store import optuna_internals
 from epochgraph.store.storage import make_storage
 
@@ -39,6 +39,15 @@ def build_pruner(cfg: Mapping[str, Any]) -> optuna.pruners.BasePruner:
         cause = err.__cause__ or err
         raise EpochgraphError(f"cannot build pruner={cfg['pruner'].get('_target_')}: "
                               f"{str(cause).splitlines()[0][:200]}") from None
+
+
+def declared_schedule(cfg: Mapping[str, Any]) -> list[float]:
+    """The LR of every epoch the training of ``cfg`` will run (``optim.schedule``), before it starts."""
+    from epochgraph.training.loop import steps_per_epoch
+    from epochgraph.training.schedule import planned_lrs
+
+    steps = steps_per_epoch(int(cfg["data"]["train_size"]), int(cfg["trainer"]["batch_size"]))
+    return planned_lrs(cfg["optim"].get("schedule"), float(cfg["optim"]["lr"]), int(cfg["trainer"]["epochs"]), steps)
 
 
 class TrialReporter:
@@ -59,8 +68,9 @@ class TrialReporter:
         except KeyError:
             raise EpochgraphError(f"no Optuna study {opt['study_name']!r} in the storage; "
                                   f"start the sweep with -m hydra/sweeper=epochgraph") from None
-        trial_id = optuna_internals.trial_id(study, int(opt["trial_number"]))
-        return cls(study, optuna.trial.Trial(study, trial_id))
+        trial = optuna.trial.Trial(study, optuna_internals.trial_id(study, int(opt["trial_number"])))
+        trial.set_user_attr(SCHEDULE_ATTR, declared_schedule(cfg))  # what a forecaster may expect of the LR
+        return cls(study, trial)
 
     def close(self) -> None:
         self._heartbeat.close()
@@ -68,7 +78,7 @@ class TrialReporter:
     def on_epoch_end(self, state: EpochState) -> None:
         m = state.metrics
         attrs = {k: (v if math.isfinite(v) else None) for k, v in m.items()
-                 if k.startswith("sig/") or k in CURVE_METRICS}
+                 if k.startswith("sig/") or k in CURVE_METRICS or k == "lr"}
         self.trial.set_user_attr(EPOCH_ATTR.format(state.epoch), attrs)
         value = m["val_acc"] if math.isfinite(m["val_acc"]) else 0.0
         self.trial.report(value, state.epoch)

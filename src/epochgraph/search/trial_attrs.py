@@ -19,8 +19,10 @@ EPOCH_ATTR = "epoch_{:03d}"  # user attr holding one epoch's signature and curve
 FORECAST_ATTR = "forecast_p_high"  # the pruner's last probability (P(high), or P(final >= best))
 FORECAST_FINAL_ATTR = "forecast_final_val_acc"  # the forecast final val_acc (ForecastPruner)
 UPPER_ATTR = "forecast_upper_{:03d}"  # the upper quantile forecast at that epoch (ForecastPruner)
+SCHEDULE_ATTR = "lr_schedule"  # the LR of every epoch of the training, planned before it starts
 
-__all__ = ["EPOCH_ATTR", "FORECAST_ATTR", "FORECAST_FINAL_ATTR", "UPPER_ATTR", "diverged", "trial_history"]
+__all__ = ["EPOCH_ATTR", "FORECAST_ATTR", "FORECAST_FINAL_ATTR", "SCHEDULE_ATTR", "UPPER_ATTR", "diverged",
+           "planned_schedule", "trial_history"]
 
 
 def trial_history(trial: FrozenTrial) -> dict[str, list[float]]:
@@ -38,3 +40,15 @@ def diverged(history: Mapping[str, Sequence[float]]) -> bool:
     flags = history.get(NONFINITE, [])
     losses = list(history.get("train_loss", [])) + list(history.get("val_loss", []))
     return any(f and f > 0 for f in flags) or any(not math.isfinite(v) for v in losses)
+
+
+def planned_schedule(trial: FrozenTrial) -> list[float] | None:
+    """The LR of every epoch the trial declared before training (``lr_schedule``), or None if it did not."""
+    values = trial.user_attrs.get(SCHEDULE_ATTR)
+    if not values:
+        return None
+    try:
+        out = [float(v) for v in values]
+    except (TypeError, ValueError):
+        return None
+    return out if all(math.isfinite(v) and v >= 0 for v in out) else None

@@ -16,6 +16,7 @@ from epochgraph.errors import EpochgraphError, choice_error
 from epochgraph.hooks import EpochHook, EpochState
 from epochgraph.models import build_model
 from epochgraph.training.data import Splits, load_data
+from epochgraph.training.schedule import augment_batch, build_scheduler, is_per_batch
 
 log = logging.getLogger("epochgraph")
 
@@ -104,9 +105,15 @@ def check_config(cfg: Mapping[str, Any], splits: Splits | None = None) -> Splits
         splits = load_data(**data, seed=int(cfg["seed"] if data_seed is None else data_seed))
     model = build_model(cfg["model"]["name"], in_channels=splits.in_channels, image_size=splits.image_size,
                         num_classes=splits.num_classes, **model_kwargs(cfg["model"]))
-    build_optimizer(model.parameters(), **dict(cfg["optim"]))
+    optimizer = build_optimizer(model.parameters(), **dict(cfg["optim"]))
+    build_scheduler(optimizer, cfg["optim"].get("schedule"), int(cfg["trainer"]["epochs"]),
+                    steps_per_epoch(len(splits.x_train), int(cfg["trainer"]["batch_size"])))
     resolve_device(str(cfg["trainer"].get("device", "auto")))
     return splits
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    return max(1, math.ceil(n_train / batch_size))
 
 
 def train(cfg: Mapping[str, Any], hooks: Sequence[EpochHook] = (), splits: Splits | None = None) -> TrainResult:
@@ -128,6 +135,10 @@ def train(cfg: Mapping[str, Any], hooks: Sequence[EpochHook] = (), splits: Split
     model = build_model(cfg["model"]["name"], in_channels=splits.in_channels, image_size=splits.image_size,
                         num_classes=splits.num_classes, **model_kwargs(cfg["model"])).to(device)
     optimizer = build_optimizer(model.parameters(), **dict(cfg["optim"]))
+    schedule = cfg["optim"].get("schedule")
+    scheduler = build_scheduler(optimizer, schedule, epochs, steps_per_epoch(len(splits.x_train), batch_size))
+    per_batch = scheduler is not None and is_per_batch(schedule)
+    augment = bool(cfg["data"].get("augment", False))
     x, y = splits.x_train, splits.y_train
     result = TrainResult(epochs_run=0, diverged=False, model=model)
 
@@ -135,10 +146,12 @@ def train(cfg: Mapping[str, Any], hooks: Sequence[EpochHook] = (), splits: Split
         start = time.perf_counter()
         model.train()
         loss_sum, correct, seen, diverged = 0.0, 0, 0, False
+        lr = float(optimizer.param_groups[0]["lr"])  # the LR this epoch starts at (optim.schedule)
         order = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), batch_size):
             idx = order[i:i + batch_size]
-            xb, yb = x[idx].to(device), y[idx].to(device)
+            xb = augment_batch(x[idx], gen) if augment else x[idx]
+            xb, yb = xb.to(device), y[idx].to(device)
             out = model(xb)
             loss = nn.functional.cross_entropy(out, yb)
             if not torch.isfinite(loss):
@@ -147,9 +160,13 @@ def train(cfg: Mapping[str, Any], hooks: Sequence[EpochHook] = (), splits: Split
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if per_batch:
+                scheduler.step()
             loss_sum += loss.item() * len(idx)
             correct += (out.argmax(1) == yb).sum().item()
             seen += len(idx)
+        if scheduler is not None and not per_batch:
+            scheduler.step()
         train_time = time.perf_counter() - start
         val_loss, val_acc = evaluate(model, splits.x_val, splits.y_val, 1024, device)
         metrics = {
@@ -157,6 +174,7 @@ def train(cfg: Mapping[str, Any], hooks: Sequence[EpochHook] = (), splits: Split
             "train_acc": correct / seen if seen else float("nan"),
             "val_loss": val_loss,
             "val_acc": val_acc,
+            "lr": lr,
             "time/epoch_s": train_time,
         }
         diverged = diverged or not math.isfinite(val_loss)
@@ -184,6 +202,6 @@ def train(cfg: Mapping[str, Any], hooks: Sequence[EpochHook] = (), splits: Split
 
 def _log_epoch(epoch: int, epochs: int, state: EpochState) -> None:
     m = state.metrics
-    log.info("epoch %*d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  %.2fs",
+    log.info("epoch %*d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  lr %.3g  %.2fs",
              len(str(epochs)), epoch, epochs, m["train_loss"], m["train_acc"], m["val_loss"], m["val_acc"],
-             m["time/epoch_s"])
+             m["lr"], m["time/epoch_s"])
