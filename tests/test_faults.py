@@ -263,6 +263,7 @@ def test_opening_retries_while_the_schema_is_being_created_and_not_for_a_broken_
     assert slept == [0.5, 1.0]
     broken = tmp_path / "broken.db"
     broken.write_text("not a database")
+    os.utime(broken, (time.time() - 3600, time.time() - 3600))  # an old store, not one being created
     monkeypatch.setattr(MlflowClient, "search_experiments", real)
     slept.clear()
     with pytest.raises(EpochgraphError, match="cannot open the MLflow store .*broken.db"):

@@ -108,12 +108,17 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
 # what opening a SQLite store says while another process is creating its schema (MLflow migrates a new
 # store in many steps): the store is fine a moment later
 _SCHEMA_RACE = ("already exists", "duplicate column", "database is locked", "no such table", "no such column",
-                "out-of-date database schema", "alembic")  # alembic: "Online migration expected to match one row"
-OPEN_ATTEMPTS = 8  # ~30 s of waiting in all: a schema migration on a loaded machine takes seconds
+                "out-of-date database schema", "alembic", "circular dependency")
+OPEN_ATTEMPTS = 8  # ~18 s of waiting in all: a schema migration on a loaded machine takes seconds
+NEW_STORE_S = 120  # a SQLite file written this recently may be a schema still being created
 
 
-def _schema_race(err: BaseException) -> bool:
-    """Whether ``err`` (or an exception it was raised from) is a store caught mid-creation by another process."""
+def _schema_race(err: BaseException, uri: str) -> bool:
+    """Whether ``err`` may be a store caught mid-creation by another process: a SQLite file written in the
+    last `NEW_STORE_S` seconds, or an error (or one it was raised from) that says so."""
+    path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    if path is not None and path.is_file() and time.time() - path.stat().st_mtime < NEW_STORE_S:
+        return True
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
@@ -148,7 +153,7 @@ def get_client(tracking_uri: str | None) -> MlflowClient:
             return _open_client(uri)
         except Exception as err:  # a bad URI or a broken store: one line, not a wall
             attempts += 1
-            if uri.startswith("sqlite:") and attempts < OPEN_ATTEMPTS and _schema_race(err):
+            if uri.startswith("sqlite:") and attempts < OPEN_ATTEMPTS and _schema_race(err, uri):
                 time.sleep(0.5 * attempts)
                 continue
             first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
