@@ -42,7 +42,10 @@ def test_pairs_cover_every_pair_of_reached_epochs():
     assert len(y) == 4 * 3 // 2 + EPOCHS * (EPOCHS - 1) // 2 and set(groups) == {0, 1}
     # the target is the gain in val_acc from t to s; the horizon columns say which pair it is
     assert y[0] == pytest.approx(short["val_acc"][1] - short["val_acc"][0])
-    assert X[0, 0] == pytest.approx(short["val_acc"][0]) and tuple(X[0, -4:-1]) == (1.0, 2.0, 1.0)
+    # horizon relative to the 4 epochs the short training ran: t/T, s/T, (s - t)/T, log(s/t)
+    assert X[0, 0] == pytest.approx(short["val_acc"][0])
+    assert X[0, -8:-4] == pytest.approx([0.25, 0.5, 0.25, math.log(2)])
+    assert np.isnan(X[0, -4:]).all()  # no schedule declared: its features are missing, not made up
     diverged = {**curve(0.8, 0.5), "val_acc": [0.4, 0.5, math.nan, math.nan]}
     assert len(training_pairs([diverged])[1]) == 1  # only the epochs with a val_acc
     with pytest.raises(EpochgraphError, match="needs 3"):
@@ -132,7 +135,7 @@ def test_warm_start_leaves_out_the_excluded_population(tmp_path):
     _table(tmp_path, population(10, seed=2), "b")
     only_a = ForecastPruner(max_epoch=EPOCHS, warm_start=str(tmp_path), warm_exclude=["b"])
     both = ForecastPruner(max_epoch=EPOCHS, warm_start=str(tmp_path))
-    assert len(both._warm[1]) == 2 * len(only_a._warm[1]) == 2 * 10 * EPOCHS * (EPOCHS - 1) // 2
+    assert len(both._warm_histories) == 2 * len(only_a._warm_histories) == 2 * 10
     with pytest.raises(EpochgraphError, match="leaves no training"):
         ForecastPruner(max_epoch=EPOCHS, warm_start=str(tmp_path), warm_exclude=["a", "b"])
     with pytest.raises(EpochgraphError, match="'.*absent', which does not exist"):

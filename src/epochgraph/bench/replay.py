@@ -32,7 +32,7 @@ from epochgraph.forecast.predictor import CURVE_METRICS
 from epochgraph.forecast.records import RunRecord, trained_epochs
 from epochgraph.graph.signature import NONFINITE
 from epochgraph.paths import CONF_DIR
-from epochgraph.search.trial_attrs import EPOCH_ATTR
+from epochgraph.search.trial_attrs import EPOCH_ATTR, encode_value
 
 PrunerFactory = Callable[[], optuna.pruners.BasePruner]
 METRICS = ("epochs_frac", "regret", "false_prune", "high_pruned", "pruned", "pruner_s")
@@ -43,13 +43,17 @@ def run_length(run: RunRecord) -> int:
     return max(1, trained_epochs(run.history))
 
 
-def _epoch_attrs(run: RunRecord, i: int) -> dict[str, float | None]:
-    """What a live job stores in the trial's user attrs after epoch ``i + 1``."""
-    out: dict[str, float | None] = {}
+def _epoch_attrs(run: RunRecord, i: int) -> dict[str, float | str | None]:
+    """What a live job stores in the trial's user attrs after epoch ``i + 1``: the metrics the run's source
+    reported (a value at some epoch), a non-finite one as reported (the run diverged there); a metric the
+    source never reported is left out, as a user's objective that does not report it leaves it out."""
+    out: dict[str, float | str | None] = {}
     for key, values in run.history.items():
         if key.startswith("sig/") or key == NONFINITE or key in CURVE_METRICS:
+            if not any(v is not None and math.isfinite(float(v)) for v in values):
+                continue
             v = values[i] if i < len(values) else None
-            out[key] = None if v is None or not math.isfinite(float(v)) else float(v)
+            out[key] = encode_value(None if v is None else float(v))
     return out
 
 

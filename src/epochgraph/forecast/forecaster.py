@@ -14,8 +14,13 @@ the accuracy itself (their accuracy ranges differ, the shape of a learning curve
 Features of a pair (`pair_features`), ``source``:
 
 * ``curve``: val_acc at t, its best so far, its change over the last epoch and the last three, val_acc at
-  epoch 1, log val_loss and log train_loss at t, train_acc at t and its gap to val_acc, and the horizon
-  (t, s, s - t, log(s / t));
+  epoch 1; log val_loss and log train_loss at t, train_acc at t and its gap to val_acc, for the metrics
+  the study reports (``metrics``: a study that reports val_acc alone gets a val_acc-only model, never
+  constants in place of missing losses); the horizon relative to the training's planned epochs T (t/T,
+  s/T, (s - t)/T, log(s / t)), so that 15- and 500-epoch trainings share one model; and the planned LR
+  schedule where the training declared it (``lr_schedule``: the LR now against the first, the LR at s
+  against now, the share of epochs t+1..s after an LR drop, the epochs to the next drop / T), missing
+  (NaN) where it did not;
 * ``hybrid``: the same plus the graph signature at t (`epochgraph.graph.signature`) and its change over the
   last epoch.
 
@@ -55,8 +60,14 @@ SIGNATURE_COLUMNS = tuple(metric_name(c, a) for c in CENTRALITIES for a in AGGRE
 LOSS_CLIP = 1e6
 
 
+CURVE_KEYS = ("val_acc", "val_loss", "train_acc", "train_loss")
+SCHEDULE_KEY = "lr_schedule"  # in a history: the LR of every epoch 1..T, planned before the training
+EPOCHS_KEY = "epochs"  # in a history: T, the epochs the training is planned for
+DROP = 0.5  # an LR below this share of the current one counts as a drop to come
+
+
 def _column(history: History, key: str, n: int) -> np.ndarray:
-    values = list(history.get(key, []))[:n]
+    values = list(history.get(key) or [])[:n]
     out = np.full(n, np.nan)
     for i, v in enumerate(values):
         if v is not None:
@@ -71,19 +82,81 @@ def reached_epochs(history: History) -> int:
     return int(finite[-1] + 1) if finite.size else 0
 
 
-class _Curves:
-    """One training's per-epoch arrays (``[n]`` each), read once for all of its pairs."""
+def reported_metrics(history: History) -> tuple[str, ...]:
+    """The learning-curve metrics a history reports (a value at some epoch), in `CURVE_KEYS` order."""
+    return tuple(k for k in CURVE_KEYS if any(v is not None and math.isfinite(float(v))
+                                              for v in (history.get(k) or [])))
 
-    def __init__(self, history: History, n: int | None = None) -> None:
+
+def check_metrics(metrics: Sequence[str] | None) -> tuple[str, ...]:
+    """``metrics`` in `CURVE_KEYS` order (None: all of them); val_acc is always one."""
+    if metrics is None:
+        return CURVE_KEYS
+    unknown = [m for m in metrics if m not in CURVE_KEYS]
+    if unknown:
+        raise choice_error("curve metric", unknown[0], CURVE_KEYS, key="metrics")
+    if "val_acc" not in metrics:
+        raise EpochgraphError(f"metrics={list(metrics)} must include val_acc (the value the trials report)")
+    return tuple(k for k in CURVE_KEYS if k in metrics)
+
+
+def feature_names(source: str = "curve", metrics: Sequence[str] | None = None) -> list[str]:
+    """The names of a pair's features (`pair_features`), in order."""
+    metrics = check_metrics(metrics)
+    names = ["val_acc", "best_val_acc", "val_acc_change_1", "val_acc_change_3", "val_acc_epoch_1"]
+    if "val_loss" in metrics:
+        names.append("log_val_loss")
+    if "train_loss" in metrics:
+        names.append("log_train_loss")
+    if "train_acc" in metrics:
+        names += ["train_acc", "train_val_gap"]
+    if source == "hybrid":
+        names += [f"{k}" for k in SIGNATURE_COLUMNS] + [f"{k}/change" for k in SIGNATURE_COLUMNS]
+    return [*names, "t_frac", "s_frac", "span_frac", "log_s_over_t",
+            "log_lr_now_vs_first", "log_lr_s_vs_now", "share_after_drop", "to_next_drop_frac"]
+
+
+class _Curves:
+    """One training's per-epoch arrays (``[n]`` each), read once for all of its pairs.
+
+    Only the ``metrics`` given become features (a metric the study does not report is left out, never
+    filled in). The horizon is relative to the training's planned epochs T (``epochs`` in the history, else
+    ``epochs`` given, else the epochs it reached), so one forecaster serves 15- and 500-epoch trainings. The
+    planned LR schedule (``lr_schedule``), when the training declared it, gives the LR to come; without it
+    those features are missing (NaN), which the gradient-boosting models learn to read as "not declared".
+    """
+
+    def __init__(self, history: History, n: int | None = None, metrics: Sequence[str] | None = None,
+                 epochs: int | None = None) -> None:
         n = reached_epochs(history) if n is None else n
         self.n = n
+        self.metrics = check_metrics(metrics)
         self.acc = np.nan_to_num(_column(history, "val_acc", n), nan=0.0)
-        self.val_loss = np.log(np.clip(np.nan_to_num(_column(history, "val_loss", n), nan=LOSS_CLIP), 1e-6, LOSS_CLIP))
-        self.train_loss = np.log(np.clip(np.nan_to_num(_column(history, "train_loss", n), nan=LOSS_CLIP),
-                                         1e-6, LOSS_CLIP))
-        self.train_acc = np.nan_to_num(_column(history, "train_acc", n), nan=0.0)
+        # a loss that is missing at one epoch stays missing (NaN); the models take NaN as missing
+        self.val_loss = np.log(np.clip(_column(history, "val_loss", n), 1e-6, LOSS_CLIP))
+        self.train_loss = np.log(np.clip(_column(history, "train_loss", n), 1e-6, LOSS_CLIP))
+        self.train_acc = _column(history, "train_acc", n)
         self.best = np.maximum.accumulate(self.acc) if n else self.acc
         self.sig = np.column_stack([_column(history, k, n) for k in SIGNATURE_COLUMNS]) if n else np.empty((0, 10))
+        planned = history.get(EPOCHS_KEY) or epochs
+        schedule = history.get(SCHEDULE_KEY)
+        self.T = int(planned) if planned else (len(schedule) if schedule else max(n, 1))
+        lrs = np.asarray([float(v) for v in schedule], dtype=float) if schedule else None
+        self.lr = lrs if lrs is not None and len(lrs) >= self.T and np.all(lrs > 0) else None
+
+    def _schedule(self, t: int, s: np.ndarray) -> np.ndarray:
+        """``[len(s), 4]``: LR now vs the first, LR at s vs now, share of (t, s] after a drop, epochs to the
+        next drop (/T); NaN when the schedule was not declared."""
+        if self.lr is None:
+            return np.full((len(s), 4), np.nan)
+        lr, now = self.lr, self.lr[t - 1]
+        after = np.cumsum(lr < DROP * now)  # after[e-1]: epochs 1..e at an LR below the drop threshold
+        drops = np.flatnonzero(lr[t:] < DROP * now)
+        to_next = (drops[0] + 1) if drops.size else self.T + 1 - t
+        si = s.astype(int)
+        share = (after[si - 1] - after[t - 1]) / np.maximum(si - t, 1)
+        return np.column_stack([np.full(len(s), np.log(now / lr[0])), np.log(lr[si - 1] / now), share,
+                                np.minimum(to_next, si - t + 1) / self.T])
 
     def features(self, t: int, s: np.ndarray, source: str) -> np.ndarray:
         """``[len(s), n_features]``: the features of pairs (t, s) (1-based epochs, t <= self.n)."""
@@ -91,41 +164,62 @@ class _Curves:
         acc = self.acc
         prev = acc[i - 1] if i >= 1 else acc[i]
         back3 = acc[max(0, i - 3)]
-        head = [acc[i], self.best[i], acc[i] - prev, (acc[i] - back3) / max(1, min(3, i)), acc[0],
-                self.val_loss[i], self.train_loss[i], self.train_acc[i], self.train_acc[i] - acc[i]]
+        head = [acc[i], self.best[i], acc[i] - prev, (acc[i] - back3) / max(1, min(3, i)), acc[0]]
+        if "val_loss" in self.metrics:
+            head.append(self.val_loss[i])
+        if "train_loss" in self.metrics:
+            head.append(self.train_loss[i])
+        if "train_acc" in self.metrics:
+            head += [self.train_acc[i], self.train_acc[i] - acc[i]]
         if source == "hybrid":
             sig = self.sig[i]
             dsig = sig - (self.sig[i - 1] if i >= 1 else sig)
             head = [*head, *np.sign(sig) * np.log1p(np.abs(sig)), *dsig]
         s = np.asarray(s, dtype=float)
         fixed = np.tile(np.asarray(head, dtype=float), (len(s), 1))
-        horizon = np.column_stack([np.full(len(s), float(t)), s, s - t, np.log(s / t)])
-        return np.hstack([fixed, horizon])
+        T = float(self.T)
+        horizon = np.column_stack([np.full(len(s), t / T), s / T, (s - t) / T, np.log(s / t)])
+        return np.hstack([fixed, horizon, self._schedule(t, s)])
 
 
-def pair_features(history: History, t: int, s: int, source: str = "curve") -> np.ndarray:
-    """The feature vector for forecasting val_acc at epoch ``s`` from epochs ``1..t`` of ``history``."""
+def pair_features(history: History, t: int, s: int, source: str = "curve", metrics: Sequence[str] | None = None,
+                  epochs: int | None = None) -> np.ndarray:
+    """The feature vector for forecasting val_acc at epoch ``s`` from epochs ``1..t`` of ``history``
+    (``epochs``: the training's planned epochs T, when the history does not say)."""
     reached = reached_epochs(history)
     if reached < t:
         raise EpochgraphError(f"the history has {reached} epochs with a val_acc; a forecast from t={t} needs {t}")
-    return _Curves(history, t).features(t, np.array([s]), source)[0]
+    return _Curves(history, t, metrics, epochs).features(t, np.array([s]), source)[0]
 
 
-def training_pairs(histories: Sequence[History], source: str = "curve",
-                   max_epoch: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def training_pairs(histories: Sequence[History], source: str = "curve", max_epoch: int | None = None,
+                   metrics: Sequence[str] | None = None,
+                   undeclared: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``X, y, groups`` for every pair (t < s) each training reached: features, the gain
-    val_acc[s] - val_acc[t], and the training's index (for grouped cross-validation)."""
+    val_acc[s] - val_acc[t], and the training's index (for grouped cross-validation).
+
+    With ``undeclared``, the pairs of a training that declared its schedule appear twice: with the schedule,
+    and with it missing, as a study that does not declare one would see them (so a forecast without a
+    schedule has learned what a schedule may bring later, e.g. the jump at an LR drop)."""
     xs, ys, gs = [], [], []
     for k, history in enumerate(histories):
-        curves = _Curves(history)
+        curves = _Curves(history, metrics=metrics)
         n = curves.n if max_epoch is None else min(curves.n, max_epoch)
         for t in range(1, n):
             s = np.arange(t + 1, n + 1)
-            xs.append(curves.features(t, s, source))
-            ys.append(curves.acc[s - 1] - curves.acc[t - 1])
+            X = curves.features(t, s, source)
+            y = curves.acc[s - 1] - curves.acc[t - 1]
+            xs.append(X)
+            ys.append(y)
             gs.append(np.full(len(s), k))
+            if undeclared and curves.lr is not None:
+                masked = X.copy()
+                masked[:, -4:] = np.nan
+                xs.append(masked)
+                ys.append(y)
+                gs.append(np.full(len(s), k))
     if not xs:
-        width = len(_Curves({"val_acc": [0.5, 0.5]}).features(1, np.array([2]), source)[0])
+        width = len(feature_names(source, metrics))
         return np.empty((0, width)), np.empty(0), np.empty(0, dtype=int)
     return np.vstack(xs), np.concatenate(ys), np.concatenate(gs)
 
@@ -138,6 +232,8 @@ class FinalAccuracyForecaster(RegressorMixin, BaseEstimator):
 
     Args:
         source: ``curve`` or ``hybrid`` (curve + graph signature).
+        metrics: the learning-curve metrics the features read (`CURVE_KEYS`; None: all four); a study
+            that reports val_acc alone gets ``("val_acc",)``.
         method: ``quantile_gbm``, ``conformal`` or ``forest``.
         levels: the quantile levels forecast (sorted, in (0, 1)).
         max_iter, max_leaf_nodes, learning_rate: the gradient-boosting models' size.
@@ -148,8 +244,10 @@ class FinalAccuracyForecaster(RegressorMixin, BaseEstimator):
 
     def __init__(self, source: str = "curve", method: str = "quantile_gbm", levels: Sequence[float] = LEVELS,
                  max_iter: int = 80, max_leaf_nodes: int = 15, learning_rate: float = 0.1,
-                 n_estimators: int = 100, folds: int = 5, seed: int = 0) -> None:
+                 n_estimators: int = 100, folds: int = 5, seed: int = 0,
+                 metrics: Sequence[str] | None = None) -> None:
         self.source = source
+        self.metrics = metrics
         self.method = method
         self.levels = levels
         self.max_iter = max_iter
@@ -164,6 +262,7 @@ class FinalAccuracyForecaster(RegressorMixin, BaseEstimator):
             raise choice_error("forecast source", self.source, SOURCES, key="source")
         if self.method not in METHODS:
             raise choice_error("forecast method", self.method, METHODS, key="method")
+        check_metrics(self.metrics)
         levels = list(self.levels)
         if not levels or levels != sorted(levels) or not all(0 < q < 1 for q in levels):
             raise EpochgraphError(f"levels={levels} must be increasing and inside (0, 1), e.g. {list(LEVELS)}")
@@ -183,6 +282,10 @@ class FinalAccuracyForecaster(RegressorMixin, BaseEstimator):
             raise EpochgraphError(f"{len(y)} pair(s) of epochs to learn from; the forecaster needs at least 2 "
                                   f"(trainings that reached epoch 2)")
         self.levels_ = np.asarray(self.levels, dtype=float)
+        # a feature missing in every row (no training declared a schedule) carries nothing to learn, and
+        # scikit-learn's binning cannot take a column without values: it is set to 0, here and when predicting
+        self.unseen_ = np.flatnonzero(np.all(np.isnan(X), axis=0)) if len(X) else np.empty(0, dtype=int)
+        X = self._seen(X)
         if self.method == "quantile_gbm":
             self.models_ = [self._gbm(loss="quantile", quantile=float(q)).fit(X, y, sample_weight=sample_weight)
                             for q in self.levels_]
@@ -198,6 +301,8 @@ class FinalAccuracyForecaster(RegressorMixin, BaseEstimator):
         else:
             self._fit_conformal(X, y, groups)
         self.n_features_in_ = X.shape[1]
+        names = feature_names(self.source, self.metrics)
+        self.feature_names_ = names if len(names) == X.shape[1] else None
         return self
 
     def _fit_conformal(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None) -> None:
@@ -215,9 +320,17 @@ class FinalAccuracyForecaster(RegressorMixin, BaseEstimator):
         model.fit_conformalize(X, y, groups=groups)
         self.models_ = [model]
 
+    def _seen(self, X: np.ndarray) -> np.ndarray:
+        unseen = getattr(self, "unseen_", None)
+        if unseen is None or not len(unseen):
+            return X
+        X = np.array(X, dtype=float)
+        X[:, unseen] = 0.0
+        return X
+
     def predict_quantiles(self, X: np.ndarray) -> np.ndarray:
         """``[n, len(levels)]`` quantiles of the gain, non-decreasing along each row."""
-        X = np.asarray(X, dtype=float)
+        X = self._seen(np.asarray(X, dtype=float))
         if self.method == "quantile_gbm":
             out = np.column_stack([m.predict(X) for m in self.models_])
         elif self.method == "forest":
@@ -271,7 +384,7 @@ class FinalAccuracyForecaster(RegressorMixin, BaseEstimator):
     def fit_histories(self, histories: Sequence[History], sample_weight_per_history: Sequence[float] | None = None,
                       max_epoch: int | None = None) -> FinalAccuracyForecaster:
         """Fit on every pair of epochs the ``histories`` reached."""
-        X, y, g = training_pairs(histories, self._source(), max_epoch)
+        X, y, g = training_pairs(histories, self._source(), max_epoch, self.metrics)
         w = None if sample_weight_per_history is None else np.asarray(sample_weight_per_history, dtype=float)[g]
         return self.fit(X, y, sample_weight=w, groups=g)
 
@@ -282,7 +395,7 @@ class FinalAccuracyForecaster(RegressorMixin, BaseEstimator):
 
     def forecast(self, histories: Sequence[History], t: int, s: int) -> tuple[np.ndarray, np.ndarray]:
         """``(val_acc at t, quantiles of val_acc at s)`` for each history, from its epochs 1..t."""
-        X = np.vstack([pair_features(h, t, s, self._source()) for h in histories])
+        X = np.vstack([pair_features(h, t, s, self._source(), self.metrics) for h in histories])
         now = X[:, 0]
         return now, now[:, None] + self.predict_quantiles(X)
 
@@ -290,7 +403,7 @@ class FinalAccuracyForecaster(RegressorMixin, BaseEstimator):
         """P(val_acc at epoch ``s`` >= ``values[i]``) for each history, from its epochs 1..t."""
         if s <= t:  # nothing left to forecast: the value is known
             return np.array([float(_Curves(h, t).acc[s - 1] >= v) for h, v in zip(histories, values)])
-        X = np.vstack([pair_features(h, t, s, self._source()) for h in histories])
+        X = np.vstack([pair_features(h, t, s, self._source(), self.metrics) for h in histories])
         return self.prob_gain_at_least(X, np.asarray(values, dtype=float) - X[:, 0])
 
 

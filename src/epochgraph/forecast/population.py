@@ -35,8 +35,9 @@ SEARCHED = ("optim.lr", "optim.momentum", "optim.weight_decay", "model.dropout",
 DESCRIBED = ("model.name", "model.width", "data.name", "data.train_size", "trainer.epochs")
 TIMINGS = ("time/epoch_s", "time/graph_s")
 CENTRALITY_COLUMNS = tuple(metric_name(c, a) for c in ("degree", "eigenvector") for a in AGGREGATORS)
-EXTRA_METRICS = (*TIMINGS, "test_acc")  # read from MLflow beside the signature and the curve
-EPOCH_COLUMNS = (*CURVE_METRICS, *CENTRALITY_COLUMNS, NONFINITE, *TIMINGS)
+LR = "lr"  # the LR each epoch ran at (optim.schedule), logged by the trainer
+EXTRA_METRICS = (*TIMINGS, "test_acc", LR)  # read from MLflow beside the signature and the curve
+EPOCH_COLUMNS = (*CURVE_METRICS, *CENTRALITY_COLUMNS, NONFINITE, *TIMINGS, LR)
 
 
 def _number(value: Any) -> Any:

@@ -30,9 +30,19 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from epochgraph.errors import EpochgraphError
-from epochgraph.forecast.forecaster import FinalAccuracyForecaster, History, pair_features, training_pairs
+from epochgraph.forecast.forecaster import (
+    CURVE_KEYS,
+    EPOCHS_KEY,
+    SCHEDULE_KEY,
+    FinalAccuracyForecaster,
+    History,
+    feature_names,
+    pair_features,
+    reported_metrics,
+    training_pairs,
+)
 from epochgraph.paths import project_path
-from epochgraph.search.trial_attrs import UPPER_ATTR, diverged, trial_history
+from epochgraph.search.trial_attrs import UPPER_ATTR, diverged, planned_schedule, trial_history
 
 log = logging.getLogger("epochgraph")
 COMBINE = ("and", "or")
@@ -72,11 +82,38 @@ def warm_histories(sources: Sequence[str], experiments: Sequence[str] | None = N
         keep = df["experiment"].isin(experiments) if experiments else np.ones(len(df), dtype=bool)
         df = df[keep & ~df["experiment"].isin(list(exclude))]
         if len(df):
-            histories += [r.history for r in from_table(df)]
+            histories += [with_plan(r.history, r.params.get("trainer.epochs")) for r in from_table(df)]
     if not histories:
         raise EpochgraphError(f"warm_start={list(sources)} with experiments={list(experiments or [])} and "
                               f"exclude={list(exclude)} leaves no training; widen the selection")
     return histories
+
+
+def with_plan(history: History, epochs: Any = None, schedule: Sequence[float] | None = None) -> dict[str, Any]:
+    """``history`` with its planned epochs T and LR schedule (`forecaster.EPOCHS_KEY`, `SCHEDULE_KEY`): the
+    schedule given, else the LR it logged at every epoch 1..T (a training that ran to its end), else none."""
+    out = dict(history)
+    try:
+        T = int(float(epochs)) if epochs is not None else None
+    except (TypeError, ValueError):
+        T = None
+    if T:
+        out[EPOCHS_KEY] = T
+    if schedule is None and T:
+        logged = [float(v) for v in (history.get("lr") or [])[:T] if v is not None]
+        schedule = logged if len(logged) == T and all(math.isfinite(v) and v > 0 for v in logged) else None
+    if schedule:
+        out[SCHEDULE_KEY] = list(schedule)
+    return out
+
+
+def describe_features(metrics: Sequence[str], declared: bool) -> str:
+    """One line saying what a forecast reads (logged once per pruner)."""
+    missing = [m for m in CURVE_KEYS if m not in metrics]
+    reads = ", ".join(metrics) + (f" (the study reports no {', '.join(missing)})" if missing else "")
+    schedule = ("the LR schedule each trial declared" if declared
+                else "no LR schedule (none declared: its features are missing, the forecast is wider)")
+    return f"forecast pruner: forecasting from {reads}, the horizon relative to the trial's epochs, and {schedule}"
 
 
 class ForecastPruner(BasePruner):
@@ -136,8 +173,10 @@ class ForecastPruner(BasePruner):
         self.base, self.combine, self.calibrate = base, combine, bool(calibrate)
         self.warm_start = _as_list(warm_start)
         self._warm_key = (tuple(self.warm_start), tuple(warm_experiments or ()), tuple(warm_exclude or ()),
-                          self.source, self.max_epoch, self.warm_rows, self.seed)
-        self._warm = self._load_warm(self.warm_start, warm_experiments, warm_exclude or [])
+                          self.source, self.warm_rows, self.seed)
+        self._load_warm(self.warm_start, warm_experiments, warm_exclude or [])
+        self._metrics: tuple[str, ...] | None = None  # what the study reports, from its first forecast
+        self._warm: tuple[np.ndarray, np.ndarray] | None = None
         self._model: FinalAccuracyForecaster | None = None
         self._fitted_on = -1  # finished trials at the last fit (-1: never)
         self._histories: dict[int, History] = {}  # finished trial number -> history (they do not change)
@@ -150,37 +189,66 @@ class ForecastPruner(BasePruner):
         # the rule needs one quantile, 1 - delta (prune iff the best lies above it); the median is what the
         # summary reports. Two quantile models instead of a whole grid keep each refit under a second.
         params = {"levels": (0.5, 1.0 - self.delta), "max_iter": 30, "max_leaf_nodes": 10, **self.forecaster_params}
-        return FinalAccuracyForecaster(source=self.source, method=self.method, seed=self.seed, **params)
+        return FinalAccuracyForecaster(source=self.source, method=self.method, seed=self.seed,
+                                       metrics=self._metrics if getattr(self, "_metrics", None) else None, **params)
 
-    def _load_warm(self, sources: Sequence[str], experiments: Sequence[str] | None,
-                   exclude: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    def _load_warm(self, sources: Sequence[str], experiments: Sequence[str] | None, exclude: Sequence[str]) -> None:
+        """Read the warm tables and registered forecasters now, so a bad source fails at construction; their
+        pairs of epochs are made at the first forecast, for the metrics the study reports."""
         tables = [s for s in sources if not s.startswith("models:/")]
-        models = [s for s in sources if s.startswith("models:/")]
-        parts_x, parts_y = [], []
-        if tables:
-            key = (tuple(tables), tuple(experiments or ()), tuple(exclude), self.source, self.max_epoch)
-            if key not in _WARM_CACHE:
-                X, y, _ = training_pairs(warm_histories(tables, experiments, exclude), self.source, self.max_epoch)
-                _WARM_CACHE[key] = (X, y)
-            parts_x.append(_WARM_CACHE[key][0])
-            parts_y.append(_WARM_CACHE[key][1])
-        for uri in models:
+        self._warm_tables = (tuple(tables), tuple(experiments or ()), tuple(exclude))
+        self._warm_histories = warm_histories(tables, experiments, exclude) if tables else []
+        self._registered = []
+        for uri in (s for s in sources if s.startswith("models:/")):
             registered = load_forecaster(uri)
             if registered.source != self.source:
                 raise EpochgraphError(f"{uri} was fitted on source={registered.source!r}, the pruner reads "
                                       f"source={self.source!r}; set pruner.source={registered.source}")
+            self._registered.append((uri, registered))
+
+    def _warm_pairs(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The warm pairs of epochs with the study's features (`_metrics`); one computation per process."""
+        parts_x, parts_y = [], []
+        if self._warm_histories:
+            key = (self._warm_tables, self.source, self._metrics)
+            if key not in _WARM_CACHE:
+                X, y, _ = training_pairs(self._warm_histories, self.source, None, self._metrics)
+                _WARM_CACHE[key] = (X, y)
+            parts_x.append(_WARM_CACHE[key][0])
+            parts_y.append(_WARM_CACHE[key][1])
+        want = feature_names(self.source, self._metrics)
+        for uri, registered in self._registered:
+            if getattr(registered, "feature_names_", None) != want:
+                raise EpochgraphError(f"{uri} was fitted on other features than this study reports "
+                                      f"({', '.join(self._metrics or ())}); refit it on such curves or drop it "
+                                      f"from pruner.warm_start")
             parts_x.append(registered.train_X_)
             parts_y.append(registered.train_y_)
         if not parts_x:
             return None
         return np.vstack(parts_x), np.concatenate(parts_y)
 
+    def _history(self, trial: FrozenTrial, history: History | None = None) -> dict[str, Any]:
+        """The trial's per-epoch history with its planned epochs and the LR schedule it declared."""
+        return with_plan(trial_history(trial) if history is None else history, self.max_epoch,
+                         planned_schedule(trial))
+
+    def _use_metrics(self, history: History) -> None:
+        """Fix the features at the first forecast: the curve metrics the study reports, and only those."""
+        if self._metrics is not None:
+            return
+        self._metrics = reported_metrics(history) or ("val_acc",)
+        if "val_acc" not in self._metrics:
+            self._metrics = ("val_acc", *self._metrics)
+        self._warm = self._warm_pairs()
+        log.info(describe_features(self._metrics, bool(history.get(SCHEDULE_KEY))))
+
     # --- the forecaster -------------------------------------------------------------------------------
 
     def _finished(self, study: optuna.Study) -> list[History]:
         for tr in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
             if tr.number not in self._histories:
-                self._histories[tr.number] = trial_history(tr)
+                self._histories[tr.number] = self._history(tr)
         return list(self._histories.values())
 
     def forecaster(self, study: optuna.Study) -> FinalAccuracyForecaster | None:
@@ -192,7 +260,7 @@ class ForecastPruner(BasePruner):
                                       and n >= max(self._fitted_on * self.refit_growth, self._fitted_on + 5))
         if not due:
             return self._model
-        X_own, y_own, _ = training_pairs(finished, self.source, self.max_epoch)
+        X_own, y_own, _ = training_pairs(finished, self.source, self.max_epoch, self._metrics)
         if self._warm is None and (n < self.min_trials or len(y_own) < 2):
             return None
         if not len(y_own) and self._warm is not None:  # the warm prior alone: the same for every study
@@ -244,12 +312,14 @@ class ForecastPruner(BasePruner):
         if not values:
             return None
         best = max(values) if study.direction == StudyDirection.MAXIMIZE else min(values)
-        if len(history.get("val_acc", [])) < step:  # the job stores the curve with each report
+        if len(history.get("val_acc") or []) < step:  # an objective that only calls trial.report(value, step)
             history = {"val_acc": [trial.intermediate_values.get(e, math.nan) for e in range(1, step + 1)]}
+        history = self._history(trial, history)
+        self._use_metrics(history)
         model = self.forecaster(study)
         if model is None:
             return None
-        x = pair_features(history, step, self.max_epoch, self.source)[None, :]
+        x = pair_features(history, step, self.max_epoch, self.source, self._metrics, self.max_epoch)[None, :]
         now = float(x[0, 0])
         q = model.predict_quantiles(x)  # one prediction serves both the median and P(final >= best)
         upper = now + float(q[0, -1])  # the highest level: 1 - delta

@@ -22,7 +22,14 @@ from hydra.utils import instantiate
 from epochgraph.errors import EpochgraphError
 from epochgraph.forecast.predictor import CURVE_METRICS
 from epochgraph.hooks import EpochState
-from epochgraph.search.trial_attrs import EPOCH_ATTR, FORECAST_ATTR, FORECAST_FINAL_ATTR, SCHEDULE_ATTR, UPPER_ATTR
+from epochgraph.search.trial_attrs import (
+    EPOCH_ATTR,
+    FORECAST_ATTR,
+    FORECAST_FINAL_ATTR,
+    SCHEDULE_ATTR,
+    UPPER_ATTR,
+    encode_value,
+)
 from epochgraph.store import optuna_internals
 from epochgraph.store.storage import make_storage
 
@@ -77,7 +84,7 @@ class TrialReporter:
 
     def on_epoch_end(self, state: EpochState) -> None:
         m = state.metrics
-        attrs = {k: (v if math.isfinite(v) else None) for k, v in m.items()
+        attrs = {k: encode_value(v) for k, v in m.items()
                  if k.startswith("sig/") or k in CURVE_METRICS or k == "lr"}
         self.trial.set_user_attr(EPOCH_ATTR.format(state.epoch), attrs)
         value = m["val_acc"] if math.isfinite(m["val_acc"]) else 0.0

@@ -22,24 +22,51 @@ UPPER_ATTR = "forecast_upper_{:03d}"  # the upper quantile forecast at that epoc
 SCHEDULE_ATTR = "lr_schedule"  # the LR of every epoch of the training, planned before it starts
 
 __all__ = ["EPOCH_ATTR", "FORECAST_ATTR", "FORECAST_FINAL_ATTR", "SCHEDULE_ATTR", "UPPER_ATTR", "diverged",
-           "planned_schedule", "trial_history"]
+           "encode_value", "planned_schedule", "trial_history"]
 
 
-def trial_history(trial: FrozenTrial) -> dict[str, list[float]]:
-    """``metric -> [epoch 1, epoch 2, ...]`` from the trial's per-epoch user attrs."""
+NONFINITE_VALUES = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def encode_value(value: float | None) -> float | str | None:
+    """A metric as a user attr: a number; a reported non-finite value as ``"nan"``, ``"inf"`` or ``"-inf"``
+    (JSON has no NaN, and optuna-dashboard reads the attrs as JSON); None (not reported) stays None."""
+    if value is None:
+        return None
+    value = float(value)
+    if math.isfinite(value):
+        return value
+    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+def _decode(value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return NONFINITE_VALUES.get(value.lower(), math.nan)
+    return float(value)
+
+
+def trial_history(trial: FrozenTrial) -> dict[str, list[float | None]]:
+    """``metric -> [epoch 1, epoch 2, ...]`` from the trial's per-epoch user attrs.
+
+    A metric the trial did not report at an epoch is None (missing); one it reported as non-finite is
+    NaN or inf (the training diverged)."""
     epochs = sorted(int(k[len("epoch_"):]) for k in trial.user_attrs if k.startswith("epoch_"))
-    history: dict[str, list[float]] = {}
+    history: dict[str, list[float | None]] = {}
     for i, epoch in enumerate(epochs):
         for key, value in trial.user_attrs[EPOCH_ATTR.format(epoch)].items():
-            history.setdefault(key, [math.nan] * len(epochs))[i] = float(value) if value is not None else math.nan
+            history.setdefault(key, [None] * len(epochs))[i] = _decode(value)
     return history
 
 
-def diverged(history: Mapping[str, Sequence[float]]) -> bool:
-    """Whether the weights went non-finite (``sig/nonfinite``) or a loss did (NaN or inf)."""
-    flags = history.get(NONFINITE, [])
-    losses = list(history.get("train_loss", [])) + list(history.get("val_loss", []))
-    return any(f and f > 0 for f in flags) or any(not math.isfinite(v) for v in losses)
+def diverged(history: Mapping[str, Sequence[float | None]]) -> bool:
+    """Whether the weights went non-finite (``sig/nonfinite``) or a reported loss did (NaN or inf).
+
+    A loss that is missing (None: a study that reports val_acc alone) is not a divergence."""
+    flags = history.get(NONFINITE) or []
+    losses = list(history.get("train_loss") or []) + list(history.get("val_loss") or [])
+    return any(f is not None and f > 0 for f in flags) or any(v is not None and not math.isfinite(v) for v in losses)
 
 
 def planned_schedule(trial: FrozenTrial) -> list[float] | None:
