@@ -27,6 +27,23 @@ pytestmark = pytest.mark.slow  # real processes, signals and servers: minutes; C
 BASE = [sys.executable, "-m", "epochgraph.cli.train"]
 
 
+def _as_from_a_terminal() -> None:
+    """In the child, before it runs: Ctrl-C's default action. A shell without job control starts its
+    background commands with SIGINT ignored, and Python then installs no KeyboardInterrupt handler; a user
+    at a terminal presses Ctrl-C on a command whose SIGINT is not ignored, which is what these tests check."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _wait_or_kill(proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait for the interrupted command to end; one that does not is killed (no orphan keeps training)."""
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def _sweep_cmd(tmp_path, *overrides):
     return [*BASE, "+experiment=pruned_sweep", *TINY, f"storage.url=sqlite:///{tmp_path / 'optuna.db'}",
             f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
@@ -284,7 +301,7 @@ def test_interrupt_ends_the_run_killed_with_one_line(tmp_path, sig, status, said
     log = tmp_path / "train.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([*BASE, *TINY, "trainer.epochs=5000", f"mlflow.tracking_uri={tracking}"],
-                                stdout=subprocess.DEVNULL, stderr=out)
+                                stdout=subprocess.DEVNULL, stderr=out, preexec_fn=_as_from_a_terminal)
     client = get_client(tracking)
     deadline = time.time() + 300
     runs = []
@@ -295,7 +312,7 @@ def test_interrupt_ends_the_run_killed_with_one_line(tmp_path, sig, status, said
         runs = [r for r in client.search_runs([exp.experiment_id]) if "train_loss" in r.data.metrics] if exp else []
     time.sleep(1.0)
     proc.send_signal(sig)
-    proc.wait(timeout=120)
+    _wait_or_kill(proc)
     err = log.read_text()
     assert proc.returncode == status
     run_id = runs[0].info.run_id
@@ -309,11 +326,11 @@ def test_interrupted_sweep_ends_its_trial_at_once_and_resumes_it(tmp_path):
     log = tmp_path / "sweep.log"
     with open(log, "w") as out:  # a file, not a pipe: nothing blocks the sweep however much it says
         proc = subprocess.Popen(_sweep_cmd(tmp_path, *over, "trainer.epochs=5000"), stdout=subprocess.DEVNULL,
-                                stderr=out)
+                                stderr=out, preexec_fn=_as_from_a_terminal)
     _wait_for_running_trial_run(tmp_path, proc, log)
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)  # Ctrl-C
-    proc.wait(timeout=120)
+    _wait_or_kill(proc)
     err = log.read_text()
     assert proc.returncode == 130
     assert "Traceback" not in err

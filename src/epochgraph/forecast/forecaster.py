@@ -224,6 +224,25 @@ def training_pairs(histories: Sequence[History], source: str = "curve", max_epoc
     return np.vstack(xs), np.concatenate(ys), np.concatenate(gs)
 
 
+def _z_of(value: float, quantiles: np.ndarray, z: np.ndarray) -> float:
+    """The normal score of ``value`` in a distribution given by ``quantiles`` at normal scores ``z``."""
+    scale_floor = 1e-4  # accuracy points: quantiles that coincide still spread a little
+    if len(quantiles) == 1:
+        return float(z[0] + (value - quantiles[0]) / scale_floor)
+    if value > quantiles[-1]:
+        spread = max((quantiles[-1] - quantiles[-2]) / (z[-1] - z[-2]), scale_floor)
+        return float(z[-1] + (value - quantiles[-1]) / spread)
+    if value < quantiles[0]:
+        spread = max((quantiles[1] - quantiles[0]) / (z[1] - z[0]), scale_floor)
+        return float(z[0] - (quantiles[0] - value) / spread)
+    k = int(np.searchsorted(quantiles, value, side="right")) - 1
+    k = min(max(k, 0), len(quantiles) - 2)
+    lo, hi = quantiles[k], quantiles[k + 1]
+    if hi - lo < 1e-12:
+        return float(z[k + 1] if value >= hi else z[k])
+    return float(z[k] + (value - lo) / (hi - lo) * (z[k + 1] - z[k]))
+
+
 class FinalAccuracyForecaster(RegressorMixin, BaseEstimator):
     """Quantiles of a training's gain in val_acc from epoch t to epoch s (see the module docstring).
 
@@ -363,20 +382,21 @@ class FinalAccuracyForecaster(RegressorMixin, BaseEstimator):
         return q[:, int(np.argmin(np.abs(np.asarray(self.levels_) - 0.5)))]
 
     def prob_gain_at_least(self, X: np.ndarray, gains: np.ndarray, quantiles: np.ndarray | None = None) -> np.ndarray:
-        """P(gain >= ``gains[i]``) for each row, from the forecast quantiles (linear between levels; below
-        the lowest level and above the highest, half of the tail's mass); ``quantiles``: those of ``X``
-        when already predicted."""
+        """P(gain >= ``gains[i]``) for each row: the predictive distribution through the forecast quantiles.
+
+        Between two levels the CDF is interpolated on the normal scale (linear in z = Φ⁻¹(level)); beyond the
+        outermost levels it continues as the normal tail whose scale the two outermost quantiles on that side
+        give. So the probability is continuous and strictly decreasing in the gain asked for, not a step
+        between a few levels; ``quantiles``: those of ``X`` when already predicted."""
+        from scipy.stats import norm
+
         q = self.predict_quantiles(X) if quantiles is None else quantiles
-        levels = np.asarray(self.levels_)
+        levels = np.asarray(self.levels_, dtype=float)
+        z = norm.ppf(levels)
+        gains = np.asarray(gains, dtype=float)
         out = np.empty(len(q))
-        for i, (row, g) in enumerate(zip(q, np.asarray(gains, dtype=float))):
-            if g < row[0]:
-                out[i] = 1.0 - levels[0] / 2
-            elif g > row[-1]:
-                out[i] = (1.0 - levels[-1]) / 2
-            else:
-                cdf = float(np.interp(g, row, levels)) if row[-1] > row[0] else levels[-1]
-                out[i] = 1.0 - cdf
+        for i, (row, g) in enumerate(zip(q, gains)):
+            out[i] = norm.sf(_z_of(g, row, z))
         return out
 
     # --- histories in, forecasts out ------------------------------------------------------------------

@@ -140,6 +140,11 @@ class ForecastPruner(BasePruner):
         base: an Optuna pruner to combine with (``combine``: ``and`` = veto, ``or`` = prune earlier).
         calibrate: widen the forecast by the study's own completed trials' residuals
             (`calibration_margin`, online split-conformal).
+        min_rank_corr, min_complete: the forecast may prune at a step only once ``min_complete`` trials of the
+            study completed and their val_acc at that step ranks their final values at Spearman ρ >=
+            ``min_rank_corr`` (`rank_corr`), ρ taken ``rank_z`` standard errors below its estimate (Fisher's z):
+            where the study shows that early epochs do not rank the end (a late LR drop, slow starters that
+            finish best), it waits, whatever the warm start believed.
         seed: the forecaster's and the subsample's random state.
     """
 
@@ -149,6 +154,7 @@ class ForecastPruner(BasePruner):
                  forecaster_params: Mapping[str, Any] | None = None, own_weight: float = 3.0,
                  warm_rows: int = 3000, min_trials: int = 4, refit_growth: float = 1.5,
                  base: BasePruner | None = None, combine: str = "and", calibrate: bool = True,
+                 min_rank_corr: float = 0.7, min_complete: int = 4, rank_z: float = 1.0,
                  seed: int = 0) -> None:
         if int(max_epoch) < 2:
             raise ValueError(f"max_epoch={max_epoch} must be >= 2 (the training's last epoch, trainer.epochs)")
@@ -171,6 +177,10 @@ class ForecastPruner(BasePruner):
         self.own_weight, self.warm_rows = float(own_weight), int(warm_rows)
         self.min_trials, self.refit_growth = int(min_trials), float(refit_growth)
         self.base, self.combine, self.calibrate = base, combine, bool(calibrate)
+        if not -1 <= min_rank_corr <= 1 or int(min_complete) < 2:
+            raise ValueError(f"min_rank_corr={min_rank_corr} must be in [-1, 1] and min_complete={min_complete} >= 2")
+        self.min_rank_corr, self.min_complete, self.rank_z = float(min_rank_corr), int(min_complete), float(rank_z)
+        self._ranks: tuple[int, dict[int, float]] = (-1, {})  # completed trials -> {step: Spearman rho}
         self.warm_start = _as_list(warm_start)
         self._warm_key = (tuple(self.warm_start), tuple(warm_experiments or ()), tuple(warm_exclude or ()),
                           self.source, self.warm_rows, self.seed)
@@ -186,9 +196,11 @@ class ForecastPruner(BasePruner):
         self._uppers: dict[int, dict[int, float]] = {}  # trial number -> epoch -> upper quantile forecast then
 
     def _template(self) -> FinalAccuracyForecaster:
-        # the rule needs one quantile, 1 - delta (prune iff the best lies above it); the median is what the
-        # summary reports. Two quantile models instead of a whole grid keep each refit under a second.
-        params = {"levels": (0.5, 1.0 - self.delta), "max_iter": 30, "max_leaf_nodes": 10, **self.forecaster_params}
+        # the probability needs the predictive distribution around the rule's quantile 1 - delta: the
+        # median, the quartile-like 0.1 and 0.9 levels and 1 - delta (prob_gain_at_least continues the tails);
+        # four small quantile models keep each refit around a second
+        levels = tuple(sorted({0.1, 0.5, 0.9, round(1.0 - self.delta, 6)}))
+        params = {"levels": levels, "max_iter": 30, "max_leaf_nodes": 10, **self.forecaster_params}
         return FinalAccuracyForecaster(source=self.source, method=self.method, seed=self.seed,
                                        metrics=self._metrics if getattr(self, "_metrics", None) else None, **params)
 
@@ -309,9 +321,6 @@ class ForecastPruner(BasePruner):
             return None
         values = [tr.value for tr in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                   if tr.value is not None and math.isfinite(tr.value)]
-        if not values:
-            return None
-        best = max(values) if study.direction == StudyDirection.MAXIMIZE else min(values)
         if len(history.get("val_acc") or []) < step:  # an objective that only calls trial.report(value, step)
             history = {"val_acc": [trial.intermediate_values.get(e, math.nan) for e in range(1, step + 1)]}
         history = self._history(trial, history)
@@ -322,13 +331,47 @@ class ForecastPruner(BasePruner):
         x = pair_features(history, step, self.max_epoch, self.source, self._metrics, self.max_epoch)[None, :]
         now = float(x[0, 0])
         q = model.predict_quantiles(x)  # one prediction serves both the median and P(final >= best)
-        upper = now + float(q[0, -1])  # the highest level: 1 - delta
+        upper = now + float(q[0, int(np.argmin(np.abs(model.levels_ - (1.0 - self.delta))))])  # level 1 - delta
+        # recorded for every trial at every step, the first ones (no incumbent yet) and those the base pruner
+        # keeps included: the calibration's residuals must not come from the survivors of pruning alone
         self._uppers.setdefault(trial.number, {})[step] = upper
         self.last_forecast_upper[trial.number] = upper
+        if not values:
+            return None
+        best = max(values) if study.direction == StudyDirection.MAXIMIZE else min(values)
         margin = self.calibration_margin(study, step) if self.calibrate else 0.0
         self.last_forecast_value[trial.number] = now + margin + float(
             q[0, int(np.argmin(np.abs(model.levels_ - 0.5)))])
         return float(model.prob_gain_at_least(x, np.array([best - now - margin]), quantiles=q)[0])
+
+    def rank_corr(self, study: optuna.Study, step: int) -> float | None:
+        """Spearman ρ between val_acc at ``step`` and the final value, over the study's completed trials (None
+        while fewer than ``min_complete`` completed). The completed trials are the survivors of pruning, whose
+        narrower range of early values can only lower ρ: the check errs on the side of waiting."""
+        done = [tr for tr in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if tr.value is not None and math.isfinite(tr.value)]
+        if len(done) < self.min_complete:
+            return None
+        n, cache = self._ranks
+        if n != len(done):
+            cache = {}
+            self._ranks = (len(done), cache)
+        if step not in cache:
+            from scipy.stats import spearmanr
+
+            pairs = [(tr.intermediate_values[step], tr.value) for tr in done if step in tr.intermediate_values]
+            rho = spearmanr(*zip(*pairs)).statistic if len(pairs) >= self.min_complete else math.nan
+            cache[step] = float(rho) if math.isfinite(rho) else -1.0  # ties everywhere: no ranking at all
+        return cache[step]
+
+    def trusted_at(self, study: optuna.Study, step: int) -> bool:
+        """Whether the study's own completed trials show that ``step`` ranks the final values (see __init__)."""
+        rho = self.rank_corr(study, step)
+        if rho is None:
+            return False
+        n = self._ranks[0]
+        low = math.tanh(math.atanh(min(max(rho, -0.999999), 0.999999)) - self.rank_z / math.sqrt(max(n - 3, 1)))
+        return low >= self.min_rank_corr
 
     def calibration_margin(self, study: optuna.Study, step: int) -> float:
         """How far the forecast's upper quantile fell short for this study's completed trials at ``step``.
@@ -358,11 +401,11 @@ class ForecastPruner(BasePruner):
             self.last_forecast[trial.number] = 0.0
             return True
         base = self.base.prune(study, trial) if self.base is not None else None
-        if self.base is not None and self.combine == "and" and not base:
-            return False  # nothing for the forecast to veto
-        p = self.prob_beat_best(study, trial, history)
+        p = self.prob_beat_best(study, trial, history)  # also when there is nothing to veto: it is recorded
         if p is not None:
             self.last_forecast[trial.number] = p
+            if not self.trusted_at(study, int(trial.last_step)):
+                p = None  # the study has not shown that this epoch ranks the end: no prune from the forecast
         if base is None:
             return p is not None and p < self.delta
         if p is None:  # no forecast (before min_epoch, no incumbent): "and" keeps the trial, "or" asks the base

@@ -1,0 +1,200 @@
+"""Studies drawn from a population: what a user running a study of N trials would have saved and lost.
+
+A population's recorded trainings are the pool; each draw is a study of ``study_size`` trials drawn at
+random (without replacement, in random order) and replayed through a pruner (`epochgraph.bench.replay`).
+Per setting, over the draws: the epochs trained (share of the draw's epochs), the regret in accuracy
+points (the draw's best final val_acc minus the best among the trials that ran to the end), the share of
+draws that kept the best trial, and the share with regret <= 0.1 pp. Our populations and the curves
+recorded elsewhere are scored alike; a forecast pruner is warm-started from every table but the
+population scored.
+
+The headline sets the shipped default against Optuna's defaults (Median, SuccessiveHalving), Patient(Median),
+the Optuna setting chosen on the other populations (the cheapest that is safe on all of them), the
+cheapest safe Optuna setting in hindsight, and the one-epoch top-k baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from epochgraph.bench.replay import PrunerFactory, pruner_factory, replay, run_length
+from epochgraph.forecast.records import RunRecord
+
+SAFE_KEEP, SAFE_REGRET_PP = 0.9, 0.1  # "safe": keeps the best in 90 % of draws, or mean regret <= 0.1 pp
+
+
+def draw_studies(n_runs: int, size: int, n_draws: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.choice(n_runs, size=min(size, n_runs), replace=False) for _ in range(n_draws)]
+
+
+def _one(runs: Sequence[RunRecord], draw: np.ndarray, factory: PrunerFactory) -> dict[str, float]:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sub = [runs[i] for i in draw]
+    return replay(sub, list(range(len(sub))), factory())
+
+
+def score(runs: Sequence[RunRecord], factory: PrunerFactory, draws: Sequence[np.ndarray],
+          n_jobs: int = 1) -> dict[str, Any]:
+    """One setting over ``draws``: epochs, regret (pp), kept-best share, share with regret <= 0.1 pp."""
+    if n_jobs > 1:
+        from joblib import Parallel, delayed
+
+        res = Parallel(n_jobs=n_jobs)(delayed(_one)(runs, d, factory) for d in draws)
+    else:
+        res = [_one(runs, d, factory) for d in draws]
+    epochs = np.array([r["epochs_frac"] for r in res])
+    regret = np.array([r["regret"] for r in res]) * 100
+    return {"epochs_frac": [float(epochs.mean()), float(epochs.std())],
+            "regret_pp": [float(regret.mean()), float(regret.std())],
+            "kept_best": float(np.mean(regret == 0)), "regret_le_0.1pp": float(np.mean(regret <= SAFE_REGRET_PP)),
+            "regret_per_draw": regret.tolist()}
+
+
+def is_safe(r: Mapping[str, Any]) -> bool:
+    return r["kept_best"] >= SAFE_KEEP or r["regret_pp"][0] <= SAFE_REGRET_PP
+
+
+def settings(b: Mapping[str, Any], n_epochs: int, preset: str) -> dict[str, PrunerFactory]:
+    d = b["draws"]
+    warm = {"warm_start": [str(b["tables"])], "warm_exclude": [preset]}
+    out = {name: pruner_factory("forecast", n_epochs, {**warm, **(changes or {})})
+           for name, changes in (d.get("forecast") or {}).items()}
+    for name, changes in (d.get("optuna") or {}).items():
+        changes = dict(changes or {})
+        out[name] = pruner_factory(changes.pop("pruner", name), n_epochs, changes)
+    return out
+
+
+def draws_population(b: Mapping[str, Any], preset: str, runs: Sequence[RunRecord]) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    d = b["draws"]
+    n_epochs = max(run_length(r) for r in runs)
+    draws = draw_studies(len(runs), int(d["study_size"]), int(d["draws"]), int(d.get("seed", 0)))
+    table = {}
+    for name, factory in tqdm(settings(b, n_epochs, preset).items(), desc=f"draws of {preset}", unit="pruner",
+                              file=sys.stderr):
+        table[name] = res = score(runs, factory, draws, n_jobs=int(b["workers"]))
+        tqdm.write(f"[bench] {preset} {name:22s} epochs {res['epochs_frac'][0]:.2f}  "
+                   f"regret {res['regret_pp'][0]:.2f} pp  kept {res['kept_best']:.2f}  "
+                   f"<=0.1pp {res['regret_le_0.1pp']:.2f}", file=sys.stderr)
+    return {"population": preset, "runs": len(runs), "epochs": n_epochs, "study_size": int(d["study_size"]),
+            "draws": len(draws), "settings": table}
+
+
+def _cheapest_safe(pr: Mapping[str, Any], names: Sequence[str]) -> str | None:
+    safe = [n for n in names if is_safe(pr[n])]
+    return min(safe, key=lambda n: pr[n]["epochs_frac"][0]) if safe else None
+
+
+def choose_on_others(results: Sequence[Mapping[str, Any]], population: str, names: Sequence[str]) -> str | None:
+    """The Optuna setting a user would pick from the other populations: safe on every one of them, cheapest
+    on average (else the one safe on most)."""
+    others = [r for r in results if r["population"] != population]
+    if not others:
+        return None
+    def key(n: str) -> tuple[float, float]:
+        return (-sum(is_safe(r["settings"][n]) for r in others),
+                float(np.mean([r["settings"][n]["epochs_frac"][0] for r in others])))
+    return min(names, key=key)
+
+
+def _cell(r: Mapping[str, Any] | None, name: str | None = None) -> str:
+    if r is None:
+        return "none safe"
+    label = f"{name}: " if name else ""
+    return (f"{label}{r['epochs_frac'][0]:.2f}, kept {r['kept_best'] * 100:.0f} %, "
+            f"{r['regret_pp'][0]:.2f} ± {r['regret_pp'][1]:.2f} pp")
+
+
+def headline(results: Sequence[Mapping[str, Any]], default: str = "forecast") -> str:
+    """The markdown headline (see the module docstring) and the targets per population."""
+    rows = ["| population | ours (`pruner=forecast`) | Median | SuccessiveHalving | Patient(Median) | Optuna chosen "
+            "on the others | cheapest safe Optuna in hindsight | one-epoch top-k | ours / cheapest | targets |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for res in results:
+        pr = res["settings"]
+        optuna_names = [n for n in pr if not n.startswith(("forecast", "top"))]
+        ours, med, sh, pat = pr.get(default), pr.get("median"), pr.get("successive_halving"), pr.get("patient")
+        lopo = choose_on_others(results, res["population"], optuna_names)
+        cheap = _cheapest_safe(pr, optuna_names)
+        top = min((n for n in pr if n.startswith("top")), key=lambda n: pr[n]["regret_pp"][0], default=None)
+        ratio = ours["epochs_frac"][0] / pr[cheap]["epochs_frac"][0] if ours and cheap else math.nan
+        checks = []
+        if ours:
+            checks.append("safe" if is_safe(ours) else "NOT safe")
+            worst = max(x["regret_pp"][0] for x in (med, sh) if x)
+            checks.append("regret ≤ Median/SH" if ours["regret_pp"][0] <= worst + 1e-9 else "regret > Median/SH")
+            if pat:
+                share = ours["epochs_frac"][0] / pat["epochs_frac"][0]
+                checks.append(f"{share:.2f} × Patient's epochs" + (" (≤ 0.6)" if share <= 0.6 else " (> 0.6)"))
+        rows.append(f"| {res['population']} ({res['runs']} runs × {res['epochs']} epochs) | {_cell(ours)} | "
+                    f"{_cell(med)} | {_cell(sh)} | {_cell(pat)} | {_cell(pr.get(lopo), lopo)} | "
+                    f"{_cell(pr.get(cheap), cheap)} | {_cell(pr.get(top), top)} | {ratio:.2f} | {'; '.join(checks)} |")
+    return "\n".join(rows) + "\n"
+
+
+def plot(results: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(4, len(results))
+    rows = math.ceil(len(results) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.2 * rows), squeeze=False)
+    for ax, res in zip(axes.flat, results):
+        for name, r in res["settings"].items():
+            ours = name.startswith("forecast")
+            ax.errorbar(r["epochs_frac"][0], r["regret_pp"][0], xerr=r["epochs_frac"][1], yerr=r["regret_pp"][1],
+                        fmt="*" if ours else "o", ms=11 if ours else 5, capsize=2,
+                        color="tab:red" if ours else ("tab:green" if name.startswith("top") else "tab:blue"))
+            if ours or name in ("median", "successive_halving", "patient"):
+                ax.annotate(name, (r["epochs_frac"][0], r["regret_pp"][0]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+        ax.axhline(SAFE_REGRET_PP, color="grey", lw=0.6, ls="--")
+        ax.set_title(f"{res['population']} ({res['draws']} studies of {res['study_size']})", fontsize=9)
+        ax.set_xlabel("share of the epochs trained")
+        ax.set_ylabel("regret (accuracy points), mean ± std")
+        ax.set_xlim(0, 1.02)
+    for ax in list(axes.flat)[len(results):]:
+        ax.axis("off")
+    fig.suptitle("Studies drawn from each population: ours (red stars) against Optuna's pruners (blue) and top-k "
+                 "(green); dashed: 0.1 pp")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def draws_all(b: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every population of ``draws.populations`` (ours and those recorded elsewhere) in drawn studies."""
+    from epochgraph.forecast.population import from_table, read_table
+
+    out_dir = Path(b["results"]) / "draws"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = read_table(b["tables"])
+    results = []
+    for preset in b["draws"]["populations"]:
+        cached = out_dir / f"{preset}.json"
+        res = draws_population(b, preset, from_table(table, [preset]))
+        cached.write_text(json.dumps(res, indent=2))
+        results.append(res)
+    md = ("# Studies drawn from each population\n\n"
+          f"{b['draws']['draws']} studies of {b['draws']['study_size']} trials drawn from each population; mean over "
+          "the draws (± std). Safe: keeps the best trial in ≥ 90 % of draws or mean regret ≤ 0.1 pp.\n\n"
+          + headline(results) + "\n![epochs against regret](epochs_vs_regret.png)\n")
+    (out_dir / "draws.md").write_text(md)
+    plot(results, out_dir / "epochs_vs_regret.png")
+    print(md)
+    return results
