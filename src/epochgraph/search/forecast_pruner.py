@@ -154,7 +154,7 @@ class ForecastPruner(BasePruner):
                  forecaster_params: Mapping[str, Any] | None = None, own_weight: float = 3.0,
                  warm_rows: int = 3000, min_trials: int = 4, refit_growth: float = 1.5,
                  base: BasePruner | None = None, combine: str = "and", calibrate: bool = True,
-                 min_rank_corr: float = 0.7, min_complete: int = 4, rank_z: float = 1.0,
+                 min_rank_corr: float = 0.5, min_complete: int = 4, rank_z: float = 1.0,
                  seed: int = 0) -> None:
         if int(max_epoch) < 2:
             raise ValueError(f"max_epoch={max_epoch} must be >= 2 (the training's last epoch, trainer.epochs)")
