@@ -13,7 +13,7 @@ from epochgraph.forecast.forecaster import FinalAccuracyForecaster, pair_feature
 from epochgraph.forecast.population import write_table
 from epochgraph.search.forecast_pruner import ForecastPruner, fit_forecaster, load_forecaster, log_forecaster
 from epochgraph.search.topk_pruner import TopKPruner
-from epochgraph.search.trial_attrs import EPOCH_ATTR
+from epochgraph.search.trial_attrs import EPOCH_ATTR, SCHEDULE_ATTR
 
 EPOCHS = 10
 
@@ -104,7 +104,7 @@ def _table(tmp_path, histories, experiment):
 
 def test_prunes_what_cannot_beat_the_best_and_keeps_what_can(tmp_path):
     _table(tmp_path, population(40), "warm")
-    pruner = ForecastPruner(max_epoch=EPOCHS, delta=0.05, warm_start=str(tmp_path))
+    pruner = ForecastPruner(max_epoch=EPOCHS, delta=0.05, warm_start=str(tmp_path), min_rank_corr=None)
     best = curve(0.85, 0.6)
     study = _study(pruner, [best])
     hopeless, rising = curve(0.45, 0.3), curve(0.95, 0.7, tau=3.0)
@@ -154,7 +154,7 @@ def test_warm_start_from_the_registry(tracking_uri):
         log_forecaster(model, registered_model_name="fc")
     loaded = load_forecaster("models:/fc/1")
     assert np.array_equal(loaded.train_y_, model.train_y_)
-    pruner = ForecastPruner(max_epoch=EPOCHS, warm_start="models:/fc/1")
+    pruner = ForecastPruner(max_epoch=EPOCHS, warm_start="models:/fc/1", min_rank_corr=None)
     assert pruner.prune(_study(pruner, [curve(0.85, 0.6)]), _trial(curve(0.45, 0.3), 2)) is True
     with pytest.raises(EpochgraphError, match="cannot load the forecaster 'models:/absent/1'"):
         ForecastPruner(max_epoch=EPOCHS, warm_start="models:/absent/1")
@@ -173,7 +173,8 @@ def test_wrapped_pruner_veto_and_earlier_prunes(tmp_path):
     rising, hopeless = curve(0.95, 0.7, tau=3.0), curve(0.45, 0.3)
 
     def pruner(answer, combine):
-        return ForecastPruner(max_epoch=EPOCHS, warm_start=str(tmp_path), base=_Always(answer), combine=combine)
+        return ForecastPruner(max_epoch=EPOCHS, warm_start=str(tmp_path), base=_Always(answer), combine=combine,
+                              min_rank_corr=None)
 
     veto = pruner(True, "and")
     study = _study(veto, [curve(0.85, 0.6)])
@@ -200,3 +201,73 @@ def test_topk_keeps_only_the_best_k_so_far():
     assert pruner.prune(study, create_trial(state=TrialState.RUNNING, intermediate_values={1: 0.1, 2: 0.2})) is False
     with pytest.raises(ValueError, match="k=0 must be >= 1"):
         TopKPruner(k=0)
+
+
+def test_it_prunes_only_at_epochs_the_studys_completed_trials_show_rank_the_end(tmp_path):
+    _table(tmp_path, population(40), "warm")
+    hopeless = curve(0.45, 0.3)
+    # completed trials whose epoch 2 ranks the finals backwards (slow starters finish best): no prune there
+    crossing = [curve(0.6 + 0.05 * k, 0.55 - 0.05 * k, tau=1.0 + k) for k in range(6)]
+    gated = ForecastPruner(max_epoch=EPOCHS, warm_start=str(tmp_path))
+    study = _study(gated, crossing)
+    assert gated.rank_corr(study, 2) < 0 and gated.trusted_at(study, 2) is False
+    assert gated.prune(study, _trial(hopeless, 2)) is False
+    # completed trials that keep their order: the forecast may prune
+    ordered = [curve(0.6 + 0.05 * k, 0.4 + 0.05 * k) for k in range(6)]
+    trusting = ForecastPruner(max_epoch=EPOCHS, warm_start=str(tmp_path))
+    study = _study(trusting, ordered)
+    assert trusting.rank_corr(study, 2) == pytest.approx(1.0) and trusting.trusted_at(study, 2)
+    assert trusting.prune(study, _trial(hopeless, 2)) is True
+    # too few completed trials: nothing is trusted yet
+    assert trusting.trusted_at(_study(trusting, ordered[:3]), 2) is False
+
+
+def _step_curve(final: float, plateau: float, epochs: int = 40, drop: int = 30) -> dict[str, list[float]]:
+    """Flat at ``plateau`` until the LR drop after epoch ``drop``, then a jump to about ``final``."""
+    acc = [plateau + 0.01 * math.sin(e) for e in range(drop)] + [final] * (epochs - drop)
+    lr = [0.1] * drop + [0.01] * (epochs - drop)
+    loss = [2.3 * (1 - a) + 0.1 for a in acc]
+    return {"val_acc": acc, "val_loss": loss, "train_acc": acc, "train_loss": loss, "lr": lr}
+
+
+def test_told_of_a_drop_the_forecast_keeps_a_flat_trial_whose_like_jumped_after_it(tmp_path):
+    rng = np.random.default_rng(3)
+    warm = [_step_curve(p + rng.uniform(0.1, 0.2), p) for p in rng.uniform(0.55, 0.75, 30)]
+    rows = [{"experiment": "step", "run_id": f"s{i}", "seed": i, "final_acc": h["val_acc"][-1], "trainer.epochs": 40,
+             "epoch": e + 1, **{k: v[e] for k, v in h.items()}} for i, h in enumerate(warm) for e in range(40)]
+    write_table(pd.DataFrame(rows), tmp_path / "step.parquet")
+    pruner = ForecastPruner(max_epoch=40, warm_start=str(tmp_path), min_rank_corr=None)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    done = _step_curve(0.86, 0.72)
+    study.add_trial(_trial(done, 40, TrialState.COMPLETE, 0.86))
+    flat = _step_curve(0.9, 0.71)
+    trial = _trial(flat, 20)
+    trial.user_attrs[SCHEDULE_ATTR] = flat["lr"]  # the trial declared its schedule: a drop after epoch 30
+    assert pruner.prune(study, trial) is False
+    assert pruner.last_forecast[trial.number] >= 0.05
+    assert pruner.last_forecast_value[trial.number] > 0.71 + 0.08  # the jump after the drop is expected
+
+
+def test_a_study_that_reports_val_acc_alone_gets_a_curve_only_forecast(tmp_path, caplog):
+    _table(tmp_path, population(40), "warm")
+    pruner = ForecastPruner(max_epoch=EPOCHS, warm_start=str(tmp_path), min_rank_corr=None)
+    only = {"val_acc": curve(0.85, 0.6)["val_acc"]}
+    study = _study(pruner, [only])
+    good = {"val_acc": curve(0.9, 0.7)["val_acc"]}
+    with caplog.at_level("INFO", logger="epochgraph"):
+        assert pruner.prune(study, _trial(good, 2)) is False  # missing losses are not a divergence
+    assert pruner._metrics == ("val_acc",)
+    assert any("forecasting from val_acc (the study reports no val_loss, train_acc, train_loss)" in r.message
+               for r in caplog.records)
+    assert pruner.prune(study, _trial({"val_acc": curve(0.4, 0.25)["val_acc"]}, 2)) is True
+
+
+def test_the_probability_is_a_probability_and_falls_as_the_bar_rises(tmp_path):
+    X, y, _ = training_pairs(population(40))
+    fc = FinalAccuracyForecaster(levels=(0.1, 0.5, 0.9, 0.95)).fit(X, y)
+    q = fc.predict_quantiles(X[:1])[0]
+    gains = np.linspace(q[0] - 0.05, q[-1] + 0.05, 40)  # across the forecast and into both tails
+    p = fc.prob_gain_at_least(np.repeat(X[:1], len(gains), axis=0), gains)
+    assert np.all((p > 0) & (p < 1))
+    assert np.all(np.diff(p) < 0)  # strictly: a continuous distribution, not a step between two levels
+    assert fc.prob_gain_at_least(X[:1], [q[1]])[0] == pytest.approx(0.5, abs=1e-6)  # the median is the median

@@ -154,7 +154,7 @@ class ForecastPruner(BasePruner):
                  forecaster_params: Mapping[str, Any] | None = None, own_weight: float = 3.0,
                  warm_rows: int = 3000, min_trials: int = 4, refit_growth: float = 1.5,
                  base: BasePruner | None = None, combine: str = "and", calibrate: bool = True,
-                 min_rank_corr: float = 0.5, min_complete: int = 4, rank_z: float = 1.0,
+                 min_rank_corr: float | None = 0.5, min_complete: int = 4, rank_z: float = 1.0,
                  seed: int = 0) -> None:
         if int(max_epoch) < 2:
             raise ValueError(f"max_epoch={max_epoch} must be >= 2 (the training's last epoch, trainer.epochs)")
@@ -177,9 +177,11 @@ class ForecastPruner(BasePruner):
         self.own_weight, self.warm_rows = float(own_weight), int(warm_rows)
         self.min_trials, self.refit_growth = int(min_trials), float(refit_growth)
         self.base, self.combine, self.calibrate = base, combine, bool(calibrate)
-        if not -1 <= min_rank_corr <= 1 or int(min_complete) < 2:
-            raise ValueError(f"min_rank_corr={min_rank_corr} must be in [-1, 1] and min_complete={min_complete} >= 2")
-        self.min_rank_corr, self.min_complete, self.rank_z = float(min_rank_corr), int(min_complete), float(rank_z)
+        if (min_rank_corr is not None and not -1 <= min_rank_corr <= 1) or int(min_complete) < 2:
+            raise ValueError(f"min_rank_corr={min_rank_corr} must be in [-1, 1] (or None: no rank check) and "
+                             f"min_complete={min_complete} >= 2")
+        self.min_rank_corr = None if min_rank_corr is None else float(min_rank_corr)
+        self.min_complete, self.rank_z = int(min_complete), float(rank_z)
         self._ranks: tuple[int, dict[int, float]] = (-1, {})  # completed trials -> {step: Spearman rho}
         self.warm_start = _as_list(warm_start)
         self._warm_key = (tuple(self.warm_start), tuple(warm_experiments or ()), tuple(warm_exclude or ()),
@@ -366,6 +368,8 @@ class ForecastPruner(BasePruner):
 
     def trusted_at(self, study: optuna.Study, step: int) -> bool:
         """Whether the study's own completed trials show that ``step`` ranks the final values (see __init__)."""
+        if self.min_rank_corr is None:
+            return True
         rho = self.rank_corr(study, step)
         if rho is None:
             return False
