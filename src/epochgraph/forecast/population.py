@@ -61,6 +61,11 @@ def _float32(values: Any) -> list[float]:
     return a.astype(np.float32).tolist()
 
 
+def _is_sequence(value: Any) -> bool:
+    """A weight-baseline cell: a list or array (a table without that column reads NaN when concatenated)."""
+    return value is not None and not isinstance(value, (float, int)) and hasattr(value, "__len__")
+
+
 def _last(values: Sequence[Any]) -> float:
     finite = [float(v) for v in values if v is not None and math.isfinite(v)]
     return finite[-1] if finite else math.nan
@@ -160,7 +165,7 @@ def from_table(df: pd.DataFrame, experiments: Sequence[str] | None = None) -> li
         notes: dict[str, str] = {}
         for source in WEIGHT_SOURCES:
             if source in g:
-                values = [np.asarray(v, dtype=float) if v is not None and len(v) else None for v in g[source]]
+                values = [np.asarray(v, dtype=float) if _is_sequence(v) and len(v) else None for v in g[source]]
                 if any(v is not None for v in values):
                     history[source] = values + [values[-1]] * len(pad)
                 else:
