@@ -23,7 +23,7 @@ def test_two_workers_share_one_study_on_postgres(tmp_path):
                "data.train_size=600", "data.val_size=200", "data.test_size=100",
                # the forecast pruner (warm from the committed tables), pruning earlier than Optuna's threshold
                "pruner=forecast", "pruner.min_epoch=1", "pruner.combine=or",
-               "~pruner.base", "+pruner.base={_target_: optuna.pruners.ThresholdPruner, lower: 0.3, n_warmup_steps: 2}",
+               "pruner.base={_target_: optuna.pruners.ThresholdPruner, lower: 0.3, n_warmup_steps: 2}",
                f"mlflow.tracking_uri={tracking}",
                f"hydra.sweep.dir={tmp_path / 'multirun'}"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
