@@ -39,21 +39,27 @@ METRICS = ("epochs_frac", "regret", "false_prune", "high_pruned", "pruned", "pru
 
 
 def run_length(run: RunRecord) -> int:
-    """Epochs the run trained (`epochgraph.forecast.compare.trained_epochs`), at least one."""
+    """Epochs the run trained (`epochgraph.forecast.records.trained_epochs`), at least one."""
     return max(1, trained_epochs(run.history))
 
 
-def _epoch_attrs(run: RunRecord, i: int) -> dict[str, float | str | None]:
-    """What a live job stores in the trial's user attrs after epoch ``i + 1``: the metrics the run's source
-    reported (a value at some epoch), a non-finite one as reported (the run diverged there); a metric the
-    source never reported is left out, as a user's objective that does not report it leaves it out."""
+def reported_keys(run: RunRecord) -> list[str]:
+    """The per-epoch keys a live job would store for ``run``: the signature and curve metrics its source
+    reported (a finite value at some epoch); a metric never reported is left out, as a user's objective
+    that does not report it leaves it out."""
+    return [key for key, values in run.history.items()
+            if (key.startswith("sig/") or key == NONFINITE or key in CURVE_METRICS)
+            and any(v is not None and math.isfinite(float(v)) for v in values)]
+
+
+def _epoch_attrs(run: RunRecord, i: int, keys: Sequence[str] | None = None) -> dict[str, float | str | None]:
+    """What a live job stores in the trial's user attrs after epoch ``i + 1`` (``keys``: `reported_keys`
+    of the run, when already known); a non-finite value as reported (the run diverged there)."""
     out: dict[str, float | str | None] = {}
-    for key, values in run.history.items():
-        if key.startswith("sig/") or key == NONFINITE or key in CURVE_METRICS:
-            if not any(v is not None and math.isfinite(float(v)) for v in values):
-                continue
-            v = values[i] if i < len(values) else None
-            out[key] = encode_value(None if v is None else float(v))
+    for key in reported_keys(run) if keys is None else keys:
+        values = run.history[key]
+        v = values[i] if i < len(values) else None
+        out[key] = encode_value(None if v is None else float(v))
     return out
 
 
@@ -74,8 +80,9 @@ def replay(runs: Sequence[RunRecord], order: Sequence[int], pruner: optuna.prune
         length = run_length(run)
         budget += length
         trial = study.ask()
+        keys = reported_keys(run)
         for e in range(length):
-            trial.set_user_attr(EPOCH_ATTR.format(e + 1), _epoch_attrs(run, e))
+            trial.set_user_attr(EPOCH_ATTR.format(e + 1), _epoch_attrs(run, e, keys))
             value = run.history["val_acc"][e]
             trial.report(float(value) if value is not None and math.isfinite(value) else 0.0, e + 1)
             start = time.perf_counter()
