@@ -24,12 +24,13 @@ from epochgraph.graph.baselines import (
 from epochgraph.graph.rolled_graph import BN_EPS
 from epochgraph.graph.signature import aggregate
 from epochgraph.graph.topology import Topology, TopologyBuilder
+from epochgraph.graph.tracing import UntraceableModel, topology_of
 from epochgraph.models import build_model
 
 
 def test_last_layer_baselines():
     model = build_model("lenet", in_channels=1, image_size=28)
-    topo, sd = model.topology(), model.state_dict()
+    topo, sd = topology_of(model), model.state_dict()
     flat = np.concatenate([sd["fc3.weight"].double().reshape(-1).numpy(), sd["fc3.bias"].double().numpy()])
     assert flat.size == 84 * 10 + 10
     assert np.array_equal(b_wl(topo, sd), flat)
@@ -260,10 +261,9 @@ def test_unsupported_wiring_is_named():
         def forward(self, x):
             return self.fc(self.fc(x.flatten(1)))
 
-        def topology(self) -> Topology:
-            t = TopologyBuilder(4)
-            t.add("fc", 4, "linear", "fc.weight")
-            return t.build()
-
+    t = TopologyBuilder(4)
+    t.add("fc", 4, "linear", "fc.weight")
     with pytest.raises(UnrolledUnsupported, match="runs twice"):
-        unrolled_degree(Twice(), 1, 2)
+        unrolled_degree(Twice(), 1, 2, topology=t.build())
+    with pytest.raises(UntraceableModel, match="'fc' runs twice"):
+        topology_of(Twice(), torch.zeros(2, 1, 2, 2))

@@ -21,6 +21,7 @@ from epochgraph.graph.centrality import (
 )
 from epochgraph.graph.rolled_graph import EdgeArrays, block_graph, edge_arrays, graph_from_arrays, rolled_graph
 from epochgraph.graph.topology import TopologyBuilder
+from epochgraph.graph.tracing import topology_of
 from epochgraph.models import build_model
 from tests.test_rolled_graph import residual
 
@@ -109,7 +110,7 @@ def test_eigenvector_on_residual_blocks_matches_networkx():
     for name, x in _all_paths(e, topo, sd).items():
         assert np.abs(x - ref).max() < 1e-6, name
     model = build_model("resnet20", in_channels=1, image_size=28, width=0.25)  # 9 residual blocks
-    topo, sd = model.topology(), model.state_dict()
+    topo, sd = topology_of(model), model.state_dict()
     e = edge_arrays(topo, sd)
     ref = _nx_reference(e)
     for name, x in _all_paths(e, topo, sd).items():
@@ -176,7 +177,7 @@ def test_leading_eigenvector_takes_the_largest_algebraic_eigenvalue():
 @pytest.mark.parametrize("name", ["lenet", "alexnet", "vgg11", "resnet20"])
 def test_graph_tool_and_fast_paths_agree_on_the_zoo(name):
     model = build_model(name, in_channels=3, image_size=32, width=0.5)
-    topo, sd = model.topology(), model.state_dict()
+    topo, sd = topology_of(model), model.state_dict()
     e = edge_arrays(topo, sd)
     g = rolled_graph(topo, sd)
     bg = block_graph(topo, sd)

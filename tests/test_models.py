@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from epochgraph.errors import EpochgraphError
+from epochgraph.graph.tracing import topology_of
 from epochgraph.models import ZOO, build_model
 
 
@@ -12,7 +13,7 @@ def test_forward_shape_and_topology(name, channels, size):
     model = build_model(name, in_channels=channels, image_size=size, num_classes=10, width=0.25)
     out = model(torch.randn(2, channels, size, size))
     assert out.shape == (2, 10)
-    topo = model.topology()
+    topo = topology_of(model)
     sd = model.state_dict()
     assert topo.groups["input"] == channels
     for c in topo.connections:
@@ -29,7 +30,7 @@ def test_forward_shape_and_topology(name, channels, size):
 def test_width_multiplier_scales_channels():
     small = build_model("resnet20", in_channels=3, image_size=32, width=0.5)
     full = build_model("resnet20", in_channels=3, image_size=32, width=1.0)
-    assert small.topology().groups["conv1"] == 8 and full.topology().groups["conv1"] == 16
+    assert topology_of(small).groups["conv1"] == 8 and topology_of(full).groups["conv1"] == 16
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in full.parameters())
 
 

@@ -27,6 +27,7 @@ from epochgraph.graph.signature import (
     resolve_backend,
     rolled_edge_count,
 )
+from epochgraph.graph.tracing import topology_of
 from epochgraph.models import ZOO, build_model
 from tests.test_centrality import _chain, _nx_reference
 from tests.test_rolled_graph import residual
@@ -60,7 +61,7 @@ def test_weights_written_in_place_equal_a_freshly_built_graph(case):
         topo, sd1 = residual()
     else:
         model = build_model("resnet20", in_channels=3, image_size=32, width=0.25)
-        topo, sd1 = model.topology(), model.state_dict()
+        topo, sd1 = topology_of(model), model.state_dict()
     sd2, sd3 = _perturbed(sd1, 1), _perturbed(sd1, 2)
     graph = PersistentRolledGraph(topo, sd1)
     first = graph.graph
@@ -80,7 +81,7 @@ def test_how_the_adjacency_values_are_rewritten():
     # b -> c holds a conv edge and a projection edge per pair: a new matrix from graph-tool each time
     assert graph._block_writes is None and graph._entry_edge is None
     model = build_model("resnet20", in_channels=1, image_size=28, width=0.25)  # identity shortcuts too
-    graph = PersistentRolledGraph(model.topology(), model.state_dict())
+    graph = PersistentRolledGraph(topology_of(model), model.state_dict())
     adj = graph.adjacency()
     assert graph._block_writes is not None
     # the entry-to-edge map (the fallback for other layouts) gives the same values
@@ -120,7 +121,7 @@ def _reference_signature(topo, sd) -> dict[str, float]:
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_persistent_signatures_equal_the_reference_on_every_zoo_model(name):
     model = build_model(name, in_channels=3, image_size=32, width=0.5)
-    topo = model.topology()
+    topo = topology_of(model)
     engine = SignatureEngine(topo)
     assert engine.engine == "graph_tool"
     for sd in (model.state_dict(), _perturbed(model.state_dict(), 4)):
@@ -133,10 +134,10 @@ def test_persistent_signatures_equal_the_reference_on_every_zoo_model(name):
 def test_auto_uses_graph_tool_for_every_zoo_model_up_to_width_2():
     for name in ZOO:
         for channels, size in ((1, 28), (3, 32)):
-            topo = build_model(name, in_channels=channels, image_size=size, width=2).topology()
+            topo = topology_of(build_model(name, in_channels=channels, image_size=size, width=2))
             assert rolled_edge_count(topo) <= AUTO_BLOCKS_EDGES
             assert resolve_backend(topo, "auto") == "graph_tool"
-    topo = build_model("alexnet", in_channels=3, image_size=32, width=3).topology()  # 14M edges
+    topo = topology_of(build_model("alexnet", in_channels=3, image_size=32, width=3))  # 14M edges
     assert resolve_backend(topo, "auto") == "blocks"
     assert rolled_edge_count(topo) == 14_076_480
 
@@ -153,19 +154,19 @@ def test_strongest_edges_share_the_budget_and_keep_the_strongest():
 
 def test_a_drawn_epoch_and_the_distributions_plot(tmp_path):
     model = build_model("resnet20", in_channels=1, image_size=28, width=0.25)
-    engine = SignatureEngine(model.topology())
+    engine = SignatureEngine(topology_of(model))
     engine.signature(model.state_dict())
     path = tmp_path / "epoch_001.png"
     drawn = draw_rolled_graph(engine.topology, drawn_connections(engine, model.state_dict()),
                               engine.vectors["eigenvector"], path, title="resnet20 epoch 1", max_edges=500)
     assert drawn == 500 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    dist = CentralityDistributions(model.topology())
+    dist = CentralityDistributions(topology_of(model))
     for epoch in (1, 2):
         dist.add(epoch, engine.vectors)
     medians = dist.quantiles["degree"][0][:, 2]
-    offsets = model.topology().offsets()
-    first = model.topology().groups["conv1"]
+    offsets = topology_of(model).offsets()
+    first = topology_of(model).groups["conv1"]
     conv1 = engine.vectors["degree"][offsets["conv1"]:offsets["conv1"] + first]
-    assert medians[list(model.topology().groups).index("conv1")] == pytest.approx(np.median(conv1))
+    assert medians[list(topology_of(model).groups).index("conv1")] == pytest.approx(np.median(conv1))
     dist.plot(tmp_path / "dist.png")
     assert (tmp_path / "dist.png").stat().st_size > 10_000

@@ -10,6 +10,7 @@ import torch
 
 from epochgraph.graph.rolled_graph import BN_EPS, block_graph, edge_arrays, rolled_graph
 from epochgraph.graph.topology import Topology, TopologyBuilder
+from epochgraph.graph.tracing import topology_of
 from epochgraph.models import build_model
 
 
@@ -171,7 +172,7 @@ def test_float32_overflow_is_recomputed_in_float64():
 
 def test_lenet_node_and_edge_counts():
     model = build_model("lenet", in_channels=1, image_size=28)
-    e = edge_arrays(model.topology(), model.state_dict())
+    e = edge_arrays(topology_of(model), model.state_dict())
     assert e.num_nodes == 1 + 6 + 16 + 120 + 84 + 10
     assert e.num_edges == 1 * 6 + 6 * 16 + 16 * 120 + 120 * 84 + 84 * 10
 
@@ -183,7 +184,7 @@ def test_the_zoo_resnet_folds_batchnorm_and_its_shortcuts_become_edges():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.weight.uniform_(-2, 2)
                 m.running_var.uniform_(0.5, 3)
-    sd, topo = model.state_dict(), model.topology()
+    sd, topo = model.state_dict(), topology_of(model)
     e = edge_arrays(topo, sd)
     off = topo.offsets()
     edges = _edges(e)
@@ -191,10 +192,10 @@ def test_the_zoo_resnet_folds_batchnorm_and_its_shortcuts_become_edges():
     scale = abs(float(sd["bn1.weight"][1])) / math.sqrt(float(sd["bn1.running_var"][1]) + BN_EPS)
     assert edges[(2, off["conv1"] + 1)] == pytest.approx(float(sd["conv1.weight"][1, 2].norm()) * scale)
     # identity shortcut of block 0: conv1 channel 3 -> block0.conv2 channel 3, weight 1
-    assert edges[(off["conv1"] + 3, off["block0.conv2"] + 3)] == 1.0
+    assert edges[(off["conv1"] + 3, off["blocks.0.conv2"] + 3)] == 1.0
     # projection shortcut of block 3 (first block of stage 2): 1x1 conv norm times its BN scale
     bn = "blocks.3.shortcut.1"
     s = abs(float(sd[f"{bn}.weight"][0])) / math.sqrt(float(sd[f"{bn}.running_var"][0]) + BN_EPS)
     w = abs(float(sd["blocks.3.shortcut.0.weight"][0, 1, 0, 0])) * s
     # the same pair also has no other edge (block input -> block output only via the shortcut)
-    assert edges[(off["block2.conv2"] + 1, off["block3.conv2"] + 0)] == pytest.approx(w)
+    assert edges[(off["blocks.2.conv2"] + 1, off["blocks.3.conv2"] + 0)] == pytest.approx(w)

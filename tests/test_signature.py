@@ -16,6 +16,7 @@ from epochgraph.graph.centrality import eigenvector_centrality, weighted_degree
 from epochgraph.graph.graph_stage import GraphStage
 from epochgraph.graph.rolled_graph import rolled_graph
 from epochgraph.graph.signature import AGGREGATORS, NONFINITE, TemporalSignature, aggregate, snapshot_signature
+from epochgraph.graph.tracing import topology_of
 from epochgraph.hooks import EpochState
 from epochgraph.models import build_model, model_from_params
 from tests.test_rolled_graph import residual
@@ -78,7 +79,7 @@ def test_unknown_centrality_or_backend_is_one_line():
 @pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
 def test_every_zoo_model_has_a_finite_signature(name, channels, size):
     model = build_model(name, in_channels=channels, image_size=size, width=0.5)
-    sig = snapshot_signature(model.topology(), model.state_dict())
+    sig = snapshot_signature(topology_of(model), model.state_dict())
     assert len(sig) == 11 and sig[NONFINITE] == 0.0
     assert all(math.isfinite(v) for v in sig.values())
 
@@ -158,7 +159,7 @@ def test_graph_stage_adds_the_signature_to_the_epoch_metrics():
     model = build_model("lenet", in_channels=1, image_size=28, width=0.5)
     state = EpochState(epoch=1, model=model, metrics={"val_acc": 0.5})
     GraphStage(centralities=("degree", "eigenvector")).on_epoch_end(state)
-    want = snapshot_signature(model.topology(), model.state_dict())
+    want = snapshot_signature(topology_of(model), model.state_dict())
     assert {k: state.metrics[k] for k in want} == want
     assert state.metrics["time/graph_s"] > 0 and "nonfinite_weights" not in state.tags
     with torch.no_grad():
@@ -173,6 +174,6 @@ def test_model_from_logged_params():
               "data.image_size": "32", "optim.lr": "0.1"}
     model = model_from_params(params)
     ref = build_model("resnet20", in_channels=3, image_size=32, width=0.5)
-    assert model.topology() == ref.topology()
+    assert topology_of(model) == topology_of(ref)
     with pytest.raises(EpochgraphError, match="no 'model.name' param"):
         model_from_params({"model.width": "1"})

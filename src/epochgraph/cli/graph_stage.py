@@ -27,6 +27,7 @@ from epochgraph.graph.signature import (
     check_centralities,
     metric_name,
 )
+from epochgraph.graph.tracing import topology_of
 from epochgraph.models import model_from_params
 from epochgraph.store import tracking
 
@@ -56,7 +57,7 @@ def recompute_signatures(run_id: str, tracking_uri: str | None = None,
         run = client.get_run(run_id)
     except Exception:
         raise EpochgraphError(f"no MLflow run {run_id!r} in {client.tracking_uri}; check the run id") from None
-    topology = model_from_params(run.data.params).topology()
+    topology = topology_of(model_from_params(run.data.params))
     engine = SignatureEngine(topology, centralities, backend)  # one persistent graph for all snapshots
     distributions = CentralityDistributions(topology)
     keys = [*(metric_name(c, a) for c in centralities for a in AGGREGATORS), NONFINITE]

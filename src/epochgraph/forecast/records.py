@@ -21,6 +21,7 @@ from epochgraph.errors import EpochgraphError
 from epochgraph.forecast.predictor import CURVE_METRICS
 from epochgraph.graph.baselines import OverBudget, b_what, b_wl, b_wprime, unrolled_degree
 from epochgraph.graph.signature import AGGREGATORS, NONFINITE, aggregate, metric_name
+from epochgraph.graph.tracing import topology_of
 from epochgraph.models import model_from_params
 from epochgraph.store.tracking import load_weights, weights_epochs
 
@@ -143,7 +144,7 @@ def _add_weight_features(client: Any, rec: RunRecord, epochs: int, sources: Sequ
     if not available:
         skip(EpochgraphError("it has no weights artifacts (trained with mlflow.log_weights=false?)"))
         return
-    topo = model.topology()
+    topo = topology_of(model)
     per_source: dict[str, list[Any]] = {s: [None] * epochs for s in sources}
     unrolled_ok = "unrolled" in sources
     last_snapshot = max(available)

@@ -40,6 +40,7 @@ from epochgraph.errors import EpochgraphError
 from epochgraph.graph.rolled_graph import bn_scale
 from epochgraph.graph.signature import aggregate
 from epochgraph.graph.topology import Topology
+from epochgraph.graph.tracing import topology_of
 
 BYTES_PER_EDGE = 24
 BYTES_PER_NODE = 8
@@ -174,7 +175,7 @@ def _apply_pools(group: _Group, x: torch.Tensor) -> torch.Tensor:
 def unrolled_plan(model: nn.Module, in_channels: int, image_size: int,
                   topology: Topology | None = None) -> UnrolledPlan:
     """Trace ``model`` once and size its unrolled graph (exact node and edge counts)."""
-    topology = topology or model.topology()
+    topology = topology or topology_of(model)
     calls = _trace(model, in_channels, image_size)
     order: dict[int, int] = {}  # id(weight layer) -> its position in the call order
     for i, c in enumerate(calls):
@@ -260,7 +261,7 @@ def unrolled_degree(model: nn.Module, in_channels: int, image_size: int, max_byt
 
     Raises `OverBudget` (before computing anything) when an explicit graph would need more than
     ``max_bytes``, and `UnrolledUnsupported` for a model outside its scope. ``topology`` defaults to
-    ``model.topology()``.
+    the traced one (`topology_of`).
     """
     plan = unrolled_plan(model, in_channels, image_size, topology)
     if plan.bytes_needed > max_bytes:

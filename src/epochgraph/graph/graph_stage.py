@@ -36,6 +36,7 @@ from epochgraph.graph.signature import (
     check_centralities,
     metric_name,
 )
+from epochgraph.graph.tracing import topology_of
 from epochgraph.hooks import EpochState
 
 log = logging.getLogger("epochgraph")
@@ -75,8 +76,8 @@ class GraphStage:
 
     def on_epoch_end(self, state: EpochState) -> None:
         start = time.perf_counter()
-        topology = state.model.topology()
-        if self.engine is None or self.engine.topology != topology:
+        topology = topology_of(state.model)
+        if self.engine is None or self.engine.topology is not topology:
             # one engine (one persistent graph) per model: a new topology gets a new one
             self.engine = SignatureEngine(topology, self.centralities, self.backend)
             self.distributions = CentralityDistributions(topology)

@@ -44,7 +44,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from epochgraph.graph.topology import Connection, Topology
+from epochgraph.graph.topology import Connection, Topology, edge_count, grouped_pattern
 
 if TYPE_CHECKING:
     import graph_tool
@@ -123,20 +123,24 @@ def node_biases(topology: Topology, state_dict: Mapping[str, torch.Tensor]) -> n
 
 
 def _norms(conn: Connection, w: torch.Tensor, n_src: int, n_dst: int) -> torch.Tensor:
+    """The norms of the weight columns the connection reads: ``[n_dst, n_src]``, or for a grouped conv
+    ``[n_dst, group_in]`` (one per kernel column; `grouped_pattern` says which node each joins)."""
+    lo = conn.in_offset
     if conn.kind == "conv":
-        return torch.linalg.vector_norm(w.reshape(n_dst, n_src, -1), dim=2)
+        if conn.groups > 1:
+            return torch.linalg.vector_norm(w.reshape(n_dst, conn.group_in, -1), dim=2)
+        return torch.linalg.vector_norm(w[:, lo:lo + n_src].reshape(n_dst, n_src, -1), dim=2)
     if conn.kind == "linear":
-        return w.abs()
+        return w[:, lo:lo + n_src].abs()
     if conn.kind == "flatten":
-        return torch.linalg.vector_norm(w.reshape(n_dst, n_src, conn.spatial), dim=2)
+        sp = conn.spatial
+        return torch.linalg.vector_norm(w[:, lo * sp:(lo + n_src) * sp].reshape(n_dst, n_src, sp), dim=2)
     raise ValueError(f"unknown connection kind {conn.kind!r}")  # pragma: no cover - Topology admits no other
 
 
-def connection_weights(conn: Connection, state_dict: Mapping[str, torch.Tensor], n_src: int,
-                       n_dst: int) -> torch.Tensor:
-    """The ``[n_dst, n_src]`` matrix of edge weights of one connection (float64, BatchNorm folded)."""
-    if conn.kind == "identity":
-        return torch.eye(n_dst, n_src, dtype=torch.float64)
+def _scaled_norms(conn: Connection, state_dict: Mapping[str, torch.Tensor], n_src: int,
+                  n_dst: int) -> torch.Tensor:
+    """`_norms` in float64 on the host, BatchNorm folded into the rows."""
     # norms are taken in the weights' own precision (float32: 4x faster on large layers), then widened
     w = _as_tensor(state_dict[conn.weight]).detach()
     if not w.is_floating_point():
@@ -150,25 +154,57 @@ def connection_weights(conn: Connection, state_dict: Mapping[str, torch.Tensor],
     return m.cpu()
 
 
+def connection_weights(conn: Connection, state_dict: Mapping[str, torch.Tensor], n_src: int,
+                       n_dst: int) -> torch.Tensor:
+    """The ``[n_dst, n_src]`` matrix of edge weights of one connection (float64, BatchNorm folded; 0
+    where a grouped conv has no edge)."""
+    if conn.kind == "identity":
+        return torch.eye(n_dst, n_src, dtype=torch.float64)
+    m = _scaled_norms(conn, state_dict, n_src, n_dst)
+    if conn.dense:
+        return m
+    rows, cols, kcols = grouped_pattern(conn, n_src, n_dst)
+    dense = torch.zeros(n_dst, n_src, dtype=torch.float64)
+    dense[torch.from_numpy(rows), torch.from_numpy(cols)] = m[torch.from_numpy(rows), torch.from_numpy(kcols)]
+    return dense
+
+
+def connection_values(conn: Connection, state_dict: Mapping[str, torch.Tensor], n_src: int,
+                      n_dst: int) -> np.ndarray:
+    """The weights of the connection's edges in `connection_edges` order (float64)."""
+    if conn.kind == "identity":
+        return np.ones(n_src)
+    m = _scaled_norms(conn, state_dict, n_src, n_dst).numpy()
+    if conn.dense:
+        return m.reshape(-1)
+    rows, _, kcols = grouped_pattern(conn, n_src, n_dst)
+    return m[rows, kcols]
+
+
+def connection_edges(conn: Connection, n_src: int, n_dst: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(src, dst)`` node indices within the two groups of every edge of a connection: a dense one's
+    ``[n_dst, n_src]`` matrix row-major (entry (l, k) at l * n_src + k), a grouped conv's
+    `grouped_pattern`, an identity shortcut's diagonal."""
+    if conn.kind == "identity":
+        idx = np.arange(n_src)
+        return idx, idx
+    if conn.dense:
+        return np.tile(np.arange(n_src), n_dst), np.repeat(np.arange(n_dst), n_src)
+    rows, cols, _ = grouped_pattern(conn, n_src, n_dst)
+    return cols, rows
+
+
 def edge_arrays(topology: Topology, state_dict: Mapping[str, torch.Tensor]) -> EdgeArrays:
     """All edges of the rolled graph as numpy arrays (the graph-tool-free path), with no Python loop
-    over edges: per connection, the weight matrix is flattened row-major and its indices are a tile /
-    repeat of the two groups' node ranges."""
+    over edges: per connection, the edges of `connection_edges` and their `connection_values`."""
     offsets = topology.offsets()
     srcs, dsts, weights = [], [], []
     for conn in topology.connections:
         n_src, n_dst = topology.groups[conn.src], topology.groups[conn.dst]
-        m = connection_weights(conn, state_dict, n_src, n_dst)
-        if conn.kind == "identity":
-            idx = np.arange(n_src)
-            srcs.append(offsets[conn.src] + idx)
-            dsts.append(offsets[conn.dst] + idx)
-            weights.append(np.ones(n_src))
-            continue
-        # m is [dst, src] row-major: entry (l, k) sits at l * n_src + k
-        srcs.append(offsets[conn.src] + np.tile(np.arange(n_src), n_dst))
-        dsts.append(offsets[conn.dst] + np.repeat(np.arange(n_dst), n_src))
-        weights.append(m.reshape(-1).numpy())
+        src, dst = connection_edges(conn, n_src, n_dst)
+        srcs.append(offsets[conn.src] + src)
+        dsts.append(offsets[conn.dst] + dst)
+        weights.append(connection_values(conn, state_dict, n_src, n_dst))
     group = np.repeat(np.arange(len(topology.groups)), list(topology.groups.values()))
     return EdgeArrays(np.concatenate(srcs).astype(np.int64), np.concatenate(dsts).astype(np.int64),
                       np.concatenate(weights), topology.num_nodes, group, node_biases(topology, state_dict))
@@ -216,9 +252,10 @@ class PersistentRolledGraph:
     edges join the same pair of nodes they share one matrix entry (their sum), which neither can
     express; such a graph gets a new matrix from graph-tool after every update.
 
+    >>> from epochgraph.graph.tracing import topology_of
     >>> from epochgraph.models import build_model
     >>> model = build_model("lenet", in_channels=1, image_size=28)
-    >>> graph = PersistentRolledGraph(model.topology(), model.state_dict())
+    >>> graph = PersistentRolledGraph(topology_of(model), model.state_dict())
     >>> graph.graph.num_vertices(), graph.graph.num_edges()
     (237, 12942)
     >>> graph.update(model.state_dict())  # the next epoch's weights, written in place
@@ -236,7 +273,7 @@ class PersistentRolledGraph:
         for conn in topology.connections:
             n_src, n_dst = topology.groups[conn.src], topology.groups[conn.dst]
             self.connection_spans.append((conn, start, n_src, n_dst, offsets[conn.src], offsets[conn.dst]))
-            start += n_src if conn.kind == "identity" else n_src * n_dst
+            start += edge_count(conn, n_src, n_dst)
         self._adjacency: sp.csr_matrix | None = None
         self._entry_edge: np.ndarray | None = None  # edge index of every stored entry of the adjacency
         self._block_writes: list[tuple[np.ndarray, int, bool]] | None = None  # see `_find_block_writes`
@@ -256,18 +293,23 @@ class PersistentRolledGraph:
         for conn, start, n_src, n_dst, _, _ in self.connection_spans:
             if conn.kind == "identity":
                 continue
-            m = connection_weights(conn, state_dict, n_src, n_dst)
-            weight[start:start + n_src * n_dst] = m.reshape(-1).numpy()
+            values = connection_values(conn, state_dict, n_src, n_dst)
+            weight[start:start + len(values)] = values
         self.graph.vertex_properties["bias"].a[:] = node_biases(self.topology, state_dict)
         self._adjacency_current = False
 
     def connection_matrix(self, index: int) -> np.ndarray:
         """The current ``[|dst|, |src|]`` weights of connection ``index`` (a view of ``weight``; an
-        identity shortcut gives its ``[n]`` diagonal)."""
+        identity shortcut gives its ``[n]`` diagonal; a grouped conv a copy, 0 where it has no edge)."""
         conn, start, n_src, n_dst, _, _ = self.connection_spans[index]
         if conn.kind == "identity":
             return self.weight.a[start:start + n_src]
-        return self.weight.a[start:start + n_src * n_dst].reshape(n_dst, n_src)
+        if conn.dense:
+            return self.weight.a[start:start + n_src * n_dst].reshape(n_dst, n_src)
+        rows, cols, _ = grouped_pattern(conn, n_src, n_dst)
+        dense = np.zeros((n_dst, n_src))
+        dense[rows, cols] = self.weight.a[start:start + len(rows)]
+        return dense
 
     def adjacency(self) -> sp.csr_matrix:
         """The symmetric weighted adjacency matrix, `graph_tool.spectral.adjacency` of ``weight``:
@@ -319,6 +361,8 @@ class PersistentRolledGraph:
         the entry-to-edge map. Checked once here against that map; any other layout returns None.
         """
         offsets, sizes = self.topology.offsets(), self.topology.groups
+        if any(conn.kind != "identity" and not conn.dense for conn, *_ in self.connection_spans):
+            return None  # a grouped conv's rows are not whole blocks
         neighbours: dict[str, list[tuple[str, int, bool]]] = {g: [] for g in sizes}
         for index, (conn, *_) in enumerate(self.connection_spans):
             neighbours[conn.dst].append((conn.src, index, True))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,6 +42,7 @@ from epochgraph.graph.centrality import (
 )
 from epochgraph.graph.rolled_graph import BlockGraph, PersistentRolledGraph, block_graph, edge_arrays
 from epochgraph.graph.topology import Topology
+from epochgraph.graph.tracing import topology_of
 
 AGGREGATORS = ("median", "mean", "std", "skewness", "kurtosis")
 VARIANTS = ("plain", "wavg", "expavg")
@@ -114,8 +116,7 @@ def _all_finite(state_dict: Mapping[str, torch.Tensor]) -> bool:
 
 def rolled_edge_count(topology: Topology) -> int:
     """How many edges the rolled graph of ``topology`` has (without building it)."""
-    return sum(topology.groups[c.src] * (1 if c.kind == "identity" else topology.groups[c.dst])
-               for c in topology.connections)
+    return topology.num_edges
 
 
 def resolve_backend(topology: Topology, backend: str = "auto") -> str:
@@ -143,9 +144,10 @@ class SignatureEngine:
     All agree with a graph-tool graph built from scratch to 1e-9 (tests); see
     bench/results/graph_stage.md for their speed.
 
+    >>> from epochgraph.graph.tracing import topology_of
     >>> from epochgraph.models import build_model
     >>> model = build_model("lenet", in_channels=1, image_size=28)
-    >>> engine = SignatureEngine(model.topology())
+    >>> engine = SignatureEngine(topology_of(model))
     >>> engine.engine
     'graph_tool'
     >>> sig = engine.signature(model.state_dict())  # epoch 1 builds the graph; later ones update it
@@ -211,19 +213,30 @@ def snapshot_signature(topology: Topology, state_dict: Mapping[str, torch.Tensor
     return SignatureEngine(topology, centralities, backend).signature(state_dict)
 
 
-def graph_signature(model: torch.nn.Module, centralities: Sequence[str] = CENTRALITIES,
-                    backend: str = "auto") -> dict[str, float]:
-    """The signature of ``model``'s rolled graph at its current weights (one snapshot, as the graph stage
-    computes it each epoch): ``{"sig/<centrality>/<aggregator>": value, ..., "sig/nonfinite": 0.0 or 1.0}``.
+_ENGINES: weakref.WeakKeyDictionary[torch.nn.Module, SignatureEngine] = weakref.WeakKeyDictionary()
 
-    The model declares its rolled graph with ``topology()`` (the zoo's models do); one without it is
-    named in an `EpochgraphError`.
+
+def graph_signature(model: torch.nn.Module, example_input: torch.Tensor | None = None,
+                    centralities: Sequence[str] = CENTRALITIES, backend: str = "auto") -> dict[str, float]:
+    """The signature of ``model``'s rolled graph at its current weights, as the graph stage logs it each
+    epoch: ``{"sig/<centrality>/<aggregator>": value, ..., "sig/nonfinite": 0.0 or 1.0}``.
+
+    Any feed-forward PyTorch network: its rolled graph is traced from the model (`topology_of`; an
+    ``example_input`` batch gives the shapes, default `example_input_for`). The engine is the graph
+    stage's: one persistent graph per model, built at the first call, its weights rewritten in place
+    at every later call. A model outside the rolled graph's rules raises `UntraceableModel` (one line).
+
+    >>> from epochgraph.models import build_model
+    >>> model = build_model("lenet", in_channels=1, image_size=28)
+    >>> sorted(graph_signature(model))[:2]
+    ['sig/degree/kurtosis', 'sig/degree/mean']
     """
-    topology = getattr(model, "topology", None)
-    if not callable(topology):
-        raise EpochgraphError(f"{type(model).__name__} declares no rolled graph (no topology() method); "
-                              f"use a model of epochgraph.models (model=lenet, resnet20, ...)")
-    return snapshot_signature(topology(), model.state_dict(), centralities, backend)
+    topology = topology_of(model, example_input)
+    engine = _ENGINES.get(model)
+    if (engine is None or engine.topology is not topology or engine.centralities != check_centralities(centralities)
+            or engine.engine != resolve_backend(topology, backend)):
+        engine = _ENGINES[model] = SignatureEngine(topology, centralities, backend)
+    return engine.signature(model.state_dict())
 
 
 def _step_value(item: Any) -> tuple[int | None, float]:

@@ -1,4 +1,6 @@
-"""The model zoo: CIFAR-sized LeNet-5, AlexNet, VGG and ResNet, each with a width multiplier."""
+"""The networks a training builds from its ``model`` config: the zoo (CIFAR-sized LeNet-5, AlexNet, VGG
+and ResNet, each with a width multiplier), torchvision's classification models (``model=torchvision``)
+and the user's own classes (``model=custom model._target_=...``)."""
 
 from __future__ import annotations
 
@@ -36,7 +38,32 @@ def build_model(name: str, *, in_channels: int, image_size: int, num_classes: in
     return cls(in_channels=in_channels, image_size=image_size, num_classes=num_classes, **kwargs)
 
 
-__all__ = ["VGG", "ZOO", "AlexNet", "LeNet5", "ResNet", "build_model"]
+def build_from_config(model_cfg: Mapping[str, Any], *, in_channels: int, image_size: int,
+                      num_classes: int = 10) -> nn.Module:
+    """The model a ``model`` config names: ``_target_`` (a user class), ``name: torchvision`` with
+    ``arch``, or a zoo ``name``; the other keys are its arguments."""
+    from epochgraph.models.torchvision_models import torchvision_model
+    from epochgraph.models.user_models import user_model
+
+    kwargs = dict(model_cfg)
+    name = kwargs.pop("name", None)
+    target = kwargs.pop("_target_", None)
+    data = {"in_channels": in_channels, "image_size": image_size, "num_classes": num_classes}
+    if target is not None:
+        return user_model(target, **data, **kwargs)
+    if name == "custom":
+        raise EpochgraphError("model=custom needs the class: add model._target_=mypackage.nets.MyNet")
+    if name == "torchvision":
+        arch = kwargs.pop("arch", None)
+        if not arch:
+            raise EpochgraphError("model=torchvision needs model.arch, e.g. model.arch=resnet18")
+        return torchvision_model(str(arch), **data, **kwargs)
+    if name is None:
+        raise EpochgraphError("the model config has neither name nor _target_; e.g. model=lenet")
+    return build_model(str(name), **data, **kwargs)
+
+
+__all__ = ["VGG", "ZOO", "AlexNet", "LeNet5", "ResNet", "build_from_config", "build_model"]
 
 
 def _parse(value: str):
@@ -50,9 +77,13 @@ def _parse(value: str):
 
 def model_from_params(params: Mapping[str, str]):
     """Rebuild a run's (untrained) model from its logged params (``model.*``, ``data.*``)."""
-    if "model.name" not in params:
+    if "model.name" not in params and "model._target_" not in params:
         raise EpochgraphError("the run has no 'model.name' param; was it logged by epochgraph-train?")
-    kwargs = {k[len("model."):]: _parse(v) for k, v in params.items()
-              if k.startswith("model.") and k != "model.name"}
-    return build_model(params["model.name"], in_channels=int(params.get("data.in_channels", 1)),
-                       image_size=int(params.get("data.image_size", 28)), **kwargs)
+    cfg = {k[len("model."):]: _parse(v) for k, v in params.items() if k.startswith("model.")}
+    if "name" in cfg:
+        cfg["name"] = str(params["model.name"])
+    if "_target_" in cfg:
+        cfg["_target_"] = str(params["model._target_"])
+    return build_from_config(cfg, in_channels=int(params.get("data.in_channels", 1)),
+                             image_size=int(params.get("data.image_size", 28)),
+                             num_classes=int(params.get("data.num_classes", 10)))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from epochgraph.graph.topology import Topology, TopologyBuilder
 from epochgraph.models._common import check_common, scaled
 
 
@@ -34,18 +33,7 @@ class AlexNet(nn.Module):
             nn.Linear(hid, num_classes),
         )
         self.in_channels = in_channels
+        self.example_input_shape = (in_channels, image_size, image_size)  # for tracing its rolled graph
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
-
-    def topology(self) -> Topology:
-        t = TopologyBuilder(self.in_channels)
-        for i, idx in enumerate((0, 3, 6, 8, 10), start=1):
-            conv = self.features[idx]
-            t.add(f"conv{i}", conv.out_channels, "conv", f"features.{idx}.weight", bias=f"features.{idx}.bias")
-        lin = [(1, "flatten", 4), (4, "linear", 1), (6, "linear", 1)]
-        for i, (idx, kind, spatial) in enumerate(lin, start=1):
-            layer = self.classifier[idx]
-            t.add(f"fc{i}", layer.out_features, kind, f"classifier.{idx}.weight",
-                  bias=f"classifier.{idx}.bias", spatial=spatial)
-        return t.build()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from epochgraph.graph.topology import Topology, TopologyBuilder
 from epochgraph.models._common import check_common, scaled
 
 
@@ -25,6 +24,7 @@ class LeNet5(nn.Module):
         self.fc3 = nn.Linear(f2, num_classes)
         self.drop = nn.Dropout(dropout)
         self.in_channels = in_channels
+        self.example_input_shape = (in_channels, image_size, image_size)  # for tracing its rolled graph
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(torch.relu(self.conv1(x)))
@@ -33,12 +33,3 @@ class LeNet5(nn.Module):
         x = self.drop(torch.relu(self.fc1(x)))
         x = self.drop(torch.relu(self.fc2(x)))
         return self.fc3(x)
-
-    def topology(self) -> Topology:
-        t = TopologyBuilder(self.in_channels)
-        t.add("conv1", self.conv1.out_channels, "conv", "conv1.weight", bias="conv1.bias")
-        t.add("conv2", self.conv2.out_channels, "conv", "conv2.weight", bias="conv2.bias")
-        t.add("fc1", self.fc1.out_features, "flatten", "fc1.weight", bias="fc1.bias", spatial=25)
-        t.add("fc2", self.fc2.out_features, "linear", "fc2.weight", bias="fc2.bias")
-        t.add("fc3", self.fc3.out_features, "linear", "fc3.weight", bias="fc3.bias")
-        return t.build()

@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from epochgraph.errors import EpochgraphError
-from epochgraph.graph.topology import Topology, TopologyBuilder
 from epochgraph.models._common import check_common, scaled
 
 
@@ -54,23 +53,9 @@ class ResNet(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(c, num_classes)
         self.in_channels = in_channels
+        self.example_input_shape = (in_channels, image_size, image_size)  # for tracing its rolled graph
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.bn1(self.conv1(x)))
         x = self.pool(self.blocks(x)).flatten(1)
         return self.fc(self.drop(x))
-
-    def topology(self) -> Topology:
-        t = TopologyBuilder(self.in_channels)
-        t.add("conv1", self.conv1.out_channels, "conv", "conv1.weight", bn="bn1")
-        for i, block in enumerate(self.blocks):
-            p = f"blocks.{i}"
-            block_in = t.last
-            t.add(f"block{i}.conv1", block.conv1.out_channels, "conv", f"{p}.conv1.weight", bn=f"{p}.bn1")
-            out = t.add(f"block{i}.conv2", block.conv2.out_channels, "conv", f"{p}.conv2.weight", bn=f"{p}.bn2")
-            if isinstance(block.shortcut, nn.Identity):
-                t.connect(block_in, out, "identity")
-            else:
-                t.connect(block_in, out, "conv", f"{p}.shortcut.0.weight", bn=f"{p}.shortcut.1")
-        t.add("fc", self.fc.out_features, "linear", "fc.weight", bias="fc.bias")
-        return t.build()

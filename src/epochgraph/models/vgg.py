@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from epochgraph.errors import choice_error
-from epochgraph.graph.topology import Topology, TopologyBuilder
 from epochgraph.models._common import check_common, scaled
 
 CONFIGS: dict[int, list[int | str]] = {
@@ -51,19 +50,7 @@ class VGG(nn.Module):
             nn.Dropout(dropout), nn.Linear(hid, num_classes),
         )
         self.in_channels = in_channels
+        self.example_input_shape = (in_channels, image_size, image_size)  # for tracing its rolled graph
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
-
-    def topology(self) -> Topology:
-        t = TopologyBuilder(self.in_channels)
-        for i, (ci, bi) in enumerate(self._convs, start=1):
-            conv = self.features[ci]
-            bias = f"features.{ci}.bias" if conv.bias is not None else None
-            bn = f"features.{bi}" if bi is not None else None
-            t.add(f"conv{i}", conv.out_channels, "conv", f"features.{ci}.weight", bias=bias, bn=bn)
-        for i, idx in enumerate((2, 5), start=1):
-            layer = self.classifier[idx]
-            t.add(f"fc{i}", layer.out_features, "linear", f"classifier.{idx}.weight",
-                  bias=f"classifier.{idx}.bias")
-        return t.build()

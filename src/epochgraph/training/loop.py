@@ -14,7 +14,7 @@ from torch import nn
 
 from epochgraph.errors import EpochgraphError, choice_error
 from epochgraph.hooks import EpochHook, EpochState
-from epochgraph.models import build_model
+from epochgraph.models import build_from_config
 from epochgraph.training.data import Splits, load_data
 from epochgraph.training.schedule import augment_batch, build_scheduler, is_per_batch
 
@@ -85,10 +85,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return loss_sum / len(x), correct / len(x)
 
 
-def model_kwargs(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in model_cfg.items() if k != "name"}
-
-
 def check_config(cfg: Mapping[str, Any], splits: Splits | None = None) -> Splits:
     """Load the data and build the model and optimizer once, so bad input fails before anything is logged.
 
@@ -103,8 +99,8 @@ def check_config(cfg: Mapping[str, Any], splits: Splits | None = None) -> Splits
         # ``+data.seed=N`` draws the data subsets with their own seed; the top-level ``seed`` otherwise
         data_seed = data.pop("seed", None)
         splits = load_data(**data, seed=int(cfg["seed"] if data_seed is None else data_seed))
-    model = build_model(cfg["model"]["name"], in_channels=splits.in_channels, image_size=splits.image_size,
-                        num_classes=splits.num_classes, **model_kwargs(cfg["model"]))
+    model = build_from_config(cfg["model"], in_channels=splits.in_channels, image_size=splits.image_size,
+                              num_classes=splits.num_classes)
     optimizer = build_optimizer(model.parameters(), **dict(cfg["optim"]))
     build_scheduler(optimizer, cfg["optim"].get("schedule"), int(cfg["trainer"]["epochs"]),
                     steps_per_epoch(len(splits.x_train), int(cfg["trainer"]["batch_size"])))
@@ -132,8 +128,8 @@ def train(cfg: Mapping[str, Any], hooks: Sequence[EpochHook] = (), splits: Split
     if splits is None:
         splits = check_config(cfg)
     gen = seed_everything(seed)
-    model = build_model(cfg["model"]["name"], in_channels=splits.in_channels, image_size=splits.image_size,
-                        num_classes=splits.num_classes, **model_kwargs(cfg["model"])).to(device)
+    model = build_from_config(cfg["model"], in_channels=splits.in_channels, image_size=splits.image_size,
+                              num_classes=splits.num_classes).to(device)
     optimizer = build_optimizer(model.parameters(), **dict(cfg["optim"]))
     schedule = cfg["optim"].get("schedule")
     scheduler = build_scheduler(optimizer, schedule, epochs, steps_per_epoch(len(splits.x_train), batch_size))
