@@ -164,9 +164,9 @@ def connection_weights(conn: Connection, state_dict: Mapping[str, torch.Tensor],
     if conn.dense:
         return m
     rows, cols, kcols = grouped_pattern(conn, n_src, n_dst)
-    dense = torch.zeros(n_dst, n_src, dtype=torch.float64)
-    dense[torch.from_numpy(rows), torch.from_numpy(cols)] = m[torch.from_numpy(rows), torch.from_numpy(kcols)]
-    return dense
+    dense = np.zeros((n_dst, n_src))
+    dense[rows, cols] = m.numpy()[rows, kcols]
+    return torch.from_numpy(dense)
 
 
 def connection_values(conn: Connection, state_dict: Mapping[str, torch.Tensor], n_src: int,

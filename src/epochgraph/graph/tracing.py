@@ -63,6 +63,7 @@ _PASS_MODULES: tuple[type[nn.Module], ...] = (
 )
 _GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_MODULES = (*_PASS_MODULES, *_GATE_MODULES, *_CONVS, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.Flatten)
 _PASS_FUNCTIONS: set[Any] = {
     torch.relu, torch.relu_, F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish,
     F.hardswish, F.hardtanh, F.softplus, torch.tanh, F.tanh, torch.clamp, torch.abs,
@@ -144,6 +145,10 @@ class _Walker:
                                 "rules (README, 'Any network')")
 
     def walk(self) -> Topology:
+        for node in self.gm.graph.nodes:  # a layer without a rule is named first (an LSTM, not its reshapes)
+            if node.op == "call_module" and not isinstance(self.gm.get_submodule(node.target), _MODULES):
+                module = self.gm.get_submodule(node.target)
+                raise self.fail(node, f"no rule for {type(module).__module__}.{type(module).__name__}")
         for node in self.gm.graph.nodes:
             if node.op == "placeholder":
                 self.placeholder(node)

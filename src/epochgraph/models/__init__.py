@@ -63,7 +63,16 @@ def build_from_config(model_cfg: Mapping[str, Any], *, in_channels: int, image_s
     return build_model(str(name), **data, **kwargs)
 
 
-__all__ = ["VGG", "ZOO", "AlexNet", "LeNet5", "ResNet", "build_from_config", "build_model"]
+def model_label(model_cfg: Mapping[str, Any]) -> str:
+    """How runs name the model: the zoo name, the torchvision arch, or the user class's name."""
+    if model_cfg.get("_target_"):
+        return str(model_cfg["_target_"]).rsplit(".", 1)[-1]
+    if model_cfg.get("name") == "torchvision":
+        return str(model_cfg.get("arch"))
+    return str(model_cfg.get("name"))
+
+
+__all__ = ["VGG", "ZOO", "AlexNet", "LeNet5", "ResNet", "build_from_config", "build_model", "model_label"]
 
 
 def _parse(value: str):

@@ -5,11 +5,12 @@ a pooling layer before the second conv is dropped - as CIFAR variants of these n
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from torch import nn
 
-from epochgraph.errors import EpochgraphError, choice_error
+from epochgraph.errors import EpochgraphError
 
 SMALL_IMAGE = 64  # pixels: below, the stem keeps the resolution (``model.small_stem=auto``)
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d)
@@ -52,7 +53,10 @@ def torchvision_model(arch: str, *, in_channels: int, image_size: int, num_class
 
     known = torchvision.models.list_models(module=torchvision.models)
     if arch not in known:
-        raise choice_error("torchvision model", arch, known, key="model.arch")
+        close = difflib.get_close_matches(str(arch), known, n=4, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise EpochgraphError(f"unknown torchvision model {arch!r}; {hint}(set model.arch=<one of "
+                              "torchvision.models.list_models()>, e.g. resnet18)")
     if small_stem not in ("auto", True, False):
         raise EpochgraphError(f"model.small_stem={small_stem!r} must be auto, true or false")
     try:

@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from epochgraph.hooks import EpochHook
+from epochgraph.models import model_label
 from epochgraph.store import tracking
 from epochgraph.training.loop import TrainResult, check_config, train
 
@@ -37,7 +38,7 @@ def graph_hooks(cfg: Mapping[str, Any], client=None, run_id: str | None = None
         return [stage], []
     keep = keep_weights_epochs(cfg) if cfg["mlflow"].get("log_weights", True) else set()
     pictures = GraphPictures(stage, client, run_id, epochs=int(cfg["trainer"]["epochs"]), keep=keep,
-                             title=f"{cfg['model']['name']} on {cfg['data']['name']}")
+                             title=f"{model_label(cfg['model'])} on {cfg['data']['name']}")
     return [stage], [pictures]
 
 
@@ -60,7 +61,7 @@ def run_job(cfg: DictConfig, *, extra_hooks: Sequence[EpochHook] = (), parent_ru
     splits = check_config(plain)
     graph_hooks(plain)  # a bad graph.* value fails here, before a run exists
     client = tracking.get_client(cfg["mlflow"]["tracking_uri"])
-    all_tags = {"model": str(cfg["model"]["name"]), "dataset": str(cfg["data"]["name"]), **(tags or {})}
+    all_tags = {"model": model_label(cfg["model"]), "dataset": str(cfg["data"]["name"]), **(tags or {})}
     name = run_name or cfg["mlflow"].get("run_name")
     with tracking.mlflow_run(client, cfg["mlflow"]["experiment"], run_name=name, tags=all_tags,
                              parent_run_id=parent_run_id) as run_id:

@@ -101,6 +101,10 @@ def check_config(cfg: Mapping[str, Any], splits: Splits | None = None) -> Splits
         splits = load_data(**data, seed=int(cfg["seed"] if data_seed is None else data_seed))
     model = build_from_config(cfg["model"], in_channels=splits.in_channels, image_size=splits.image_size,
                               num_classes=splits.num_classes)
+    if (cfg.get("graph") or {}).get("enabled", False):
+        from epochgraph.graph.tracing import topology_of
+
+        topology_of(model)  # a network outside the rolled graph's rules fails here, before any run
     optimizer = build_optimizer(model.parameters(), **dict(cfg["optim"]))
     build_scheduler(optimizer, cfg["optim"].get("schedule"), int(cfg["trainer"]["epochs"]),
                     steps_per_epoch(len(splits.x_train), int(cfg["trainer"]["batch_size"])))
