@@ -18,6 +18,9 @@ Writes bench/results/graph_stage.md and bench/results/graph_stage.json.
   (VGG-16 at width 2, AlexNet at width 3) and the VGG-11-ImageNet size, which sets `AUTO_BLOCKS_EDGES`.
 * Unrolled graph = `unrolled_degree` under the default 2 GiB budget; a model over it is reported,
   not built.
+* torchvision's networks (``model=torchvision``, stem adapted to 3 x 32 x 32): the rolled graph traced
+  from the model, the graph stage's engine (``auto``) per epoch against a training epoch on 32 x 32
+  images (``--only torchvision`` measures these rows alone and keeps the others from the last run).
 """
 
 from __future__ import annotations
@@ -47,8 +50,9 @@ from epochgraph.graph.centrality import (
 from epochgraph.graph.graph_stage import draw_epoch
 from epochgraph.graph.rolled_graph import PersistentRolledGraph, block_graph, edge_arrays
 from epochgraph.graph.signature import AUTO_BLOCKS_EDGES, SignatureEngine, one_blas_thread, resolve_backend
-from epochgraph.graph.topology import Topology, TopologyBuilder
-from epochgraph.models import build_model
+from epochgraph.graph.topology import Topology
+from epochgraph.graph.tracing import topology_of
+from epochgraph.models import build_from_config, build_model
 
 OUT = Path(__file__).parent / "results"
 MODELS = ["lenet", "alexnet", "vgg11", "resnet20", "resnet32", "resnet44"]
@@ -74,10 +78,10 @@ def _median_time(fn: Callable[[], Any], repeats: int = REPEATS) -> float:
     return _median_times(fn, repeats)[0]
 
 
-def epoch_time(model: nn.Module, batches: int | None) -> float:
+def epoch_time(model: nn.Module, batches: int | None, image: tuple[int, ...] = (1, 28, 28)) -> float:
     """Seconds of one training epoch (all of it, or ``batches`` batches scaled to the epoch)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x, y = torch.randn(EPOCH_IMAGES, 1, 28, 28), torch.randint(0, 10, (EPOCH_IMAGES,))
+    x, y = torch.randn(EPOCH_IMAGES, *image), torch.randint(0, 10, (EPOCH_IMAGES,))
     model.train()
 
     def step(idx: torch.Tensor) -> None:
@@ -132,7 +136,7 @@ def zoo_rows(batches: int | None) -> list[dict]:
     rows = []
     for name in MODELS:
         model = build_model(name, in_channels=1, image_size=28)
-        topo, sd = model.topology(), model.state_dict()
+        topo, sd = topology_of(model), model.state_dict()
         snapshots = [sd, next_snapshot(sd)]
         edges = edge_arrays(topo, sd)
         row: dict[str, Any] = {"model": name, "nodes": edges.num_nodes, "edges": edges.num_edges,
@@ -173,12 +177,11 @@ def size_rows() -> list[dict]:
     for name, width in (("vgg16", 2), ("alexnet", 3)):
         torch.manual_seed(0)
         model = build_model(name, in_channels=3, image_size=32, width=width)
-        topo, sd = model.topology(), model.state_dict()
+        topo, sd = topology_of(model), model.state_dict()
         snapshots = [sd, next_snapshot(sd)]
         first, later, later_cpu = persistent_times(topo, snapshots, 3)
         blocks, blocks_cpu = _median_times(lambda t=topo, w=sd: SignatureEngine(t, backend="blocks").signature(w), 3)
-        rows.append({"model": f"{name} width {width} (3x32x32)", "edges": sum(
-            topo.groups[c.src] * (1 if c.kind == "identity" else topo.groups[c.dst]) for c in topo.connections),
+        rows.append({"model": f"{name} width {width} (3x32x32)", "edges": topo.num_edges,
             "graph_tool_first_s": first, "graph_tool_epoch_s": later, "blocks_epoch_s": blocks,
             "graph_tool_epoch_cpu_s": later_cpu, "blocks_epoch_cpu_s": blocks_cpu,
             "auto_engine": resolve_backend(topo, "auto")})
@@ -188,16 +191,42 @@ def size_rows() -> list[dict]:
     return rows
 
 
-def vgg11_imagenet_topology(model: nn.Module) -> Topology:
-    """Topology of torchvision's ``vgg11``: 8 convs, then a 512 x 7 x 7 flatten into 4096-4096-classes."""
-    t = TopologyBuilder(3)
-    convs = [i for i, m in enumerate(model.features) if isinstance(m, nn.Conv2d)]
-    for k, i in enumerate(convs, start=1):
-        t.add(f"conv{k}", model.features[i].out_channels, "conv", f"features.{i}.weight", bias=f"features.{i}.bias")
-    for k, (i, kind, spatial) in enumerate([(0, "flatten", 49), (3, "linear", 1), (6, "linear", 1)], start=1):
-        t.add(f"fc{k}", model.classifier[i].out_features, kind, f"classifier.{i}.weight",
-              bias=f"classifier.{i}.bias", spatial=spatial)
-    return t.build()
+TORCHVISION = ["resnet18", "resnet50", "vgg11_bn", "mobilenet_v2", "densenet121", "efficientnet_b0"]
+
+
+def torchvision_rows(batches: int | None) -> list[dict]:
+    """torchvision's networks as ``model=torchvision`` builds them for 3 x 32 x 32 images: the traced
+    rolled graph, the ``auto`` engine per epoch (as a training runs it) against a training epoch."""
+    rows = []
+    for arch in TORCHVISION:
+        torch.manual_seed(0)
+        model = build_from_config({"name": "torchvision", "arch": arch}, in_channels=3, image_size=32,
+                                  num_classes=10)
+        t0 = time.perf_counter()
+        topo = topology_of(model)
+        trace_s = time.perf_counter() - t0
+        sd = model.state_dict()
+        snapshots = [sd, next_snapshot(sd)]
+        auto = resolve_backend(topo, "auto")
+        engine = SignatureEngine(topo, backend=auto)
+        t0 = time.perf_counter()
+        engine.signature(snapshots[0])
+        first = time.perf_counter() - t0
+        counter = [0]
+
+        def next_epoch(e=engine, snaps=snapshots, n=counter) -> None:
+            n[0] += 1
+            e.signature(snaps[n[0] % 2])
+
+        later, later_cpu = _median_times(next_epoch, 3)
+        row = {"model": arch, "nodes": topo.num_nodes, "edges": topo.num_edges, "groups": len(topo.groups),
+               "auto_engine": auto, "trace_s": trace_s, "graph_first_s": first, "graph_epoch_s": later,
+               "graph_epoch_cpu_s": later_cpu, "epoch_s": epoch_time(model, batches, (3, 32, 32))}
+        rows.append(row)
+        print(f"{arch:16s} {row['nodes']:,} nodes {row['edges']:,} edges ({auto}): graph stage {later:.2f} s "
+              f"per epoch (first {first:.2f} s), training epoch {row['epoch_s']:.1f} s", flush=True)
+        del model, engine, snapshots, sd
+    return rows
 
 
 def vgg11_imagenet() -> dict:
@@ -206,7 +235,7 @@ def vgg11_imagenet() -> dict:
 
     torch.manual_seed(0)
     model = vgg11(num_classes=10)
-    topo, sd = vgg11_imagenet_topology(model), model.state_dict()
+    topo, sd = topology_of(model, torch.zeros(2, 3, 224, 224)), model.state_dict()
     later_sd = next_snapshot(sd)
     res: dict[str, Any] = {"weights_mb": sum(v.numel() * v.element_size() for v in sd.values()) / MB}
 
@@ -275,11 +304,12 @@ def _pct(part: float, whole: float) -> str:
     return f"{100 * part / whole:.2f}"
 
 
-def write(rows: list[dict], sizes: list[dict], big: dict, machine: dict, batches: int | None) -> str:
+def write(rows: list[dict], sizes: list[dict], big: dict, machine: dict, batches: int | None,
+          tv: list[dict] | None = None, tv_machine: dict | None = None) -> str:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "graph_stage.json").write_text(json.dumps(
-        {"machine": machine, "epoch_batches": batches, "zoo": rows, "sizes": sizes, "vgg11_imagenet": big},
-        indent=2))
+        {"machine": machine, "epoch_batches": batches, "zoo": rows, "sizes": sizes, "vgg11_imagenet": big,
+         "torchvision": tv or [], "torchvision_machine": tv_machine}, indent=2))
     timing = "timed in full" if batches is None else f"timed on {batches} batches and scaled"
     lines = [
         "# Graph stage vs. training (paper Q3)", "",
@@ -355,6 +385,24 @@ def write(rows: list[dict], sizes: list[dict], big: dict, machine: dict, batches
         f"{b['max_abs_diff_degree']:.1e}, max |eigenvector diff| = {b['max_abs_diff_eigenvector']:.1e}; blocks "
         f"{b['max_abs_diff_degree_blocks']:.1e} and {b['max_abs_diff_eigenvector_blocks']:.1e}.",
     ]
+    if tv:
+        m = tv_machine or machine
+        lines += [
+            "", "## torchvision's networks (`model=torchvision`, 3 x 32 x 32, the stem adapted)", "",
+            f"The rolled graph traced from the model (torch.fx). Measured {m.get('date', '')} on "
+            f"{m['cpu_count']} CPU cores, load average {m['load_average']} at the start (shared cores: upper "
+            f"bounds). Training epoch = {EPOCH_IMAGES:,} random 3x32x32 images, batch {BATCH}, SGD, timed on "
+            f"{m.get('epoch_batches') or 'all'} batches and scaled; graph stage = the `auto` engine as a training "
+            "runs it (median of 3 epochs after the first). No GPU here: the GPU epoch is not measured.", "",
+            "| model | node groups | nodes | edges | auto | trace (s) | graph stage, first epoch (s) "
+            "| graph stage, per epoch (s) | CPU (s) | training epoch (s) | % of epoch |",
+            "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in tv:
+            lines.append(f"| {r['model']} | {r['groups']} | {r['nodes']:,} | {r['edges']:,} | {r['auto_engine']} | "
+                         f"{r['trace_s']:.2f} | {r['graph_first_s']:.2f} | {r['graph_epoch_s']:.2f} | "
+                         f"{r['graph_epoch_cpu_s']:.2f} | {r['epoch_s']:.1f} | "
+                         f"{_pct(r['graph_epoch_s'], r['epoch_s'])} |")
     text = "\n".join(lines) + "\n"
     (OUT / "graph_stage.md").write_text(text)
     return text
@@ -364,14 +412,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epoch-batches", type=int, default=None,
                         help="time this many batches and scale to the epoch (default: the whole epoch)")
+    parser.add_argument("--only", choices=["torchvision"], default=None,
+                        help="measure only these rows; the others are kept from the last run's graph_stage.json")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     machine = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-               "load_average": f"{os.getloadavg()[0]:.1f}"}
+               "load_average": f"{os.getloadavg()[0]:.1f}", "date": time.strftime("%Y-%m-%d"),
+               "epoch_batches": args.epoch_batches}
+    if args.only == "torchvision":
+        last = json.loads((OUT / "graph_stage.json").read_text())
+        tv = torchvision_rows(args.epoch_batches)
+        print(write(last["zoo"], last["sizes"], last["vgg11_imagenet"], last["machine"], last["epoch_batches"],
+                    tv, machine))
+        return
     zoo = zoo_rows(args.epoch_batches)
     sizes = size_rows()
-    print(write(zoo, sizes, vgg11_imagenet(), machine, args.epoch_batches))
+    big = vgg11_imagenet()
+    tv = torchvision_rows(args.epoch_batches)
+    print(write(zoo, sizes, big, machine, args.epoch_batches, tv, machine))
 
 
 if __name__ == "__main__":

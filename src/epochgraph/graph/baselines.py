@@ -176,6 +176,8 @@ def unrolled_plan(model: nn.Module, in_channels: int, image_size: int,
                   topology: Topology | None = None) -> UnrolledPlan:
     """Trace ``model`` once and size its unrolled graph (exact node and edge counts)."""
     topology = topology or topology_of(model)
+    if any(c.in_offset for c in topology.connections):
+        raise UnrolledUnsupported("the unrolled graph does not cover channel concatenations")
     calls = _trace(model, in_channels, image_size)
     order: dict[int, int] = {}  # id(weight layer) -> its position in the call order
     for i, c in enumerate(calls):

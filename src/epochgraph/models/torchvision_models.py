@@ -59,6 +59,7 @@ def torchvision_model(arch: str, *, in_channels: int, image_size: int, num_class
                               "torchvision.models.list_models()>, e.g. resnet18)")
     if small_stem not in ("auto", True, False):
         raise EpochgraphError(f"model.small_stem={small_stem!r} must be auto, true or false")
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}  # null: the builder's default
     try:
         model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
     except TypeError as err:
