@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +37,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
 from omegaconf import OmegaConf
 
-from epochgraph.errors import JobKilled
+from epochgraph.errors import EXIT_SIGINT, EXIT_SIGTERM, JobKilled, Terminated
 
 log = logging.getLogger("epochgraph")
 
@@ -70,6 +71,16 @@ def queue_states(job_ids: Sequence[str]) -> dict[str, str] | None:
 
 class SlurmLauncher(SubmititSlurmLauncher):
     """``hydra/launcher=slurm``: each trial a task of one SLURM job array per batch (see the module docstring)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
+        """In the SLURM job: run the trial; an interrupt ends the job with one line, not a traceback."""
+        try:
+            return super().__call__(*args, **kwargs)
+        except (KeyboardInterrupt, Terminated) as err:
+            said = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+            note = f"; {err.args[0]}" if err.args and err.args[0] else ""
+            print(f"epochgraph: {said}{note}; the sweep fails this trial and re-queues it", file=sys.stderr)
+            sys.exit(EXIT_SIGTERM if isinstance(err, Terminated) else EXIT_SIGINT)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import submitit
