@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 MLFLOW_DB ?= mlruns/mlflow.db
 
-.PHONY: setup run test test-fast ui dashboard server bench lint clean population compare
+.PHONY: setup run test test-fast ui dashboard server bench lint clean population compare slurm slurm-stop
 
 setup:
 	@bash scripts/setup.sh
@@ -40,6 +40,15 @@ server: setup
 	@echo "MLflow tracking server on http://$(HOST):$(PORT) (backend: $(MLFLOW_BACKEND)); use mlflow.tracking_uri=http://$(HOST):$(PORT)"
 	.venv/bin/mlflow server --backend-store-uri $(MLFLOW_BACKEND) --artifacts-destination $(CURDIR)/mlruns/artifacts \
 		--serve-artifacts --host $(HOST) --port $(PORT)
+
+# a one-node SLURM cluster on 127.0.0.1 (state, config and logs in .slurm/): then
+#   export SLURM_CONF=$(CURDIR)/.slurm/slurm.conf
+#   epochgraph-train +experiment=pruned_sweep hydra/launcher=slurm hydra.launcher.cpus_per_task=1 ...
+slurm: setup
+	@bash scripts/slurm.sh start
+
+slurm-stop:
+	@bash scripts/slurm.sh stop
 
 # the recorded LeNet population and the comparison of forecasters on it (paper Q1)
 population: setup

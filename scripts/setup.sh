@@ -4,7 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3-graph-tool python3-cairo python3-venv dataset-fashion-mnist postgresql)
+APT_PACKAGES=(python3-graph-tool python3-cairo python3-venv dataset-fashion-mnist)
+# the servers the test-suite starts for real: PostgreSQL (tests/pg.py) and a one-node SLURM cluster
+# (scripts/slurm.sh: slurmctld, slurmd, munge); an image that only runs sweeps skips them (SETUP_TEST_SERVERS=0)
+if [ "${SETUP_TEST_SERVERS:-1}" = 1 ]; then
+  APT_PACKAGES+=(postgresql slurm-wlm munge)
+fi
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -28,6 +28,11 @@ class Terminated(BaseException):
     """
 
 
+class JobKilled(Exception):
+    """A sweep job that ended without an outcome: killed by its scheduler (``scancel``, a lost node, a time
+    or memory limit). The sweeper fails its trial and re-queues it, as for a worker that died."""
+
+
 @contextlib.contextmanager
 def sigterm_as_exception() -> Iterator[None]:
     """Raise `Terminated` on SIGTERM inside the block (main thread only; elsewhere signals are left alone)."""

@@ -3,12 +3,18 @@
 ``${eg.loguniform:1e-3,1.0,${seed},lr}`` draws one value per (seed, name) pair, reproducibly, so that
 ``epochgraph-train -m seed=range(0,60) +experiment=population_lenet`` is a random search of 60 runs
 with Hydra's own basic sweeper.
+
+``${eg.pythonpath:}`` is this process's ``PYTHONPATH`` with the folder epochgraph is imported from (a
+checkout's ``src``) first, for jobs started elsewhere (SLURM) that must import the same code:
+``conf/hydra/launcher/slurm.yaml``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -34,8 +40,19 @@ def choice(*args):
     return options[int(_rng(seed, name).integers(len(options)))]
 
 
+def pythonpath() -> str:
+    """The folder holding the imported ``epochgraph`` package (and ``hydra_plugins`` beside it), then the
+    entries of ``PYTHONPATH``."""
+    import epochgraph
+
+    first = str(Path(epochgraph.__file__).resolve().parents[1])
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != first]
+    return os.pathsep.join([first, *rest])
+
+
 def register() -> None:
-    for fname, fn in (("eg.loguniform", loguniform), ("eg.uniform", uniform), ("eg.choice", choice)):
+    for fname, fn in (("eg.loguniform", loguniform), ("eg.uniform", uniform), ("eg.choice", choice),
+                      ("eg.pythonpath", pythonpath)):
         if not OmegaConf.has_resolver(fname):
             OmegaConf.register_new_resolver(fname, fn)
 

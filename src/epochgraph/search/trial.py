@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -107,6 +108,14 @@ class TrialReporter:
             state.prune = True
 
 
+def slurm_job() -> str | None:
+    """The SLURM job this process runs in (``12_3`` for a task of an array, as squeue and scancel name it)."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID") or None
+
+
 def run_trial(cfg) -> dict[str, Any]:
     """Train one sweep trial, logged as a nested MLflow run; returns the outcome for the sweeper."""
     from epochgraph.training.job import run_job
@@ -116,6 +125,8 @@ def run_trial(cfg) -> dict[str, Any]:
     number = reporter.trial.number
     try:
         tags = {"trial": str(number), "study": str(opt["study_name"]), "sweep": str(opt["study_name"])}
+        if slurm_job() is not None:  # which SLURM job trained it (squeue, scancel, its log)
+            tags["slurm_job"] = slurm_job()
         job = run_job(cfg, extra_hooks=[reporter], parent_run_id=opt.get("parent_run_id"), tags=tags,
                       run_name=f"trial-{number:03d}")
     finally:

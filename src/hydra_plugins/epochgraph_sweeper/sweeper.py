@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from epochgraph.errors import EpochgraphError, Terminated, note_interrupt
+from epochgraph.errors import EpochgraphError, JobKilled, Terminated, note_interrupt
 from epochgraph.store import optuna_internals
 
 log = logging.getLogger("epochgraph")
@@ -102,24 +102,32 @@ def search_space(arguments: list[str]) -> tuple[dict[str, BaseDistribution], dic
 
 def close_orphan_runs(study: optuna.Study, client, experiment: str) -> int:
     """End as KILLED the MLflow trial runs still RUNNING whose Optuna trial is no longer running (their
-    worker died: its trial was failed as stale). Returns how many were closed."""
+    worker died: its trial was failed as stale). Returns how many were closed.
+
+    A run its job closed itself on the way out (KILLED on SIGTERM, as ``scancel`` sends, or FAILED) before
+    the sweeper failed its trial gets the trial's state tag here too."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return 0
     states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
     runs = client.search_runs([exp.experiment_id], f"tags.study = '{study.study_name}' and "
-                              "attributes.status = 'RUNNING' and tags.trial != ''")
+                              "attributes.status != 'FINISHED' and tags.trial != ''")
     closed = 0
     for run in runs:
         state = states.get(int(run.data.tags["trial"]))
-        if state is not None and state != TrialState.RUNNING:
-            client.set_tag(run.info.run_id, "state", state.name)
-            client.set_tag(run.info.run_id, "error", "its worker stopped; the trial was failed as stale")
-            client.update_run(run.info.run_id, name=f"trial-{int(run.data.tags['trial']):03d} · killed")
-            client.set_terminated(run.info.run_id, status="KILLED")
-            log.warning("trial %d: MLflow run %s was left RUNNING by a dead worker; closed as KILLED",
-                        int(run.data.tags["trial"]), run.info.run_id)
-            closed += 1
+        if state is None or state == TrialState.RUNNING:
+            continue
+        if run.info.status != "RUNNING":
+            if "state" not in run.data.tags:
+                client.set_tag(run.info.run_id, "state", state.name)
+            continue
+        client.set_tag(run.info.run_id, "state", state.name)
+        client.set_tag(run.info.run_id, "error", "its worker stopped; the trial was failed as stale")
+        client.update_run(run.info.run_id, name=f"trial-{int(run.data.tags['trial']):03d} · killed")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        log.warning("trial %d: MLflow run %s was left RUNNING by a dead worker; closed as KILLED",
+                    int(run.data.tags["trial"]), run.info.run_id)
+        closed += 1
     return closed
 
 
@@ -384,6 +392,12 @@ class EpochgraphSweeper(Sweeper):
                     fc = f"  P(high) {out['forecast']:.2f}" if out.get("forecast") is not None else ""
                     log.info("trial %3d %-8s val_acc %.4f after %d epochs%s", trial.number, out["state"],
                              out["value"], out["epochs"], fc)
+                elif ret.status == JobStatus.FAILED and isinstance(ret._return_value, JobKilled):
+                    # its job was killed (scancel, a lost node): as for a dead worker, FAIL, re-queue, close its run
+                    said = self._abandon(study, [trial], client, experiment)
+                    if "re-queued" not in said:  # a re-queued trial is not lost; one out of retries is
+                        failures += 1
+                    log.warning("trial %3d: %s; %s", trial.number, ret._return_value, said.rstrip(";") or "FAIL")
                 else:
                     failures += 1
                     err = ret._return_value if ret.status == JobStatus.FAILED else "no outcome returned"
