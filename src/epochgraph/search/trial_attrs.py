@@ -26,7 +26,7 @@ SCHEDULE_ATTR = "lr_schedule"  # the LR of every epoch of the training, planned 
 RECORDED_METRICS = (*CURVE_METRICS, "lr")  # the curve values an epoch's record holds (beside sig/...)
 
 __all__ = ["EPOCH_ATTR", "FORECAST_ATTR", "FORECAST_FINAL_ATTR", "RECORDED_METRICS", "SCHEDULE_ATTR", "UPPER_ATTR",
-           "diverged", "encode_value", "planned_schedule", "trial_history"]
+           "diverged", "encode_value", "planned_schedule", "trial_history", "with_reported_values"]
 
 
 NONFINITE_VALUES = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -62,6 +62,24 @@ def trial_history(trial: FrozenTrial) -> dict[str, list[float | None]]:
         for key, value in trial.user_attrs[EPOCH_ATTR.format(epoch)].items():
             history.setdefault(key, [None] * len(epochs))[i] = _decode(value)
     return history
+
+
+def with_reported_values(history: Mapping[str, Sequence[float | None]],
+                         trial: FrozenTrial) -> dict[str, list[float | None]]:
+    """``history`` with val_acc completed from the trial's intermediate values (step t = epoch t) at the
+    epochs its records lack: an objective that only calls ``trial.report(value, step)`` writes no record,
+    and its curve is all a pruner may read. Recorded values win; other metrics stay as recorded."""
+    out = {k: list(v) for k, v in history.items()}
+    steps = [s for s in trial.intermediate_values if s >= 1]
+    if not steps:
+        return out
+    acc = out.get("val_acc") or []
+    acc = acc + [None] * (max(steps) - len(acc))
+    for s in steps:
+        if acc[s - 1] is None:
+            acc[s - 1] = float(trial.intermediate_values[s])
+    out["val_acc"] = acc
+    return out
 
 
 def diverged(history: Mapping[str, Sequence[float | None]]) -> bool:
