@@ -29,10 +29,10 @@ from epochgraph.search.trial_attrs import (
     encode_value,
 )
 
-__all__ = ["record_forecast", "report_epoch"]
+__all__ = ["add_to_record", "epoch_values", "metric_value", "record_epoch", "record_forecast", "report_epoch"]
 
 
-def _number(name: str, value: Any) -> float | None:
+def metric_value(name: str, value: Any) -> float | None:
     """``value`` as a float (None stays None); a value that is not one number is a one-line TypeError."""
     if value is None:
         return None
@@ -77,26 +77,55 @@ def report_epoch(trial: Any, epoch: int, *, val_acc: float, model: Any = None,
     Returns:
         The epoch's record as stored in the trial.
     """
+    epoch, values = epoch_values(epoch, val_acc, model, metrics)
+    record = record_epoch(trial, epoch, values)
+    if _active_mlflow_run() is not None:
+        import mlflow
+
+        mlflow.log_metrics(values, step=epoch)
+    return record
+
+
+def epoch_values(epoch: Any, val_acc: Any, model: Any = None,
+                 metrics: Mapping[str, Any] | None = None) -> tuple[int, dict[str, float]]:
+    """The checked epoch and ``{metric: value}`` of one epoch: val_acc, the metrics measured (None ones left
+    out) and the model's signature when ``model`` is given. Bad input is a one-line ValueError / TypeError."""
     if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 1:
         raise ValueError(f"epoch={epoch!r} must be an integer >= 1 (epochs are numbered from 1; "
                          f"a loop counting from 0 passes epoch + 1)")
-    epoch = int(epoch)
-    acc = _number("val_acc", val_acc)
+    acc = metric_value("val_acc", val_acc)
     if acc is None:
         raise TypeError("val_acc=None: report_epoch needs the epoch's validation accuracy, e.g. val_acc=0.87")
-    values = {"val_acc": acc, **{k: _number(k, v) for k, v in metrics.items()}}
+    values = {"val_acc": acc}
+    for key, value in (metrics or {}).items():
+        number = metric_value(key, value)
+        if number is not None:
+            values[key] = number
     if model is not None:
         from epochgraph.graph.signature import graph_signature
 
         values.update(graph_signature(model))
-    record = {k: encode_value(v) for k, v in values.items()
-              if v is not None and (k in RECORDED_METRICS or k.startswith("sig/"))}
-    trial.set_user_attr(EPOCH_ATTR.format(epoch), record)
-    trial.report(acc if math.isfinite(acc) else 0.0, epoch)
-    if _active_mlflow_run() is not None:
-        import mlflow
+    return int(epoch), values
 
-        mlflow.log_metrics({k: v for k, v in values.items() if v is not None}, step=epoch)
+
+def record_epoch(trial: Any, epoch: int, values: Mapping[str, float]) -> dict[str, float | str]:
+    """Store one epoch's values in ``trial`` (the ``epoch_NNN`` record: `RECORDED_METRICS` and ``sig/...``)
+    and report its val_acc at ``step=epoch`` (a non-finite one as 0.0); returns the record. Every way of
+    reporting (`report_epoch`, the trainer, the Lightning callback) ends here."""
+    record = {k: encode_value(v) for k, v in values.items() if k in RECORDED_METRICS or k.startswith("sig/")}
+    trial.set_user_attr(EPOCH_ATTR.format(epoch), record)
+    acc = values["val_acc"]
+    trial.report(acc if math.isfinite(acc) else 0.0, epoch)
+    return record
+
+
+def add_to_record(trial: Any, epoch: int, values: Mapping[str, float]) -> dict[str, float | str]:
+    """Add values measured after epoch ``epoch`` was reported to its record (Lightning reduces the training
+    metrics of an epoch only after its validation); returns the record."""
+    key = EPOCH_ATTR.format(epoch)
+    added = {k: encode_value(v) for k, v in values.items() if k in RECORDED_METRICS or k.startswith("sig/")}
+    record = {**(trial.user_attrs.get(key) or {}), **added}
+    trial.set_user_attr(key, record)
     return record
 
 
