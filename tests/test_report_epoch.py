@@ -191,3 +191,16 @@ def test_a_missing_loss_does_not_prune_a_reported_nan_loss_does():
     assert trial.should_prune() is False
     report_epoch(trial, 2, val_acc=BEST[1], val_loss=float("inf"))  # a reported non-finite loss: diverged
     assert trial.should_prune() is True
+
+
+def test_intermediate_values_fill_only_the_epochs_without_a_record():
+    from optuna.trial import TrialState, create_trial
+
+    from epochgraph.search.trial_attrs import with_reported_values
+
+    trial = create_trial(state=TrialState.RUNNING, intermediate_values={1: 0.3, 2: 0.0, 3: 0.5},
+                         user_attrs={EPOCH_ATTR.format(1): {"val_acc": 0.3, "val_loss": 1.9},
+                                     EPOCH_ATTR.format(2): {"val_acc": None, "val_loss": 1.7}})
+    history = with_reported_values(trial_history(trial), trial)
+    # epoch 2 was recorded without val_acc: it stays missing (its reported 0.0 is no accuracy); epoch 3 has none
+    assert history == {"val_acc": [0.3, None, 0.5], "val_loss": [1.9, 1.7]}

@@ -66,18 +66,17 @@ def trial_history(trial: FrozenTrial) -> dict[str, list[float | None]]:
 
 def with_reported_values(history: Mapping[str, Sequence[float | None]],
                          trial: FrozenTrial) -> dict[str, list[float | None]]:
-    """``history`` with val_acc completed from the trial's intermediate values (step t = epoch t) at the
-    epochs its records lack: an objective that only calls ``trial.report(value, step)`` writes no record,
-    and its curve is all a pruner may read. Recorded values win; other metrics stay as recorded."""
+    """``history`` with val_acc taken from the trial's intermediate values (step t = epoch t) at the epochs
+    that have no record: an objective that only calls ``trial.report(value, step)`` writes none, and its
+    curve is all a pruner may read. A record's values win, its missing ones stay missing."""
     out = {k: list(v) for k, v in history.items()}
-    steps = [s for s in trial.intermediate_values if s >= 1]
+    steps = [s for s in trial.intermediate_values if s >= 1 and EPOCH_ATTR.format(s) not in trial.user_attrs]
     if not steps:
         return out
     acc = out.get("val_acc") or []
     acc = acc + [None] * (max(steps) - len(acc))
     for s in steps:
-        if acc[s - 1] is None:
-            acc[s - 1] = float(trial.intermediate_values[s])
+        acc[s - 1] = float(trial.intermediate_values[s])
     out["val_acc"] = acc
     return out
 
