@@ -63,7 +63,7 @@ bench: setup
 	$(PY) bench/bench.py $(ARGS)
 
 lint: setup
-	.venv/bin/ruff check src tests bench
+	.venv/bin/ruff check src tests bench examples
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -3,7 +3,7 @@ hyperparameter searches with that forecast.
 
 The public API (``__all__``), each name imported on first use::
 
-    from epochgraph import ForecastPruner, graph_signature
+    from epochgraph import ForecastPruner, graph_signature, report_epoch
 
 The package's folders follow the pipeline: ``graph`` (rolled graph, centralities, signatures: paper S1-S3),
 ``forecast`` (predictors, the final-accuracy forecaster, recorded populations: S4, Q1/Q2), ``search``
@@ -27,6 +27,8 @@ _EXPORTS = {
     "ForecastPruner": "epochgraph.search.forecast_pruner",
     "SignaturePruner": "epochgraph.search.pruner",
     "TopKPruner": "epochgraph.search.topk_pruner",
+    # search: what a training loop calls each epoch to feed them
+    "report_epoch": "epochgraph.search.epoch_report",
     # forecast: the forecaster and what it learns from
     "FinalAccuracyForecaster": "epochgraph.forecast.forecaster",
     "fit_forecaster": "epochgraph.search.forecast_pruner",

@@ -1,5 +1,5 @@
 """The hyperparameter search: Optuna pruners (forecast, signature, top-k), the per-epoch record a trial
-carries, the job side of a sweep, the per-trial sampler and the sweep's report."""
+carries (`report_epoch` writes it), the job side of a sweep, the per-trial sampler and the sweep's report."""
 
 from epochgraph._lazy import lazy_exports
 
@@ -12,6 +12,7 @@ _EXPORTS = {
     "load_forecaster": "epochgraph.search.forecast_pruner",
     "TrialSeededSampler": "epochgraph.search.sampler",
     "TrialReporter": "epochgraph.search.trial",
+    "report_epoch": "epochgraph.search.epoch_report",
     "trial_history": "epochgraph.search.trial_attrs",
 }
 __all__ = sorted(_EXPORTS)

@@ -42,7 +42,13 @@ from epochgraph.forecast.forecaster import (
     training_pairs,
 )
 from epochgraph.paths import project_path
-from epochgraph.search.trial_attrs import UPPER_ATTR, diverged, planned_schedule, trial_history
+from epochgraph.search.trial_attrs import (
+    UPPER_ATTR,
+    diverged,
+    planned_schedule,
+    trial_history,
+    with_reported_values,
+)
 
 log = logging.getLogger("epochgraph")
 COMBINE = ("and", "or")
@@ -243,9 +249,10 @@ class ForecastPruner(BasePruner):
         return np.vstack(parts_x), np.concatenate(parts_y)
 
     def _history(self, trial: FrozenTrial, history: History | None = None) -> dict[str, Any]:
-        """The trial's per-epoch history with its planned epochs and the LR schedule it declared."""
-        return with_plan(trial_history(trial) if history is None else history, self.max_epoch,
-                         planned_schedule(trial))
+        """The trial's per-epoch history (val_acc completed from its intermediate values where its records lack
+        it) with its planned epochs and the LR schedule it declared."""
+        history = with_reported_values(trial_history(trial) if history is None else history, trial)
+        return with_plan(history, self.max_epoch, planned_schedule(trial))
 
     def _use_metrics(self, history: History) -> None:
         """Fix the features at the first forecast: the curve metrics the study reports, and only those."""
@@ -323,9 +330,7 @@ class ForecastPruner(BasePruner):
             return None
         values = [tr.value for tr in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                   if tr.value is not None and math.isfinite(tr.value)]
-        if len(history.get("val_acc") or []) < step:  # an objective that only calls trial.report(value, step)
-            history = {"val_acc": [trial.intermediate_values.get(e, math.nan) for e in range(1, step + 1)]}
-        history = self._history(trial, history)
+        history = self._history(trial, history)  # val_acc alone where the objective only calls trial.report
         self._use_metrics(history)
         model = self.forecaster(study)
         if model is None:

@@ -2,8 +2,9 @@
 
 The sweeper asks the trial and passes its number to the job (``optuna.trial_number``); the job loads
 the study from the shared storage with the pruner built from the same config, and wraps the trial with
-``optuna.trial.Trial(study, trial_id)``. Each epoch it stores the epoch's signature and learning-curve
-values in a user attr, reports val_acc and asks ``should_prune()``. The job never finishes the trial:
+``optuna.trial.Trial(study, trial_id)``. Each epoch it reports through `epochgraph.report_epoch` (the
+epoch's signature and learning-curve values in a user attr, val_acc as the intermediate value), asks
+``should_prune()`` and stores the pruner's forecast in the trial (`record_forecast`). The job never finishes the trial:
 it returns its outcome and the sweeper tells it (exactly one side may).
 """
 
@@ -21,16 +22,9 @@ import optuna
 from hydra.utils import instantiate
 
 from epochgraph.errors import EpochgraphError
-from epochgraph.forecast.predictor import CURVE_METRICS
 from epochgraph.hooks import EpochState
-from epochgraph.search.trial_attrs import (
-    EPOCH_ATTR,
-    FORECAST_ATTR,
-    FORECAST_FINAL_ATTR,
-    SCHEDULE_ATTR,
-    UPPER_ATTR,
-    encode_value,
-)
+from epochgraph.search.epoch_report import record_forecast, report_epoch
+from epochgraph.search.trial_attrs import FORECAST_ATTR, FORECAST_FINAL_ATTR, SCHEDULE_ATTR
 from epochgraph.store import optuna_internals
 from epochgraph.store.storage import make_storage
 
@@ -85,24 +79,16 @@ class TrialReporter:
 
     def on_epoch_end(self, state: EpochState) -> None:
         m = state.metrics
-        attrs = {k: encode_value(v) for k, v in m.items()
-                 if k.startswith("sig/") or k in CURVE_METRICS or k == "lr"}
-        self.trial.set_user_attr(EPOCH_ATTR.format(state.epoch), attrs)
-        value = m["val_acc"] if math.isfinite(m["val_acc"]) else 0.0
-        self.trial.report(value, state.epoch)
+        report_epoch(self.trial, state.epoch, **m)  # the graph stage's sig/... are in m already
         prune = self.trial.should_prune()
-        forecast = getattr(self.study.pruner, "last_forecast", {}).get(self.trial.number)
+        forecasts = record_forecast(self.trial, state.epoch)
+        forecast = forecasts.get(FORECAST_ATTR)
         if forecast is not None and forecast != self.forecast:
             self.forecast = forecast
-            self.trial.set_user_attr(FORECAST_ATTR, forecast)
             m["forecast_p_high"] = forecast
             state.tags["forecast_p_high"] = f"{forecast:.3f}"
-        upper = getattr(self.study.pruner, "last_forecast_upper", {}).pop(self.trial.number, None)
-        if upper is not None:  # kept for the pruner's calibration on this study's completed trials
-            self.trial.set_user_attr(UPPER_ATTR.format(state.epoch), upper)
-        final = getattr(self.study.pruner, "last_forecast_value", {}).get(self.trial.number)
+        final = forecasts.get(FORECAST_FINAL_ATTR)
         if final is not None:  # the forecast final val_acc (epochgraph.search.forecast_pruner.ForecastPruner)
-            self.trial.set_user_attr(FORECAST_FINAL_ATTR, final)
             m["forecast_final_val_acc"] = final
         if prune:
             state.prune = True

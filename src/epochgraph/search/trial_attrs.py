@@ -1,9 +1,11 @@
-"""The per-epoch record a trial carries, which the reporter writes and every pruner reads.
+"""The per-epoch record a trial carries, which `epochgraph.report_epoch` writes and every pruner reads.
 
 One user attr per epoch, ``epoch_NNN`` (``EPOCH_ATTR``), holds that epoch's curve values
-(train_loss, train_acc, val_loss, val_acc) and signature values (``sig/<centrality>/<aggregator>``,
-``sig/nonfinite``), so a pruner decides from the `FrozenTrial` alone, in one process or across workers
-sharing an RDB storage. The pruners' last forecasts travel the same way (``forecast_*`` attrs).
+(train_loss, train_acc, val_loss, val_acc, lr: `RECORDED_METRICS`, those reported) and signature values
+(``sig/<centrality>/<aggregator>``, ``sig/nonfinite``), so a pruner decides from the `FrozenTrial` alone, in
+one process or across workers sharing an RDB storage. A metric the trial did not report is absent (or None);
+a reported non-finite value is stored as ``"nan"``, ``"inf"`` or ``"-inf"``. The pruners' last forecasts
+travel the same way (``forecast_*`` attrs).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from optuna.trial import FrozenTrial
 
+from epochgraph.forecast.predictor import CURVE_METRICS
 from epochgraph.graph.signature import NONFINITE
 
 EPOCH_ATTR = "epoch_{:03d}"  # user attr holding one epoch's signature and curve values
@@ -20,9 +23,10 @@ FORECAST_ATTR = "forecast_p_high"  # the pruner's last probability (P(high), or 
 FORECAST_FINAL_ATTR = "forecast_final_val_acc"  # the forecast final val_acc (ForecastPruner)
 UPPER_ATTR = "forecast_upper_{:03d}"  # the upper quantile forecast at that epoch (ForecastPruner)
 SCHEDULE_ATTR = "lr_schedule"  # the LR of every epoch of the training, planned before it starts
+RECORDED_METRICS = (*CURVE_METRICS, "lr")  # the curve values an epoch's record holds (beside sig/...)
 
-__all__ = ["EPOCH_ATTR", "FORECAST_ATTR", "FORECAST_FINAL_ATTR", "SCHEDULE_ATTR", "UPPER_ATTR", "diverged",
-           "encode_value", "planned_schedule", "trial_history"]
+__all__ = ["EPOCH_ATTR", "FORECAST_ATTR", "FORECAST_FINAL_ATTR", "RECORDED_METRICS", "SCHEDULE_ATTR", "UPPER_ATTR",
+           "diverged", "encode_value", "planned_schedule", "trial_history", "with_reported_values"]
 
 
 NONFINITE_VALUES = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -58,6 +62,23 @@ def trial_history(trial: FrozenTrial) -> dict[str, list[float | None]]:
         for key, value in trial.user_attrs[EPOCH_ATTR.format(epoch)].items():
             history.setdefault(key, [None] * len(epochs))[i] = _decode(value)
     return history
+
+
+def with_reported_values(history: Mapping[str, Sequence[float | None]],
+                         trial: FrozenTrial) -> dict[str, list[float | None]]:
+    """``history`` with val_acc taken from the trial's intermediate values (step t = epoch t) at the epochs
+    that have no record: an objective that only calls ``trial.report(value, step)`` writes none, and its
+    curve is all a pruner may read. A record's values win, its missing ones stay missing."""
+    out = {k: list(v) for k, v in history.items()}
+    steps = [s for s in trial.intermediate_values if s >= 1 and EPOCH_ATTR.format(s) not in trial.user_attrs]
+    if not steps:
+        return out
+    acc = out.get("val_acc") or []
+    acc = acc + [None] * (max(steps) - len(acc))
+    for s in steps:
+        acc[s - 1] = float(trial.intermediate_values[s])
+    out["val_acc"] = acc
+    return out
 
 
 def diverged(history: Mapping[str, Sequence[float | None]]) -> bool:

@@ -1,0 +1,57 @@
+"""The scripts in examples/ run as a user runs them, on tiny data, and leave what they say in Optuna and MLflow."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+
+from epochgraph.search.trial_attrs import EPOCH_ATTR
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--trials", "3", "--epochs", "2", "--train-size", "200", "--val-size", "100", "--batch-size", "50"]
+
+
+def _run(script: str, tmp_path: Path) -> tuple[str, str, str]:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    tracking = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / script), *TINY, "--storage", storage,
+                          "--tracking-uri", tracking, "--study-name", "s"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout, storage, tracking
+
+
+@pytest.mark.parametrize("script", ["optuna_forecast_pruner.py", "lightning_forecast_pruner.py"])
+def test_the_example_runs_and_records_every_epoch(script, tmp_path):
+    stdout, storage, tracking = _run(script, tmp_path)
+    study = optuna.load_study(study_name="s", storage=storage)
+    trials = study.trials
+    assert len(trials) == 3
+    states = [t.state for t in trials]
+    assert set(states) <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+    complete = states.count(optuna.trial.TrialState.COMPLETE)
+    assert f"3 trials: {complete} complete, {3 - complete} pruned" in stdout
+    for t in trials:
+        steps = sorted(t.intermediate_values)
+        assert steps == list(range(1, len(steps) + 1)) and steps
+        for e in steps:
+            record = t.user_attrs[EPOCH_ATTR.format(e)]
+            assert record["val_acc"] == pytest.approx(t.intermediate_values[e])
+            assert record["sig/nonfinite"] == 0.0 and "sig/eigenvector/median" in record and "val_loss" in record
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert t.value == pytest.approx(t.intermediate_values[2])
+    # one MLflow run per trial, carrying the signature of every epoch it trained at step = epoch
+    client = mlflow.MlflowClient(tracking)
+    exp = client.get_experiment_by_name("examples")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id]) if r.info.run_name.startswith("trial")}
+    assert sorted(runs) == ["trial-000", "trial-001", "trial-002"]
+    for t in trials:
+        history = client.get_metric_history(runs[f"trial-{t.number:03d}"].info.run_id, "sig/degree/mean")
+        assert [m.step for m in history] == sorted(t.intermediate_values)
+        assert [m.value for m in history] == pytest.approx(
+            [t.user_attrs[EPOCH_ATTR.format(e)]["sig/degree/mean"] for e in sorted(t.intermediate_values)])
