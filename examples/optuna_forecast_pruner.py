@@ -21,12 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from epochgraph import ForecastPruner, report_epoch
-from epochgraph.graph import TopologyBuilder
 from epochgraph.training import load_data
 
 
 class SmallCNN(nn.Module):
-    """conv3-pool-conv3-pool-linear for 1x28x28 images, declaring its rolled graph for the signature."""
+    """conv3-pool-conv3-pool-linear for 1x28x28 images (its rolled graph is traced from the model)."""
 
     def __init__(self, width: int = 8, num_classes: int = 10) -> None:
         super().__init__()
@@ -38,14 +37,6 @@ class SmallCNN(nn.Module):
         x = F.max_pool2d(torch.relu(self.conv1(x)), 2)
         x = F.max_pool2d(torch.relu(self.conv2(x)), 2)
         return self.fc(torch.flatten(x, 1))
-
-    def topology(self):
-        """The rolled graph's layers in forward order: filters, then the linear layer fed by 7x7 maps."""
-        t = TopologyBuilder(in_channels=1)
-        t.add("conv1", self.conv1.out_channels, "conv", "conv1.weight", bias="conv1.bias")
-        t.add("conv2", self.conv2.out_channels, "conv", "conv2.weight", bias="conv2.bias")
-        t.add("fc", self.fc.out_features, "flatten", "fc.weight", bias="fc.bias", spatial=7 * 7)
-        return t.build()
 
 
 @torch.no_grad()

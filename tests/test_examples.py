@@ -55,3 +55,25 @@ def test_the_example_runs_and_records_every_epoch(script, tmp_path):
         assert [m.step for m in history] == sorted(t.intermediate_values)
         assert [m.value for m in history] == pytest.approx(
             [t.user_attrs[EPOCH_ATTR.format(e)]["sig/degree/mean"] for e in sorted(t.intermediate_values)])
+
+
+def test_the_hydra_example_sweeps_a_user_network(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    tracking = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
+    out = subprocess.run(["bash", str(ROOT / "examples" / "user_model" / "run.sh"), "hydra.sweeper.n_trials=3",
+                          "trainer.epochs=2", "data.train_size=200", "data.val_size=100", "data.test_size=100",
+                          "trainer.threads=1", f"storage.url={storage}", f"mlflow.tracking_uri={tracking}",
+                          f"hydra.sweep.dir={tmp_path / 'multirun'}"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    study = optuna.load_study(study_name="user_model", storage=storage)
+    assert len(study.trials) == 3
+    assert {t.state for t in study.trials} <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+    client = mlflow.MlflowClient(tracking)
+    runs = [r for r in client.search_runs([client.get_experiment_by_name("user_model").experiment_id])
+            if "trial" in r.data.tags]
+    assert len(runs) == 3 and {r.data.tags["model"] for r in runs} == {"MyNet"}
+    for r in runs:
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "sig/degree/mean")] == \
+               list(range(1, int(r.data.tags.get("pruned_at_epoch", 2)) + 1))

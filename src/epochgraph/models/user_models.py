@@ -1,6 +1,6 @@
 """A network of the user's own, named by its class (``model=custom model._target_=mypackage.nets.MyNet``).
 
-The class is imported and called with the other ``model.*`` keys as keyword arguments, plus
+The class is imported and called with the other ``model.*`` keys that are not null as keyword arguments, plus
 ``num_classes``, ``in_channels`` and ``image_size`` from the data where its signature takes them and
 the config does not set them.
 """
@@ -29,6 +29,7 @@ def user_model(target: str, *, in_channels: int, image_size: int, num_classes: i
         cause = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         raise EpochgraphError(f"model._target_={target} cannot be imported ({cause}); install its package or "
                               "put it on PYTHONPATH") from None
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}  # null: the class's default
     data = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
     try:
         params = inspect.signature(factory).parameters
