@@ -40,7 +40,7 @@ def test_the_example_runs_and_records_every_epoch(script, tmp_path):
         steps = sorted(t.intermediate_values)
         assert steps == list(range(1, len(steps) + 1)) and steps
         for e in steps:
-            record = t.user_attrs[EPOCH_ATTR.format(e)]
+            record = t.system_attrs[EPOCH_ATTR.format(e)]
             assert record["val_acc"] == pytest.approx(t.intermediate_values[e])
             assert record["sig/nonfinite"] == 0.0 and "sig/eigenvector/median" in record and "val_loss" in record
         if t.state == optuna.trial.TrialState.COMPLETE:
@@ -54,7 +54,7 @@ def test_the_example_runs_and_records_every_epoch(script, tmp_path):
         history = client.get_metric_history(runs[f"trial-{t.number:03d}"].info.run_id, "sig/degree/mean")
         assert [m.step for m in history] == sorted(t.intermediate_values)
         assert [m.value for m in history] == pytest.approx(
-            [t.user_attrs[EPOCH_ATTR.format(e)]["sig/degree/mean"] for e in sorted(t.intermediate_values)])
+            [t.system_attrs[EPOCH_ATTR.format(e)]["sig/degree/mean"] for e in sorted(t.intermediate_values)])
 
 
 def test_the_hydra_example_sweeps_a_user_network(tmp_path):

@@ -75,7 +75,7 @@ def test_signatures_reach_the_mlflow_logger_run_and_the_trial(loaders, tracking_
     client = mlflow.MlflowClient(tracking_uri)
     history = client.get_metric_history(out["run_id"], "sig/degree/mean")
     assert [m.step for m in history] == [1, 2]
-    records = [frozen.user_attrs[EPOCH_ATTR.format(e)] for e in (1, 2)]
+    records = [frozen.system_attrs[EPOCH_ATTR.format(e)] for e in (1, 2)]
     assert [m.value for m in history] == pytest.approx([r["sig/degree/mean"] for r in records])
     # the last validation ran on the final weights: its signature is theirs
     final = graph_signature(out["module"].net)

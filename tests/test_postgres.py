@@ -37,7 +37,7 @@ def test_two_workers_share_one_study_on_postgres(tmp_path):
     # once a trial completed, the others were forecast in their workers, and the forecasts kept in the storage
     first = min(t.datetime_complete for t in trials if t.state.name == "COMPLETE")
     later = [t for t in trials if t.datetime_start > first]
-    assert any("forecast_upper_001" in t.user_attrs for t in later)
+    assert any("forecast_upper_001" in t.system_attrs for t in later)
     client = MlflowClient(tracking)
     exp = client.get_experiment_by_name("pruned_sweep")
     runs = client.search_runs([exp.experiment_id], "tags.study = 'pg' and tags.trial != ''")

@@ -46,7 +46,7 @@ def test_one_process_records_the_curve_and_signature_reports_and_logs_to_the_act
     frozen = study.trials[0]
     assert frozen.intermediate_values == {1: 0.5, 2: 0.625}
     # the record: the curve values given, the model's signature, nothing for what was not measured
-    assert record == frozen.user_attrs[EPOCH_ATTR.format(1)]
+    assert record == frozen.system_attrs[EPOCH_ATTR.format(1)]
     assert record["val_acc"] == 0.5 and record["val_loss"] == 1.4 and record["lr"] == 0.1
     assert "train_loss" not in record and "extra_metric" not in record
     assert record["sig/degree/mean"] == pytest.approx(graph_signature(model)["sig/degree/mean"])

@@ -91,7 +91,7 @@ def test_signature_pruner_prunes_after_warm_up_and_sweep_resumes(tmp_path):
 @pytest.mark.slow
 def test_forecast_pruner_in_a_live_sweep_forecasts_from_the_first_incumbent(tmp_path):
     # the forecast alone (make run combines it with SuccessiveHalving), warm from the committed tables
-    proc, storage, _ = _sweep(tmp_path, "trainer.epochs=3", "data.train_size=1000", "hydra.sweeper.n_trials=4",
+    proc, storage, tracking = _sweep(tmp_path, "trainer.epochs=3", "data.train_size=1000", "hydra.sweeper.n_trials=4",
                               "pruner.min_epoch=1", "pruner.delta=0.2", "pruner.base=null",
                               "optim.lr=tag(log, interval(0.01, 0.3))")
     study = optuna.load_study(study_name="tiny", storage=storage)
@@ -101,9 +101,23 @@ def test_forecast_pruner_in_a_live_sweep_forecasts_from_the_first_incumbent(tmp_
     # every later trial was forecast at epochs 1 and 2 (not 3: the last epoch is known, not forecast)
     for t in later:
         assert 0.0 <= t.user_attrs["forecast_p_high"] <= 1.0 and 0.0 < t.user_attrs["forecast_final_val_acc"] < 1.2
-        assert "forecast_upper_001" in t.user_attrs and "forecast_upper_003" not in t.user_attrs
-    assert "forecast_final_val_acc" not in study.trials[first_complete].user_attrs
+        assert "forecast_upper_001" in t.system_attrs and "forecast_upper_003" not in t.system_attrs
+    # before any trial completed there is nothing to beat, but the forecast of the final value is shown
+    assert 0.0 < study.trials[first_complete].user_attrs["forecast_final_val_acc"] < 1.2
+    assert "forecast_p_high" not in study.trials[0].user_attrs
     assert "Epochs trained" in proc.stdout
+    # beside the curve in MLflow: the forecast of every epoch it was made at, complete trials included
+    client = MlflowClient(tracking)
+    runs = {int(r.data.tags["trial"]): r for r in client.search_runs(
+        [client.get_experiment_by_name("pruned_sweep").experiment_id], "tags.trial != ''")}
+    for t in study.trials:
+        run_id = runs[t.number].info.run_id
+        finals = client.get_metric_history(run_id, "forecast/final_val_acc")
+        uppers = {m.step: m.value for m in client.get_metric_history(run_id, "forecast/upper")}
+        assert sorted(m.step for m in finals) == [e for e in (1, 2) if e in t.intermediate_values]
+        assert all(uppers[m.step] >= m.value for m in finals)  # the bound lies above the median forecast
+        probs = {m.step for m in client.get_metric_history(run_id, "forecast/probability")}
+        assert probs == ({1, 2} & set(t.intermediate_values) if t.number > first_complete else set())
 
 
 SAMPLERS = sorted(p.stem for p in (Path(CONF_DIR) / "hydra" / "sweeper" / "sampler").glob("*.yaml"))

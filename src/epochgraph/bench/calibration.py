@@ -22,7 +22,7 @@ from epochgraph.bench.draws import draw_studies
 from epochgraph.bench.replay import _epoch_attrs, pruner_factory, reported_keys, run_length
 from epochgraph.forecast.forecaster import FinalAccuracyForecaster
 from epochgraph.forecast.records import RunRecord
-from epochgraph.search.trial_attrs import EPOCH_ATTR
+from epochgraph.search.trial_attrs import EPOCH_ATTR, store_attr
 from epochgraph.store import optuna_internals
 
 RULES = ("distribution", "two-quantile step")
@@ -55,7 +55,7 @@ def observe(runs: Sequence[RunRecord], pruner) -> list[tuple[float, int, float]]
         length = run_length(run)
         keys = reported_keys(run)
         for e in range(length):
-            trial.set_user_attr(EPOCH_ATTR.format(e + 1), _epoch_attrs(run, e, keys))
+            store_attr(trial, EPOCH_ATTR.format(e + 1), _epoch_attrs(run, e, keys))
             value = run.history["val_acc"][e]
             trial.report(float(value) if value is not None and math.isfinite(value) else 0.0, e + 1)
             frozen = optuna_internals.frozen_trial(study, trial)  # what the pruner would be handed

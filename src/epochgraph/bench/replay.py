@@ -32,7 +32,7 @@ from epochgraph.forecast.predictor import CURVE_METRICS
 from epochgraph.forecast.records import RunRecord, trained_epochs
 from epochgraph.graph.signature import NONFINITE
 from epochgraph.paths import CONF_DIR
-from epochgraph.search.trial_attrs import EPOCH_ATTR, encode_value
+from epochgraph.search.trial_attrs import EPOCH_ATTR, encode_value, store_attr
 
 PrunerFactory = Callable[[], optuna.pruners.BasePruner]
 METRICS = ("epochs_frac", "regret", "false_prune", "high_pruned", "pruned", "pruner_s")
@@ -82,7 +82,7 @@ def replay(runs: Sequence[RunRecord], order: Sequence[int], pruner: optuna.prune
         trial = study.ask()
         keys = reported_keys(run)
         for e in range(length):
-            trial.set_user_attr(EPOCH_ATTR.format(e + 1), _epoch_attrs(run, e, keys))
+            store_attr(trial, EPOCH_ATTR.format(e + 1), _epoch_attrs(run, e, keys))
             value = run.history["val_acc"][e]
             trial.report(float(value) if value is not None and math.isfinite(value) else 0.0, e + 1)
             start = time.perf_counter()

@@ -24,9 +24,12 @@ from epochgraph.search.trial_attrs import (
     EPOCH_ATTR,
     FORECAST_ATTR,
     FORECAST_FINAL_ATTR,
+    FORECAST_METRICS,
     RECORDED_METRICS,
     UPPER_ATTR,
     encode_value,
+    store_attr,
+    stored_attr,
 )
 
 __all__ = ["add_to_record", "epoch_values", "metric_value", "record_epoch", "record_forecast", "report_epoch"]
@@ -113,7 +116,7 @@ def record_epoch(trial: Any, epoch: int, values: Mapping[str, float]) -> dict[st
     and report its val_acc at ``step=epoch`` (a non-finite one as 0.0); returns the record. Every way of
     reporting (`report_epoch`, the trainer, the Lightning callback) ends here."""
     record = {k: encode_value(v) for k, v in values.items() if k in RECORDED_METRICS or k.startswith("sig/")}
-    trial.set_user_attr(EPOCH_ATTR.format(epoch), record)
+    store_attr(trial, EPOCH_ATTR.format(epoch), record)
     acc = values["val_acc"]
     trial.report(acc if math.isfinite(acc) else 0.0, epoch)
     return record
@@ -124,8 +127,8 @@ def add_to_record(trial: Any, epoch: int, values: Mapping[str, float]) -> dict[s
     metrics of an epoch only after its validation); returns the record."""
     key = EPOCH_ATTR.format(epoch)
     added = {k: encode_value(v) for k, v in values.items() if k in RECORDED_METRICS or k.startswith("sig/")}
-    record = {**(trial.user_attrs.get(key) or {}), **added}
-    trial.set_user_attr(key, record)
+    record = {**(stored_attr(trial, key) or {}), **added}
+    store_attr(trial, key, record)
     return record
 
 
@@ -133,22 +136,20 @@ def record_forecast(trial: Any, epoch: int) -> dict[str, float]:
     """Store in ``trial`` what its study's pruner forecast at the last ``should_prune()`` of epoch ``epoch``.
 
     `epochgraph.ForecastPruner` decides from the `FrozenTrial` and keeps its forecasts per trial number; this
-    writes them into the trial's user attrs (``forecast_p_high``, ``forecast_final_val_acc`` and the upper
-    quantile ``forecast_upper_NNN`` its calibration reads back in other processes). Returns the forecasts
-    made (empty for a pruner that forecasts nothing).
+    writes the latest into the trial's user attrs (``forecast_p_high``, ``forecast_final_val_acc`` and the
+    uncalibrated upper quantile ``forecast_upper_NNN`` its calibration reads back in other processes), each
+    forecast once, at the epoch it was made. Returns them as MLflow metrics for ``step=epoch``
+    (``forecast/probability``, ``forecast/final_val_acc``, ``forecast/upper``: the calibrated bound the
+    pruner compares with the best), empty for an epoch the pruner forecast nothing at.
     """
     pruner: Mapping[str, Any] | Any = getattr(getattr(trial, "study", None), "pruner", None)
     number = getattr(trial, "number", None)
-    out: dict[str, float] = {}
-    p = getattr(pruner, "last_forecast", {}).get(number)
-    if p is not None:
-        out[FORECAST_ATTR] = float(p)
-    final = getattr(pruner, "last_forecast_value", {}).get(number)
-    if final is not None:
-        out[FORECAST_FINAL_ATTR] = float(final)
-    for key, value in out.items():
-        trial.set_user_attr(key, value)
+    made = {name: getattr(pruner, attr, {}).pop(number, None) for name, attr in (
+        ("probability", "last_forecast"), ("final", "last_forecast_value"), ("upper", "last_forecast_bound"))}
+    for name, attr in (("probability", FORECAST_ATTR), ("final", FORECAST_FINAL_ATTR)):
+        if made[name] is not None:
+            trial.set_user_attr(attr, float(made[name]))
     upper = getattr(pruner, "last_forecast_upper", {}).pop(number, None)
     if upper is not None:  # kept for the pruner's calibration on this study's completed trials
-        trial.set_user_attr(UPPER_ATTR.format(int(epoch)), float(upper))
-    return out
+        store_attr(trial, UPPER_ATTR.format(int(epoch)), float(upper))
+    return {FORECAST_METRICS[name]: float(v) for name, v in made.items() if v is not None}

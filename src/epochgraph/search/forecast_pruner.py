@@ -46,6 +46,7 @@ from epochgraph.search.trial_attrs import (
     UPPER_ATTR,
     diverged,
     planned_schedule,
+    trial_attr,
     trial_history,
     with_reported_values,
 )
@@ -201,6 +202,7 @@ class ForecastPruner(BasePruner):
         self.last_forecast: dict[int, float] = {}  # trial number -> P(final >= best), for the job to record
         self.last_forecast_value: dict[int, float] = {}  # trial number -> forecast median final val_acc
         self.last_forecast_upper: dict[int, float] = {}  # trial number -> uncalibrated upper quantile, for the job
+        self.last_forecast_bound: dict[int, float] = {}  # trial number -> calibrated upper bound, as compared
         self._uppers: dict[int, dict[int, float]] = {}  # trial number -> epoch -> upper quantile forecast then
 
     def _template(self) -> FinalAccuracyForecaster:
@@ -343,12 +345,14 @@ class ForecastPruner(BasePruner):
         # keeps included: the calibration's residuals must not come from the survivors of pruning alone
         self._uppers.setdefault(trial.number, {})[step] = upper
         self.last_forecast_upper[trial.number] = upper
+        margin = self.calibration_margin(study, step) if self.calibrate else 0.0
+        # the forecast shown beside the curve, also while there is no incumbent to beat
+        self.last_forecast_value[trial.number] = now + margin + float(
+            q[0, int(np.argmin(np.abs(model.levels_ - 0.5)))])
+        self.last_forecast_bound[trial.number] = upper + margin
         if not values:
             return None
         best = max(values) if study.direction == StudyDirection.MAXIMIZE else min(values)
-        margin = self.calibration_margin(study, step) if self.calibrate else 0.0
-        self.last_forecast_value[trial.number] = now + margin + float(
-            q[0, int(np.argmin(np.abs(model.levels_ - 0.5)))])
         return float(model.prob_gain_at_least(x, np.array([best - now - margin]), quantiles=q)[0])
 
     def rank_corr(self, study: optuna.Study, step: int) -> float | None:
@@ -392,7 +396,7 @@ class ForecastPruner(BasePruner):
         to what this study's trials show."""
         res = []
         for tr in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            up = self._uppers.get(tr.number, {}).get(step, tr.user_attrs.get(UPPER_ATTR.format(step)))
+            up = self._uppers.get(tr.number, {}).get(step, trial_attr(tr, UPPER_ATTR.format(step)))
             if up is not None and tr.value is not None and math.isfinite(tr.value):
                 res.append(float(tr.value) - float(up))
         if not res:
@@ -405,6 +409,8 @@ class ForecastPruner(BasePruner):
         return max(margin, 0.0)
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        for made in (self.last_forecast, self.last_forecast_value, self.last_forecast_bound):
+            made.pop(trial.number, None)  # what is recorded for this epoch is what this call forecasts
         history = trial_history(trial)
         if history and diverged(history):
             self.last_forecast[trial.number] = 0.0

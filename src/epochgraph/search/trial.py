@@ -24,7 +24,7 @@ from hydra.utils import instantiate
 from epochgraph.errors import EpochgraphError
 from epochgraph.hooks import EpochState
 from epochgraph.search.epoch_report import record_forecast, report_epoch
-from epochgraph.search.trial_attrs import FORECAST_ATTR, FORECAST_FINAL_ATTR, SCHEDULE_ATTR
+from epochgraph.search.trial_attrs import FORECAST_ATTR, FORECAST_METRICS, SCHEDULE_ATTR, store_attr
 from epochgraph.store import optuna_internals
 from epochgraph.store.storage import make_storage
 
@@ -71,25 +71,31 @@ class TrialReporter:
             raise EpochgraphError(f"no Optuna study {opt['study_name']!r} in the storage; "
                                   f"start the sweep with -m hydra/sweeper=epochgraph") from None
         trial = optuna.trial.Trial(study, optuna_internals.trial_id(study, int(opt["trial_number"])))
-        trial.set_user_attr(SCHEDULE_ATTR, declared_schedule(cfg))  # what a forecaster may expect of the LR
+        store_attr(trial, SCHEDULE_ATTR, declared_schedule(cfg))  # what a forecaster may expect of the LR
         return cls(study, trial)
 
     def close(self) -> None:
         self._heartbeat.close()
+
+    def on_run_start(self, run_id: str, url: str) -> None:
+        """Link the trial to its MLflow run: user attrs ``mlflow_run_id`` and ``mlflow_run`` (the UI's page of
+        the run), and an optuna-dashboard note on the trial with the link, clickable there."""
+        self.trial.set_user_attr("mlflow_run_id", run_id)
+        self.trial.set_user_attr("mlflow_run", url)
+        from optuna_dashboard import save_note
+
+        save_note(self.trial, f"MLflow run of trial {self.trial.number}: [{run_id}]({url})")
 
     def on_epoch_end(self, state: EpochState) -> None:
         m = state.metrics
         report_epoch(self.trial, state.epoch, **m)  # the graph stage's sig/... are in m already
         prune = self.trial.should_prune()
         forecasts = record_forecast(self.trial, state.epoch)
-        forecast = forecasts.get(FORECAST_ATTR)
-        if forecast is not None and forecast != self.forecast:
+        m.update(forecasts)  # forecast/probability, forecast/final_val_acc, forecast/upper at step = epoch
+        forecast = forecasts.get(FORECAST_METRICS["probability"])
+        if forecast is not None:
             self.forecast = forecast
-            m["forecast_p_high"] = forecast
-            state.tags["forecast_p_high"] = f"{forecast:.3f}"
-        final = forecasts.get(FORECAST_FINAL_ATTR)
-        if final is not None:  # the forecast final val_acc (epochgraph.search.forecast_pruner.ForecastPruner)
-            m["forecast_final_val_acc"] = final
+            state.tags[FORECAST_ATTR] = f"{forecast:.3f}"  # the last one, for filtering the runs table
         if prune:
             state.prune = True
 
@@ -118,7 +124,6 @@ def run_trial(cfg) -> dict[str, Any]:
     finally:
         reporter.close()
     res = job.result
-    reporter.trial.set_user_attr("mlflow_run_id", job.run_id)
     state = "PRUNED" if res.pruned_at_epoch is not None else "COMPLETE"
     from epochgraph.store import tracking
 

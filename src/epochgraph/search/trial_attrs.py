@@ -1,35 +1,77 @@
 """The per-epoch record a trial carries, which `epochgraph.report_epoch` writes and every pruner reads.
 
-One user attr per epoch, ``epoch_NNN`` (``EPOCH_ATTR``), holds that epoch's curve values
+One system attr per epoch, ``epoch_NNN`` (``EPOCH_ATTR``), holds that epoch's curve values
 (train_loss, train_acc, val_loss, val_acc, lr: `RECORDED_METRICS`, those reported) and signature values
 (``sig/<centrality>/<aggregator>``, ``sig/nonfinite``), so a pruner decides from the `FrozenTrial` alone, in
 one process or across workers sharing an RDB storage. A metric the trial did not report is absent (or None);
-a reported non-finite value is stored as ``"nan"``, ``"inf"`` or ``"-inf"``. The pruners' last forecasts
-travel the same way (``forecast_*`` attrs).
+a reported non-finite value is stored as ``"nan"``, ``"inf"`` or ``"-inf"``. The bulky per-epoch data (the
+records, the planned LR schedule ``lr_schedule``, the forecasts' upper quantiles ``forecast_upper_NNN``) are
+system attrs, which optuna-dashboard does not list; a trial without a storage (``FixedTrial``) keeps them as
+user attrs, and studies recorded with user attrs read the same. The user attrs hold what people read: the
+last forecast (``forecast_p_high``, ``forecast_final_val_acc``) and the trial's MLflow run
+(``mlflow_run_id``, ``mlflow_run``: its link in the MLflow UI).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from optuna.trial import FrozenTrial
 
 from epochgraph.forecast.predictor import CURVE_METRICS
 from epochgraph.graph.signature import NONFINITE
 
-EPOCH_ATTR = "epoch_{:03d}"  # user attr holding one epoch's signature and curve values
+EPOCH_ATTR = "epoch_{:03d}"  # system attr holding one epoch's signature and curve values
 FORECAST_ATTR = "forecast_p_high"  # the pruner's last probability (P(high), or P(final >= best))
 FORECAST_FINAL_ATTR = "forecast_final_val_acc"  # the forecast final val_acc (ForecastPruner)
+# the forecast made at an epoch, as MLflow metrics at step = epoch (every epoch a pruner forecast)
+FORECAST_METRICS = {"probability": "forecast/probability", "final": "forecast/final_val_acc",
+                    "upper": "forecast/upper"}
 UPPER_ATTR = "forecast_upper_{:03d}"  # the upper quantile forecast at that epoch (ForecastPruner)
 SCHEDULE_ATTR = "lr_schedule"  # the LR of every epoch of the training, planned before it starts
 RECORDED_METRICS = (*CURVE_METRICS, "lr")  # the curve values an epoch's record holds (beside sig/...)
 
-__all__ = ["EPOCH_ATTR", "FORECAST_ATTR", "FORECAST_FINAL_ATTR", "RECORDED_METRICS", "SCHEDULE_ATTR", "UPPER_ATTR",
-           "diverged", "encode_value", "planned_schedule", "trial_history", "with_reported_values"]
+__all__ = ["EPOCH_ATTR", "FORECAST_ATTR", "FORECAST_FINAL_ATTR", "FORECAST_METRICS", "RECORDED_METRICS",
+           "SCHEDULE_ATTR", "UPPER_ATTR", "diverged", "encode_value", "epoch_records", "planned_schedule",
+           "stored_attr", "store_attr", "trial_attr", "trial_history", "with_reported_values"]
 
 
 NONFINITE_VALUES = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+_EPOCH_PREFIX = EPOCH_ATTR.split("{")[0]
+
+
+def store_attr(trial: Any, key: str, value: Any) -> None:
+    """Store per-epoch data in a running trial: a system attr, a user attr where it has no storage."""
+    from epochgraph.store.optuna_internals import set_system_attr
+
+    if not set_system_attr(trial, key, value):
+        trial.set_user_attr(key, value)
+
+
+def stored_attr(trial: Any, key: str) -> Any:
+    """What `store_attr` stored under ``key`` in a running trial (None if nothing)."""
+    from epochgraph.store.optuna_internals import live_system_attrs
+
+    value = live_system_attrs(trial).get(key)
+    return value if value is not None else getattr(trial, "user_attrs", {}).get(key)
+
+
+def trial_attr(trial: FrozenTrial, key: str) -> Any:
+    """``key`` of a finished or frozen trial, from its system attrs or (older studies) its user attrs."""
+    value = trial.system_attrs.get(key)
+    return value if value is not None else trial.user_attrs.get(key)
+
+
+def epoch_records(trial: FrozenTrial) -> dict[int, Mapping[str, Any]]:
+    """``{epoch: record}`` of every epoch the trial recorded (`EPOCH_ATTR`)."""
+    out: dict[int, Mapping[str, Any]] = {}
+    for attrs in (trial.user_attrs, trial.system_attrs):  # system attrs win
+        for key, value in attrs.items():
+            if key.startswith(_EPOCH_PREFIX) and key[len(_EPOCH_PREFIX):].isdigit() and isinstance(value, Mapping):
+                out[int(key[len(_EPOCH_PREFIX):])] = value
+    return out
 
 
 def encode_value(value: float | None) -> float | str | None:
@@ -52,14 +94,15 @@ def _decode(value) -> float | None:
 
 
 def trial_history(trial: FrozenTrial) -> dict[str, list[float | None]]:
-    """``metric -> [epoch 1, epoch 2, ...]`` from the trial's per-epoch user attrs.
+    """``metric -> [epoch 1, epoch 2, ...]`` from the trial's per-epoch records (`epoch_records`).
 
     A metric the trial did not report at an epoch is None (missing); one it reported as non-finite is
     NaN or inf (the training diverged)."""
-    epochs = sorted(int(k[len("epoch_"):]) for k in trial.user_attrs if k.startswith("epoch_"))
+    records = epoch_records(trial)
+    epochs = sorted(records)
     history: dict[str, list[float | None]] = {}
     for i, epoch in enumerate(epochs):
-        for key, value in trial.user_attrs[EPOCH_ATTR.format(epoch)].items():
+        for key, value in records[epoch].items():
             history.setdefault(key, [None] * len(epochs))[i] = _decode(value)
     return history
 
@@ -70,7 +113,8 @@ def with_reported_values(history: Mapping[str, Sequence[float | None]],
     that have no record: an objective that only calls ``trial.report(value, step)`` writes none, and its
     curve is all a pruner may read. A record's values win, its missing ones stay missing."""
     out = {k: list(v) for k, v in history.items()}
-    steps = [s for s in trial.intermediate_values if s >= 1 and EPOCH_ATTR.format(s) not in trial.user_attrs]
+    recorded = epoch_records(trial)
+    steps = [s for s in trial.intermediate_values if s >= 1 and s not in recorded]
     if not steps:
         return out
     acc = out.get("val_acc") or []
@@ -92,7 +136,7 @@ def diverged(history: Mapping[str, Sequence[float | None]]) -> bool:
 
 def planned_schedule(trial: FrozenTrial) -> list[float] | None:
     """The LR of every epoch the trial declared before training (``lr_schedule``), or None if it did not."""
-    values = trial.user_attrs.get(SCHEDULE_ATTR)
+    values = trial_attr(trial, SCHEDULE_ATTR)
     if not values:
         return None
     try:

@@ -17,12 +17,32 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["frozen_trial", "heartbeat", "heartbeat_ages", "rdb_storage", "stale_trial_callback", "trial_id"]
+__all__ = ["frozen_trial", "heartbeat", "heartbeat_ages", "live_system_attrs", "rdb_storage", "set_system_attr",
+           "stale_trial_callback", "trial_id"]
 
 
 def trial_id(study: optuna.Study, number: int) -> int:
     """The storage's id of trial ``number`` of ``study`` (what ``optuna.trial.Trial`` takes)."""
     return study._storage.get_trial_id_from_study_id_trial_number(study._study_id, int(number))
+
+
+def set_system_attr(trial: Any, key: str, value: Any) -> bool:
+    """Set a system attr of a running trial through its storage (``Trial.set_system_attr`` is gone in Optuna
+    5; the storage's method is public, the trial's id is not). False for a trial without a storage
+    (``optuna.trial.FixedTrial``)."""
+    storage, number = getattr(trial, "storage", None), getattr(trial, "_trial_id", None)
+    if storage is None or number is None:
+        return False
+    storage.set_trial_system_attr(number, key, value)
+    return True
+
+
+def live_system_attrs(trial: Any) -> dict[str, Any]:
+    """The system attrs of a running trial as its storage holds them ({} for a trial without a storage)."""
+    storage, number = getattr(trial, "storage", None), getattr(trial, "_trial_id", None)
+    if storage is None or number is None:
+        return {}
+    return dict(storage.get_trial_system_attrs(number))
 
 
 def frozen_trial(study: optuna.Study, trial: optuna.trial.Trial) -> FrozenTrial:

@@ -73,8 +73,13 @@ def run_job(cfg: DictConfig, *, extra_hooks: Sequence[EpochHook] = (), parent_ru
         stage_hooks, picture_hooks = graph_hooks(cfg, client, run_id)
         hooks = [*stage_hooks, *extra_hooks, *picture_hooks, logger]
         exp_id = client.get_run(run_id).info.experiment_id
+        url = tracking.run_url(client.tracking_uri, exp_id, run_id)
         log.info("MLflow run %s in experiment %r (%s): %s", run_id, cfg["mlflow"]["experiment"],
-                 client.tracking_uri, tracking.run_url(client.tracking_uri, exp_id, run_id))
+                 client.tracking_uri, url)
+        for hook in hooks:  # hooks that want to know their run (a sweep's trial links to it)
+            start = getattr(hook, "on_run_start", None)
+            if start is not None:
+                start(run_id, url)
         result = train(plain, hooks=hooks, splits=splits)
         final = {"test_acc": result.test_acc, "test_loss": result.test_loss, "epochs_run": result.epochs_run,
                  "weights_bytes": logger.weights_bytes}
