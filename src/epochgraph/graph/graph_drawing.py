@@ -88,10 +88,16 @@ def layered_positions(topology: Topology, size: tuple[int, int] = PICTURE_SIZE) 
     return xy
 
 
-def _graph_tool_draw():
-    """graph-tool's cairo drawing; importing it warns that GTK (interactive windows) is missing."""
+# graph_tool.draw imports its GTK windows as well and, without PyGObject (``gi``), warns "Error importing
+# Gtk module: ...; GTK+ drawing will not work." We draw on cairo surfaces only, so exactly that warning
+# is dropped; any other (cairo or graph-tool's cairo library missing) still shows.
+GTK_WARNING = r"Error importing Gtk module"
+
+
+def graph_tool_cairo_draw():
+    """graph-tool's ``cairo_draw`` (drawing onto a cairo context), imported without the GTK warning."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.filterwarnings("ignore", message=GTK_WARNING, category=RuntimeWarning)
         from graph_tool.draw import cairo_draw
     return cairo_draw
 
@@ -107,7 +113,7 @@ def draw_rolled_graph(topology: Topology, connections: Sequence[ConnectionWeight
     from matplotlib import colormaps
     from matplotlib.colors import PowerNorm
 
-    cairo_draw = _graph_tool_draw()
+    cairo_draw = graph_tool_cairo_draw()
     width, height = size
     n = topology.num_nodes
     values = np.asarray(node_values, dtype=np.float64)
