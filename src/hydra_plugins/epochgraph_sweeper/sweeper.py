@@ -103,6 +103,8 @@ def search_space(arguments: list[str]) -> tuple[dict[str, BaseDistribution], dic
 def close_orphan_runs(study: optuna.Study, client, experiment: str) -> int:
     """End as KILLED the MLflow trial runs still RUNNING whose Optuna trial is no longer running (their
     worker died: its trial was failed as stale). Returns how many were closed."""
+    from epochgraph.store import tracking
+
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return 0
@@ -115,7 +117,8 @@ def close_orphan_runs(study: optuna.Study, client, experiment: str) -> int:
         if state is not None and state != TrialState.RUNNING:
             client.set_tag(run.info.run_id, "state", state.name)
             client.set_tag(run.info.run_id, "error", "its worker stopped; the trial was failed as stale")
-            client.update_run(run.info.run_id, name=f"trial-{int(run.data.tags['trial']):03d} · killed")
+            client.update_run(run.info.run_id, name=tracking.outcome_run_name(
+                tracking.trial_run_name(int(run.data.tags["trial"])), "killed"))
             client.set_terminated(run.info.run_id, status="KILLED")
             log.warning("trial %d: MLflow run %s was left RUNNING by a dead worker; closed as KILLED",
                         int(run.data.tags["trial"]), run.info.run_id)
