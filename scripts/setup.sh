@@ -41,5 +41,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q -e '.[dev]'
   echo "$want" > "$stamp"
 fi
-.venv/bin/python -c "import graph_tool, graph_tool.draw, torch, mlflow, optuna" \
+# graph-tool's drawing is imported the way the graph stage imports it (without its GTK warning: we draw
+# with cairo only, no GTK windows)
+.venv/bin/python -c "import graph_tool, torch, mlflow, optuna; from epochgraph.graph.graph_drawing import graph_tool_cairo_draw; graph_tool_cairo_draw()" \
   || { echo "[setup] the environment does not import; remove .venv and run 'make setup' again" >&2; exit 1; }

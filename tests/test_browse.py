@@ -96,3 +96,29 @@ def test_links_open_each_experiments_runs_table(tmp_path):
     exp = client.create_experiment("pruned_sweep")
     assert experiment_links(uri, "http://127.0.0.1:5001") == [
         f"  pruned_sweep: http://127.0.0.1:5001/#/experiments/{exp}/runs?workflowType=machine_learning"]
+
+
+def test_links_name_each_sweeps_run_after_its_runs_table(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("pruned_sweep")
+    other = client.create_experiment("epochgraph")
+    # two sweeps in one experiment (as the sweeper tags its parent runs), a trial of one, a single training
+    first = client.create_run(exp, run_name="pruned_sweep", tags={"epochgraph.role": "sweep", "study": "pruned_sweep"},
+                              start_time=1000).info.run_id
+    client.create_run(exp, run_name="✓ trial-000", tags={"mlflow.parentRunId": first, "study": "pruned_sweep"},
+                      start_time=2000)
+    second = client.create_run(exp, run_name="killed · median", tags={"epochgraph.role": "sweep", "study": "median"},
+                               start_time=3000).info.run_id
+    client.create_run(other, run_name="lenet", start_time=4000)
+    from epochgraph.cli.browse import main
+
+    main(["links", "--ui", "http://127.0.0.1:5001", "--tracking-uri", uri])
+    ui, q = "http://127.0.0.1:5001/#/experiments", "?workflowType=machine_learning"
+    assert capsys.readouterr().out.splitlines() == [
+        "Runs of each experiment (these links open the runs table, not the GenAI overview), and each sweep's run "
+        "(its trials):",
+        f"  epochgraph: {ui}/{other}/runs{q}",
+        f"  pruned_sweep: {ui}/{exp}/runs{q}",
+        f"    Sweep run: {ui}/{exp}/runs/{first}{q} (study pruned_sweep)",
+        f"    Sweep run: {ui}/{exp}/runs/{second}{q} (study median)"]

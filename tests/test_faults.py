@@ -91,7 +91,7 @@ def _killed_trial_accounted_for(tmp_path, done, complete: int) -> None:
     assert not [r for r in runs if r.info.status == "RUNNING"]
     killed = [r for r in runs if r.info.status == "KILLED"]
     assert len(killed) == 1 and killed[0].data.tags["state"] == "FAIL"
-    assert killed[0].info.run_name == "trial-000 · killed"
+    assert killed[0].info.run_name == "killed trial-000"
     assert "closed as KILLED" in done.stderr + done.stdout
 
 
@@ -342,8 +342,8 @@ def test_interrupted_sweep_ends_its_trial_at_once_and_resumes_it(tmp_path):
     assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]  # nothing left RUNNING
     assert study.trials[1].params == study.trials[0].params
     runs = _runs(tmp_path)
-    assert sorted((r.info.run_name, r.info.status) for r in runs) == [("faults · killed", "KILLED"),
-                                                                       ("trial-000 · killed", "KILLED")]
+    assert sorted((r.info.run_name, r.info.status) for r in runs) == [("killed faults", "KILLED"),
+                                                                       ("killed trial-000", "KILLED")]
     # the next start trains at once (no stale trial to wait for): the interrupted configuration first
     again = subprocess.run(_sweep_cmd(tmp_path, *over, "trainer.epochs=2"), capture_output=True, text=True,
                            timeout=300)

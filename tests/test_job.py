@@ -64,3 +64,27 @@ def test_cli_bad_value_is_one_line_and_leaves_no_run(tracking_uri):
     assert "Traceback" not in proc.stderr
     client = MlflowClient(tracking_uri)
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+def test_run_names_put_the_outcome_first(tracking_uri):
+    from epochgraph.store import tracking
+
+    # the runs table shows about 16 characters of a trial's name: the outcome and the trial number fit
+    names = [tracking.outcome_run_name(tracking.trial_run_name(n), tracking.trial_outcome(**kw)) for n, kw in (
+        (3, {}), (27, {"pruned_at_epoch": 1}), (28, {"pruned_at_epoch": 10}), (2, {"diverged_at_epoch": 3}),
+        (5, {"pruned_at_epoch": 2, "diverged_at_epoch": 2}))]
+    assert names == ["✓ trial-003", "✂@1 trial-027", "✂@10 trial-028", "NaN@3 trial-002", "✂@2 trial-005"]
+    assert max(map(len, names)) <= 15
+    # a run that ends on an error or an interrupt carries that status first
+    client = MlflowClient(tracking_uri)
+    for error, status in ((RuntimeError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED")):
+        try:
+            with tracking.mlflow_run(client, "names", run_name="trial-001") as run_id:
+                raise error
+        except (RuntimeError, KeyboardInterrupt):
+            pass
+        run = client.get_run(run_id)
+        assert (run.info.run_name, run.info.status) == (f"{status.lower()} trial-001", status)
+    with tracking.mlflow_run(client, "names", run_name="trial-004") as run_id:
+        pass
+    assert client.get_run(run_id).info.run_name == "trial-004"  # a finished run keeps its name

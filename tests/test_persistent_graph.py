@@ -3,6 +3,8 @@ from scratch, networkx, and the signatures computed the reference way on every z
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -15,8 +17,15 @@ from epochgraph.graph.centrality import (
     weighted_degree,
     weighted_degree_persistent,
 )
-from epochgraph.graph.graph_drawing import CentralityDistributions, _edge_budgets, draw_rolled_graph, strongest_edges
-from epochgraph.graph.graph_stage import drawn_connections
+from epochgraph.graph.graph_drawing import (
+    CentralityDistributions,
+    _edge_budgets,
+    draw_rolled_graph,
+    drawn_nodes,
+    epoch_title,
+    strongest_edges,
+)
+from epochgraph.graph.graph_stage import GraphPictures, GraphStage, drawn_connections
 from epochgraph.graph.rolled_graph import PersistentRolledGraph, edge_arrays, rolled_graph
 from epochgraph.graph.signature import (
     AGGREGATORS,
@@ -28,6 +37,7 @@ from epochgraph.graph.signature import (
     rolled_edge_count,
 )
 from epochgraph.graph.tracing import topology_of
+from epochgraph.hooks import EpochState
 from epochgraph.models import ZOO, build_model
 from tests.test_centrality import _chain, _nx_reference
 from tests.test_rolled_graph import residual
@@ -159,7 +169,7 @@ def test_a_drawn_epoch_and_the_distributions_plot(tmp_path):
     path = tmp_path / "epoch_001.png"
     drawn = draw_rolled_graph(engine.topology, drawn_connections(engine, model.state_dict()),
                               engine.vectors["eigenvector"], path, title="resnet20 epoch 1", max_edges=500)
-    assert drawn == 500 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert drawn.edges == 500 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     dist = CentralityDistributions(topology_of(model))
     for epoch in (1, 2):
         dist.add(epoch, engine.vectors)
@@ -168,5 +178,81 @@ def test_a_drawn_epoch_and_the_distributions_plot(tmp_path):
     first = topology_of(model).groups["conv1"]
     conv1 = engine.vectors["degree"][offsets["conv1"]:offsets["conv1"] + first]
     assert medians[list(topology_of(model).groups).index("conv1")] == pytest.approx(np.median(conv1))
-    dist.plot(tmp_path / "dist.png")
+    fig = dist.plot(tmp_path / "dist.png")
     assert (tmp_path / "dist.png").stat().st_size > 10_000
+    # the legend names every layer, in forward order
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == list(topology_of(model).groups)
+
+
+def test_large_layers_are_drawn_with_an_even_sample_of_their_nodes(tmp_path):
+    model = build_model("lenet", in_channels=1, image_size=28)
+    engine = SignatureEngine(topology_of(model))
+    engine.signature(model.state_dict())
+    topo = topology_of(model)  # input 1, conv1 6, conv2 16, fc1 120, fc2 84, fc3 10
+    drawn = drawn_nodes(topo, 40)
+    fc1 = drawn[(drawn >= 23) & (drawn < 143)]
+    assert len(drawn) == 1 + 6 + 16 + 40 + 40 + 10 and len(fc1) == 40
+    assert fc1[0] == 23 and fc1[-1] == 142 and np.all(np.diff(fc1) >= 3)  # first, last, evenly spread
+    drawing = draw_rolled_graph(topo, drawn_connections(engine, model.state_dict()), engine.vectors["eigenvector"],
+                                tmp_path / "lenet.png", max_nodes=40, max_edges=10_000)
+    # every edge between drawn nodes: input-conv1, conv1-conv2, conv2-fc1, fc1-fc2, fc2-fc3
+    assert (drawing.nodes, drawing.edges) == (113, 6 + 96 + 16 * 40 + 40 * 40 + 40 * 10)
+    assert drawing.layer_labels == [("input", "1 node"), ("conv1", "6 nodes"), ("conv2", "16 nodes"),
+                                    ("fc1", "40 of 120 drawn"), ("fc2", "40 of 84 drawn"), ("fc3", "10 nodes")]
+    assert drawing.edge_legend == ["100% of the strongest", "70% of the strongest", "40% of the strongest"]
+    with pytest.raises(ValueError, match="max_nodes=1 must be at least 2"):
+        drawn_nodes(topo, 1)
+
+
+def test_sampled_edges_are_scaled_by_the_strongest_edge_of_the_whole_connection():
+    from epochgraph.graph.topology import TopologyBuilder
+
+    t = TopologyBuilder(1)
+    t.add("fc", 5, "linear", "fc.weight")
+    topo = t.build()  # input 1 -> fc 5
+    w = np.array([[1.0], [2.0], [8.0], [4.0], [3.0]])  # the strongest edge goes to fc node 2, not drawn
+    drawn = drawn_nodes(topo, 2)  # the input, fc's first and last node
+    assert drawn.tolist() == [0, 1, 5]
+    src, dst, strength = strongest_edges(*_sampled(topo, [(0, 1, w)], drawn))
+    assert sorted(zip(dst.tolist(), strength.tolist())) == [(1, 1 / 8), (2, 3 / 8)]
+
+
+def _sampled(topo, connections, drawn):
+    from epochgraph.graph.graph_drawing import MAX_DRAWN_EDGES, _sampled_connections
+
+    sampled, tops = _sampled_connections(topo, connections, drawn)
+    return sampled, MAX_DRAWN_EDGES, tops
+
+
+def test_a_runs_pictures_share_one_colour_scale_and_name_the_run_and_its_val_acc(tmp_path):
+    model = build_model("lenet", in_channels=1, image_size=28)
+    stage = GraphStage(backend="graph_tool")
+
+    class Client:  # the MLflow client's one call the pictures make
+        logged: list[str] = []
+
+        def log_artifact(self, run_id, path, artifact_path=None):
+            self.logged.append(f"{artifact_path}/{Path(path).name}")
+
+    pictures = GraphPictures(stage, Client(), "run", epochs=3, title="lenet on fashion_mnist", run_name="trial-027")
+    drawings, tops = [], []
+    for epoch, (val_acc, factor) in enumerate(((0.5, 1.0), (0.61234, 3.0), (0.7, 0.5)), start=1):
+        with torch.no_grad():
+            model.conv2.weight.mul_(factor)  # moves the eigenvector: conv2's nodes grow, then shrink
+        state = EpochState(epoch=epoch, model=model, metrics={"val_acc": val_acc})
+        stage.on_epoch_end(state)
+        pictures.on_epoch_end(state)
+        drawings.append(pictures.last)
+        tops.append(float(np.abs(stage.engine.vectors["eigenvector"]).max()))
+    assert len({round(t, 6) for t in tops}) == 3  # each epoch's own scale would differ
+    assert [d.vmax for d in drawings] == [tops[0]] * 3
+    assert [d.scale_note for d in drawings] == ["fixed at epoch 1"] * 3
+    assert drawings[1].above_scale > 0 and drawings[0].above_scale == 0
+    assert [d.title for d in drawings] == ["trial-027 · epoch 1 · val_acc 0.5000",
+                                           "trial-027 · epoch 2 · val_acc 0.6123",
+                                           "trial-027 · epoch 3 · val_acc 0.7000"]
+    assert {d.subtitle for d in drawings} == {"lenet on fashion_mnist"}
+    assert Client.logged == ["graph/epoch_001.png", "graph/epoch_002.png", "graph/epoch_003.png",
+                             "graph/centrality_distributions.png"]
+    assert epoch_title("trial-001", 2, float("nan")) == "trial-001 · epoch 2"

@@ -53,8 +53,8 @@ def test_pruned_trials_are_recorded_in_optuna_and_mlflow(tmp_path):
     assert p.data.metrics["epochs_budget"] == 9 and abs(p.data.metrics["epochs_saved_frac"] - 1 / 3) < 1e-9
     assert "sweep_curves.png" in [f.path for f in client.list_artifacts(p.info.run_id)]
     assert "3 pruned" in proc.stdout and "make ui" in proc.stdout
-    # the outcome is in the run name, so the default runs table shows it
-    assert sorted(r.info.run_name for r in trials) == [f"trial-00{i} · pruned@2" for i in range(3)]
+    # the outcome comes first in the run name, so the default runs table shows it
+    assert sorted(r.info.run_name for r in trials) == [f"✂@2 trial-00{i}" for i in range(3)]
     # the summary links straight to the runs table and the sweep's run, past the UI's GenAI overview
     ui = f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}"
     assert f"Runs: {ui}/runs?workflowType=machine_learning" in proc.stdout

@@ -1,5 +1,5 @@
-"""Ways into the results: links to the MLflow UI's runs tables (``make ui``) and optuna-dashboard on the
-sweeps' study storage (``make dashboard``).
+"""Ways into the results: links to the MLflow UI's runs tables and sweep runs (``make ui``) and
+optuna-dashboard on the sweeps' study storage (``make dashboard``).
 
     python -m epochgraph.cli.browse links --ui http://127.0.0.1:5000
     python -m epochgraph.cli.browse dashboard --port 8080      # storage: EPOCHGRAPH_STORAGE_URL or SQLite
@@ -24,8 +24,12 @@ def storage_url(explicit: str | None = None) -> str:
     return resolve_url(explicit or os.environ.get("EPOCHGRAPH_STORAGE_URL") or DEFAULT_STORAGE)
 
 
+SWEEP_FILTER = "tags.`epochgraph.role` = 'sweep'"  # the tag the epochgraph sweeper gives its parent run
+
+
 def experiment_links(tracking_uri: str | None, base: str) -> list[str]:
-    """One line per experiment of the store: its name and the link to its runs table."""
+    """One line per experiment of the store: its name and the link to its runs table, followed by one line
+    per sweep in it (oldest first): the link to the sweep's run, whose page lists its trials."""
     from epochgraph.store import tracking
 
     client = tracking.get_client(tracking_uri)
@@ -34,6 +38,9 @@ def experiment_links(tracking_uri: str | None, base: str) -> list[str]:
         if exp.name == "Default" and not client.search_runs([exp.experiment_id], max_results=1):
             continue
         lines.append(f"  {exp.name}: {tracking.runs_url(client.tracking_uri, exp.experiment_id, base)}")
+        for run in client.search_runs([exp.experiment_id], SWEEP_FILTER, order_by=["attributes.start_time ASC"]):
+            url = tracking.run_url(client.tracking_uri, exp.experiment_id, run.info.run_id, base)
+            lines.append(f"    Sweep run: {url} (study {run.data.tags.get('study') or run.info.run_name})")
     return lines
 
 
@@ -90,7 +97,7 @@ def serve_dashboard(url: str, host: str, port: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m epochgraph.cli.browse", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    links = sub.add_parser("links", help="print the MLflow UI link to each experiment's runs")
+    links = sub.add_parser("links", help="print the MLflow UI link to each experiment's runs and sweeps")
     links.add_argument("--ui", default="http://127.0.0.1:5000", help="the MLflow UI's address")
     links.add_argument("--tracking-uri", default=None, help="the MLflow store (default: MLFLOW_TRACKING_URI or "
                                                             "sqlite:///mlruns/mlflow.db)")
@@ -103,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "links":
         lines = experiment_links(args.tracking_uri, args.ui)
         if lines:
-            print("Runs of each experiment (these links open the runs table, not the GenAI overview):")
+            print("Runs of each experiment (these links open the runs table, not the GenAI overview), "
+                  "and each sweep's run (its trials):")
             print("\n".join(lines))
     else:
         serve_dashboard(storage_url(args.storage), args.host, args.port)

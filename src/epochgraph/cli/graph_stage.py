@@ -17,8 +17,14 @@ from pathlib import Path
 
 from epochgraph.errors import EpochgraphError, choice_error, report_errors
 from epochgraph.graph.centrality import CENTRALITIES
-from epochgraph.graph.graph_drawing import CentralityDistributions
-from epochgraph.graph.graph_stage import DISTRIBUTIONS_PICTURE, ENGINE_TAG, PICTURES_DIR, draw_epoch, picture_artifact
+from epochgraph.graph.graph_drawing import CentralityDistributions, epoch_title
+from epochgraph.graph.graph_stage import (
+    DISTRIBUTIONS_PICTURE,
+    ENGINE_TAG,
+    PICTURES_DIR,
+    RunColourScale,
+    picture_artifact,
+)
 from epochgraph.graph.signature import (
     AGGREGATORS,
     BACKENDS,
@@ -65,7 +71,10 @@ def recompute_signatures(run_id: str, tracking_uri: str | None = None,
     out_dir = Path(pictures_dir) if pictures_dir is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-    title = f"{run.data.params.get('model.name', '')} {run.info.run_name or run_id}".strip()
+    run_name = run.info.run_name or run_id
+    about = " on ".join(v for v in (run.data.params.get("model.name"), run.data.params.get("data.name")) if v)
+    val_acc = {m.step: m.value for m in client.get_metric_history(run_id, "val_acc")}
+    scale = RunColourScale()  # one colour scale for all the run's pictures, as during training
     done = 0
     with tempfile.TemporaryDirectory() as tmp:
         for epoch, path in tracking.weights_epochs(client, run_id).items():
@@ -83,7 +92,8 @@ def recompute_signatures(run_id: str, tracking_uri: str | None = None,
                 tracking.set_tags(client, run_id, {"nonfinite_weights": "true"})
             if pictures:
                 picture = Path(tmp, Path(picture_artifact(epoch)).name)
-                if draw_epoch(engine, state_dict, picture, f"{title} epoch {epoch}"):
+                if scale.draw(engine, state_dict, picture, epoch=epoch, subtitle=about,
+                              title=epoch_title(run_name, epoch, val_acc.get(epoch))):
                     _keep_picture(client, run_id, picture, out_dir)
             kept = len(sig) - len(new)
             print(f"epoch {epoch:3d}: {len(new)} signature values logged"
@@ -92,7 +102,7 @@ def recompute_signatures(run_id: str, tracking_uri: str | None = None,
         tracking.set_tags(client, run_id, {ENGINE_TAG: engine.engine})
         if pictures and distributions.epochs:
             picture = Path(tmp, DISTRIBUTIONS_PICTURE)
-            distributions.plot(picture, title=title)
+            distributions.plot(picture, title=" · ".join(t for t in (run_name, about) if t))
             _keep_picture(client, run_id, picture, out_dir)
     return done
 

@@ -7,7 +7,8 @@ tags the run with the engine that computed them (``graph_engine``). It keeps one
 the first epoch and given new weights in place at every later one.
 
 `GraphPictures` draws what the stage computed: ``graph/epoch_NNN.png`` for the epochs whose weights
-are kept, and ``graph/centrality_distributions.png`` at the end of the run (see `epochgraph.graph.graph_drawing`).
+are kept (titled with the run's name, the epoch and its val_acc, on one colour scale for the whole run),
+and ``graph/centrality_distributions.png`` at the end of the run (see `epochgraph.graph.graph_drawing`).
 
 `epochgraph.cli.graph_stage` does the same afterwards for an existing MLflow run, from its
 ``weights/epoch_NNN.safetensors`` artifacts.
@@ -26,7 +27,13 @@ import torch
 
 from epochgraph.errors import choice_error
 from epochgraph.graph.centrality import CENTRALITIES
-from epochgraph.graph.graph_drawing import CentralityDistributions, ConnectionWeights, draw_rolled_graph
+from epochgraph.graph.graph_drawing import (
+    CentralityDistributions,
+    ConnectionWeights,
+    GraphDrawing,
+    draw_rolled_graph,
+    epoch_title,
+)
 from epochgraph.graph.rolled_graph import block_graph
 from epochgraph.graph.signature import (
     AGGREGATORS,
@@ -112,31 +119,58 @@ def drawn_connections(engine: SignatureEngine, state_dict: Mapping[str, torch.Te
 
 
 def draw_epoch(engine: SignatureEngine, state_dict: Mapping[str, torch.Tensor], path: str | Path,
-               title: str) -> bool:
-    """Draw the rolled graph of the snapshot ``engine`` last computed to ``path``; False (nothing drawn)
+               title: str, *, subtitle: str = "", vmax: float | None = None,
+               scale_note: str = "") -> GraphDrawing | None:
+    """Draw the rolled graph of the snapshot ``engine`` last computed to ``path`` (`draw_rolled_graph`,
+    nodes coloured by eigenvector centrality, else the first centrality computed); None (nothing drawn)
     when that snapshot had no finite centralities."""
     if not engine.vectors:
-        return False
+        return None
     name = "eigenvector" if "eigenvector" in engine.vectors else next(iter(engine.vectors))
-    draw_rolled_graph(engine.topology, drawn_connections(engine, state_dict), engine.vectors[name], path,
-                      title=title, value_name=f"{name} centrality")
-    return True
+    return draw_rolled_graph(engine.topology, drawn_connections(engine, state_dict), engine.vectors[name], path,
+                             title=title, subtitle=subtitle, value_name=f"{name} centrality", vmax=vmax,
+                             scale_note=scale_note)
+
+
+class RunColourScale:
+    """One node colour scale for all pictures of a run: the top of the first picture's scale, kept for
+    the later ones (so that a colour means the same value at every epoch of the run)."""
+
+    def __init__(self) -> None:
+        self.vmax: float | None = None
+        self.epoch: int | None = None
+
+    @property
+    def note(self) -> str:
+        return f"fixed at epoch {self.epoch}" if self.epoch is not None else ""
+
+    def draw(self, engine: SignatureEngine, state_dict: Mapping[str, torch.Tensor], path: str | Path, *,
+             epoch: int, title: str, subtitle: str = "") -> GraphDrawing | None:
+        """`draw_epoch` on this run's scale, fixing it at the first picture drawn."""
+        note = self.note or f"fixed at epoch {epoch}"
+        drawing = draw_epoch(engine, state_dict, path, title, subtitle=subtitle, vmax=self.vmax, scale_note=note)
+        if drawing is not None and self.vmax is None:
+            self.vmax, self.epoch = drawing.vmax, epoch
+        return drawing
 
 
 class GraphPictures:
     """Epoch hook, after `GraphStage` and the pruner: pictures of the graph stage as MLflow artifacts.
 
     ``graph/epoch_NNN.png`` (`draw_rolled_graph`) for the epochs whose weights are kept (``keep``:
-    those epochs, ``None``: all; a pruned or diverged epoch too, as the weights logger does), and
+    those epochs, ``None``: all; a pruned or diverged epoch too, as the weights logger does), titled with
+    the run's name, the epoch and its val_acc, on one colour scale for the run (`RunColourScale`), and
     ``graph/centrality_distributions.png`` when the run ends (its last epoch, a prune or a divergence).
-    Drawing time is added to ``time/graph_pictures_s``; a picture that fails is a warning, never the end
-    of the training.
+    ``title`` describes the training (``lenet on fashion_mnist``). Drawing time is added to
+    ``time/graph_pictures_s``; a picture that fails is a warning, never the end of the training.
     """
 
     def __init__(self, stage: GraphStage, client, run_id: str, *, epochs: int, keep: set[int] | None = None,
-                 title: str = "") -> None:
+                 title: str = "", run_name: str = "") -> None:
         self.stage, self.client, self.run_id = stage, client, run_id
-        self.epochs, self.keep, self.title = epochs, keep, title
+        self.epochs, self.keep, self.title, self.run_name = epochs, keep, title, run_name
+        self.scale = RunColourScale()
+        self.last: GraphDrawing | None = None  # what the latest picture shows (title, scale, labels)
 
     def on_epoch_end(self, state: EpochState) -> None:
         engine = self.stage.engine
@@ -148,15 +182,16 @@ class GraphPictures:
             try:
                 if self.keep is None or state.epoch in self.keep or last:
                     path = Path(tmp, Path(picture_artifact(state.epoch)).name)
-                    title = f"{self.title} epoch {state.epoch}".strip()
-                    if draw_epoch(engine, state.model.state_dict(), path, title):
+                    title = epoch_title(self.run_name, state.epoch, state.metrics.get("val_acc"))
+                    drawing = self.scale.draw(engine, state.model.state_dict(), path, epoch=state.epoch,
+                                              title=title, subtitle=self.title)
+                    if drawing is not None:
+                        self.last = drawing
                         self.client.log_artifact(self.run_id, str(path), artifact_path=PICTURES_DIR)
                 if last and self.stage.distributions is not None and self.stage.distributions.epochs:
                     path = Path(tmp, DISTRIBUTIONS_PICTURE)
-                    self.stage.distributions.plot(path, title=self.title)
+                    self.stage.distributions.plot(path, title=" · ".join(t for t in (self.run_name, self.title) if t))
                     self.client.log_artifact(self.run_id, str(path), artifact_path=PICTURES_DIR)
             except (OSError, ValueError, RuntimeError, MemoryError) as err:
                 log.warning("epoch %d: graph picture failed (%s)", state.epoch, err)
         state.metrics["time/graph_pictures_s"] = time.perf_counter() - start
-
-

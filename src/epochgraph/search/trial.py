@@ -129,10 +129,10 @@ def run_trial(cfg) -> dict[str, Any]:
 
     client = tracking.get_client(cfg["mlflow"]["tracking_uri"])
     tracking.set_tags(client, job.run_id, {"state": state})
-    # the outcome in the run name: the runs table shows it without extra columns or filters
-    outcome = (f"pruned@{res.pruned_at_epoch}" if res.pruned_at_epoch is not None
-               else f"diverged@{res.epochs_run}" if res.diverged else "complete")
-    client.update_run(job.run_id, name=f"trial-{number:03d} · {outcome}")
+    # the outcome first in the run name: the runs table shows it without extra columns or filters
+    outcome = tracking.trial_outcome(pruned_at_epoch=res.pruned_at_epoch,
+                                     diverged_at_epoch=res.epochs_run if res.diverged else None)
+    client.update_run(job.run_id, name=tracking.outcome_run_name(tracking.trial_run_name(number), outcome))
     value = res.history[-1]["val_acc"] if res.history else float("nan")
     return {"state": state, "value": value if math.isfinite(value) else 0.0, "epochs": res.epochs_run,
             "run_id": job.run_id, "forecast": reporter.forecast, "diverged": res.diverged}

@@ -37,6 +37,36 @@ def weights_artifact(epoch: int) -> str:
     return f"{WEIGHTS_DIR}/epoch_{epoch:03d}.safetensors"
 
 
+# A run's outcome goes first in its name: the runs table shows only the first ~16 characters of a trial's
+# name at its default column width (``trial-027 · pruned@1`` showed as ``trial-027 · prune…``), and every
+# FINISHED run shows the same green status icon, pruned or not. The tags (``state``, ``pruned``,
+# ``pruned_at_epoch``) stay for filtering and sorting.
+COMPLETE_MARK = "✓"
+PRUNED_MARK = "✂"
+DIVERGED_MARK = "NaN"
+
+
+def trial_outcome(*, pruned_at_epoch: int | None = None, diverged_at_epoch: int | None = None) -> str:
+    """The short outcome of a trial that ran to its end: ``✂@1`` (pruned after epoch 1), ``NaN@3`` (diverged
+    at epoch 3: a non-finite loss) or ``✓`` (complete)."""
+    if pruned_at_epoch is not None:
+        return f"{PRUNED_MARK}@{pruned_at_epoch}"
+    if diverged_at_epoch is not None:
+        return f"{DIVERGED_MARK}@{diverged_at_epoch}"
+    return COMPLETE_MARK
+
+
+def outcome_run_name(name: str, outcome: str) -> str:
+    """``name`` with ``outcome`` first: ``✓ trial-003``, ``✂@1 trial-027``, ``killed trial-000``,
+    ``failed pruned_sweep``."""
+    return f"{outcome} {name}"
+
+
+def trial_run_name(number: int) -> str:
+    """A trial's run name while it trains: ``trial-027`` (`outcome_run_name` puts its outcome first)."""
+    return f"trial-{number:03d}"
+
+
 def resolve_tracking_uri(uri: str | None) -> str:
     """Absolute form of ``uri`` (relative SQLite paths are taken from the current directory)."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
@@ -198,7 +228,7 @@ def mlflow_run(client: MlflowClient, experiment: str, *, run_name: str | None = 
     """Open (or reopen, with ``run_id``) a run and always close it: FINISHED, FAILED or KILLED.
 
     An exception ends the run FAILED, an interrupt KILLED (noted in the interrupt's message); a named run
-    then carries its status in its name (``trial-006 · killed``).
+    then carries its status first in its name (``killed trial-006``, `outcome_run_name`).
     """
     all_tags = dict(tags or {})
     if parent_run_id:
@@ -224,9 +254,9 @@ def mlflow_run(client: MlflowClient, experiment: str, *, run_name: str | None = 
             client.set_tag(run_id, "error", f"{type(err).__name__}: {err}"[:500])
         raise
     finally:
-        if run_name and status != "FINISHED":  # the outcome shows in the runs table, beside the name
+        if run_name and status != "FINISHED":  # the outcome shows in the runs table, before the name
             with contextlib.suppress(Exception):
-                client.update_run(run_id, name=f"{run_name} · {status.lower()}")
+                client.update_run(run_id, name=outcome_run_name(run_name, status.lower()))
         client.set_terminated(run_id, status=status)
 
 

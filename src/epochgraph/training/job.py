@@ -38,7 +38,8 @@ def graph_hooks(cfg: Mapping[str, Any], client=None, run_id: str | None = None
         return [stage], []
     keep = keep_weights_epochs(cfg) if cfg["mlflow"].get("log_weights", True) else set()
     pictures = GraphPictures(stage, client, run_id, epochs=int(cfg["trainer"]["epochs"]), keep=keep,
-                             title=f"{model_label(cfg['model'])} on {cfg['data']['name']}")
+                             title=f"{model_label(cfg['model'])} on {cfg['data']['name']}",
+                             run_name=client.get_run(run_id).info.run_name or run_id)
     return [stage], [pictures]
 
 

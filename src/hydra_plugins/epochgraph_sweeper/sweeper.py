@@ -106,6 +106,8 @@ def close_orphan_runs(study: optuna.Study, client, experiment: str) -> int:
 
     A run its job closed itself on the way out (KILLED on SIGTERM, as ``scancel`` sends, or FAILED) before
     the sweeper failed its trial gets the trial's state tag here too."""
+    from epochgraph.store import tracking
+
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return 0
@@ -123,7 +125,8 @@ def close_orphan_runs(study: optuna.Study, client, experiment: str) -> int:
             continue
         client.set_tag(run.info.run_id, "state", state.name)
         client.set_tag(run.info.run_id, "error", "its worker stopped; the trial was failed as stale")
-        client.update_run(run.info.run_id, name=f"trial-{int(run.data.tags['trial']):03d} · killed")
+        client.update_run(run.info.run_id, name=tracking.outcome_run_name(
+            tracking.trial_run_name(int(run.data.tags["trial"])), "killed"))
         client.set_terminated(run.info.run_id, status="KILLED")
         log.warning("trial %d: MLflow run %s was left RUNNING by a dead worker; closed as KILLED",
                     int(run.data.tags["trial"]), run.info.run_id)
