@@ -1,6 +1,5 @@
 """SignaturePruner decisions on hand-built trials, and every pruner preset running one real trial."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +104,7 @@ def test_every_pruner_preset_composes_and_runs_one_trial(name, tmp_path, trackin
     assert "sig/eigenvector/kurtosis" in frozen.system_attrs["epoch_001"]
     # what optuna-dashboard lists stays short: no per-epoch records among the user attrs, the run linked
     assert not [k for k in frozen.user_attrs if k.startswith(("epoch_", "forecast_upper_", "lr_schedule"))]
-    assert all(len(json.dumps(v)) <= 100 for v in frozen.user_attrs.values()), frozen.user_attrs
+    assert all(isinstance(v, (str, int, float)) for v in frozen.user_attrs.values()), frozen.user_attrs
     assert frozen.user_attrs["mlflow_run"].endswith(f"/runs/{out['run_id']}?workflowType=machine_learning")
     # and in the trial's optuna-dashboard note (kept in the study's system attrs), as a Markdown link
     link = f"[{out['run_id']}]({frozen.user_attrs['mlflow_run']})"

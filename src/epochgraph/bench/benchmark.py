@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from epochgraph.bench.calibration import calibration_all
 from epochgraph.bench.draws import draws_all
 from epochgraph.bench.forecast_scores import forecast_scores
+from epochgraph.bench.hybrid import hybrid_scores
 from epochgraph.bench.paper import paper_protocol
 from epochgraph.bench.populations import build_population, compare_populations, export_table
 from epochgraph.bench.pruning import replay_all
@@ -32,7 +33,7 @@ log = logging.getLogger("epochgraph")
 
 
 STEPS = ("graph_stage", "population", "export", "compare", "paper", "forecast", "replay", "draws", "calibration",
-         "timing", "summary")
+         "hybrid", "timing", "summary")
 
 
 def settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -76,6 +77,7 @@ def run_steps(b: Mapping[str, Any], command: str) -> None:
     actions = {"graph_stage": graph_stage_bench, "population": build_population, "export": export_table,
                "compare": compare_populations, "paper": paper_protocol,
                "forecast": forecast_scores, "replay": replay_all, "draws": draws_all, "calibration": calibration_all,
+               "hybrid": hybrid_scores,
                "timing": timing, "summary": finish}
     for step in STEPS:
         if step in b["steps"]:
@@ -96,7 +98,7 @@ def log_results(b: Mapping[str, Any]) -> str:
                            "compare.epochs": b["compare"]["epochs"], "tables": b["tables"]})
         for f in sorted([*results.glob("*.md"), *results.glob("*.png")]):
             mlflow.log_artifact(str(f))
-        for sub in ("replay", "paper", "draws", "calibration"):
+        for sub in ("replay", "paper", "draws", "calibration", "hybrid"):
             if (results / sub).is_dir():
                 mlflow.log_artifacts(str(results / sub), artifact_path=sub)
         return run.info.run_id
