@@ -101,7 +101,7 @@ def test_killed_worker_is_failed_retried_and_its_run_closed(tmp_path):
     _kill_mid_trial(tmp_path, over)
     time.sleep(3)  # longer than the grace period: the trial's heartbeat is stale when the next sweep starts
     done = subprocess.run(_sweep_cmd(tmp_path, *over, "trainer.epochs=2"), capture_output=True, text=True,
-                          timeout=300)
+                          timeout=900)
     _killed_trial_accounted_for(tmp_path, done, complete=3)
 
 
@@ -112,7 +112,7 @@ def test_sweep_waits_for_a_killed_trial_says_so_and_closes_its_run(tmp_path):
     # restarted at once, the killed trial still looks alive and fills the budget: the sweep waits for it,
     # says for how long, fails it once stale, closes its run (while sweeping, not at a start) and retries it
     done = subprocess.run(_sweep_cmd(tmp_path, *over, "trainer.epochs=2"), capture_output=True, text=True,
-                          timeout=300)
+                          timeout=900)
     _killed_trial_accounted_for(tmp_path, done, complete=1)
     log = done.stderr + done.stdout
     assert ("waiting for trial 0, still RUNNING in the study (another worker's, or one whose process died); a trial "
@@ -121,10 +121,10 @@ def test_sweep_waits_for_a_killed_trial_says_so_and_closes_its_run(tmp_path):
 
 def test_interrupted_sweep_resumes_without_rerunning(tmp_path):
     first = subprocess.run(_sweep_cmd(tmp_path, "hydra.sweeper.n_trials=2"), capture_output=True, text=True,
-                           timeout=300)
+                           timeout=900)
     assert first.returncode == 0, first.stderr[-2000:]
     again = subprocess.run(_sweep_cmd(tmp_path, "hydra.sweeper.n_trials=3"), capture_output=True, text=True,
-                           timeout=300)
+                           timeout=900)
     assert again.returncode == 0
     study = optuna.load_study(study_name="faults", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
@@ -138,7 +138,7 @@ def test_interrupted_sweep_resumes_without_rerunning(tmp_path):
 def test_two_workers_on_sqlite_lose_nothing(tmp_path):
     out = subprocess.run(_sweep_cmd(tmp_path, "hydra/launcher=local_workers", "hydra.sweeper.n_jobs=2",
                                     "hydra.sweeper.n_trials=4", "trainer.threads=1"),
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-2000:]
     study = optuna.load_study(study_name="faults", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
@@ -175,7 +175,7 @@ CLOSED_PORT = _free_port()  # nothing listens there
 ])
 def test_bad_sweep_input_is_one_line_and_writes_nothing(tmp_path, overrides, message):
     proc = subprocess.run(_sweep_cmd(tmp_path, "hydra.sweeper.n_trials=1", *overrides), capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=900)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("epochgraph: error:") and message in last, proc.stderr[-1500:]
@@ -208,7 +208,7 @@ def test_failing_tracking_server_is_asked_once_and_reported_in_one_line(tmp_path
     uri = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         proc = subprocess.run([*BASE, *TINY, f"mlflow.tracking_uri={uri}"], capture_output=True, text=True,
-                              timeout=200)  # MLflow's own retries would take over 4 minutes
+                              timeout=900)  # a hang guard only: the request count below catches retries
     finally:
         server.shutdown()
     assert proc.returncode == 2
@@ -234,7 +234,7 @@ def test_first_uses_of_a_new_store_at_once_do_not_race(tmp_path):
     start = time.time() + 8  # after every process has imported MLflow and Optuna
     procs = [subprocess.Popen([sys.executable, "-c", script, str(start)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(3)]
-    outs = [p.communicate(timeout=300) for p in procs]
+    outs = [p.communicate(timeout=900) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0 and out.strip() == "opened", err[-1500:]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
@@ -253,9 +253,9 @@ def test_a_new_store_opened_at_once_by_a_process_without_the_lock_does_not_fail_
     start = time.time() + 8  # after both have imported MLflow
     others = [subprocess.Popen([sys.executable, "-c", plain, str(start)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL) for _ in range(2)]
-    proc = subprocess.run([sys.executable, "-c", ours, str(start)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", ours, str(start)], capture_output=True, text=True, timeout=900)
     for other in others:
-        other.wait(timeout=300)
+        other.wait(timeout=900)
     assert proc.returncode == 0 and proc.stdout.strip() == "opened", proc.stderr[-1500:]
 
 
@@ -289,7 +289,7 @@ def test_opening_retries_while_the_schema_is_being_created_and_not_for_a_broken_
 
 
 def test_unknown_pruner_name_lists_the_choices(tmp_path):
-    proc = subprocess.run(_sweep_cmd(tmp_path, "pruner=nope"), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(_sweep_cmd(tmp_path, "pruner=nope"), capture_output=True, text=True, timeout=1200)
     assert proc.returncode != 0
     assert "Could not find 'pruner/nope'" in proc.stderr and "signature" in proc.stderr
 
@@ -346,7 +346,7 @@ def test_interrupted_sweep_ends_its_trial_at_once_and_resumes_it(tmp_path):
                                                                        ("killed trial-000", "KILLED")]
     # the next start trains at once (no stale trial to wait for): the interrupted configuration first
     again = subprocess.run(_sweep_cmd(tmp_path, *over, "trainer.epochs=2"), capture_output=True, text=True,
-                           timeout=300)
+                           timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "waiting for trial" not in again.stderr + again.stdout
     study = optuna.load_study(study_name="faults", storage=storage)
@@ -358,11 +358,11 @@ def test_interrupted_sweep_ends_its_trial_at_once_and_resumes_it(tmp_path):
 
 def test_rerun_of_a_finished_sweep_changes_no_run(tmp_path):
     first = subprocess.run(_sweep_cmd(tmp_path, "hydra.sweeper.n_trials=1"), capture_output=True, text=True,
-                           timeout=300)
+                           timeout=900)
     assert first.returncode == 0, first.stderr[-2000:]
     before = {r.info.run_id: (r.info.status, r.info.end_time, r.data.metrics, r.data.tags) for r in _runs(tmp_path)}
     again = subprocess.run(_sweep_cmd(tmp_path, "hydra.sweeper.n_trials=1"), capture_output=True, text=True,
-                           timeout=300)
+                           timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
     after = {r.info.run_id: (r.info.status, r.info.end_time, r.data.metrics, r.data.tags) for r in _runs(tmp_path)}
     assert after == before  # same runs, same end times, nothing logged
