@@ -221,3 +221,20 @@ def test_outside_the_rules_is_one_line_naming_the_op():
         topology_of(Branchy(), torch.zeros(2, 4))
     with pytest.raises(UntraceableModel, match=r"does not run on an example input of shape \(2, 3, 32, 32\)"):
         topology_of(build_model("lenet", in_channels=1, image_size=28), torch.zeros(2, 3, 32, 32))
+
+
+def test_a_network_that_declares_no_input_is_tried_on_the_usual_image_sizes():
+    class For28(nn.Module):  # runs on 28x28 only: the linear layer reads 16 x 7 x 7 features
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 16, 3, padding=1)
+            self.fc = nn.Linear(16 * 7 * 7, 10)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(F.max_pool2d(torch.relu(self.conv(x)), 4), 1))
+
+    topo = topology_of(For28())
+    assert [(c.src, c.dst, c.kind, c.spatial) for c in topo.connections] == [
+        ("input", "conv", "conv", 1), ("conv", "fc", "flatten", 49)]
+    with pytest.raises(UntraceableModel, match=r"shape \(2, 1, 32, 32\), \(2, 1, 28, 28\), .*example_input_shape"):
+        topology_of(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(7, 2)))

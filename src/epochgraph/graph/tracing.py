@@ -358,24 +358,37 @@ class _Walker:
 _CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, Topology]] = weakref.WeakKeyDictionary()
 
 
-def example_input_for(model: nn.Module) -> torch.Tensor:
-    """An input the model accepts: its ``example_input_array`` (the PyTorch Lightning convention) or
-    ``example_input_shape`` (one sample's shape, as the zoo's models declare), else two 32x32 images
-    with the channels of its first conv (or vectors of its first linear layer's width)."""
+IMAGE_SIZES = (32, 28, 64, 224)  # tried in turn for a model that declares no example input (CIFAR, MNIST, ...)
+
+
+def example_inputs_for(model: nn.Module) -> list[torch.Tensor]:
+    """Inputs the model may accept, to try in turn: its ``example_input_array`` (the PyTorch Lightning
+    convention) or ``example_input_shape`` (one sample's shape, as the models epochgraph builds declare),
+    else batches of two images of each of `IMAGE_SIZES` with the channels of its first conv (vectors of
+    its first linear layer's width)."""
     given = getattr(model, "example_input_array", None)
     if isinstance(given, torch.Tensor):
-        return given
+        return [given]
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    device, dtype = (param.device, param.dtype) if param is not None else ("cpu", torch.float32)
     shape = getattr(model, "example_input_shape", None)
-    if shape is None:
+    if shape is not None:
+        shapes = [tuple(shape)]
+    else:
         first = next((m for m in model.modules() if isinstance(m, (*_CONVS, nn.Linear))), None)
         if first is None:
             raise UntraceableModel(f"{type(model).__name__} has no conv or linear layer: it has no rolled graph")
-        shape = (first.in_channels, 32, 32) if isinstance(first, nn.Conv2d) else (
-            (first.in_channels, 32) if isinstance(first, nn.Conv1d) else
-            (first.in_channels, 16, 16, 16) if isinstance(first, nn.Conv3d) else (first.in_features,))
-    param = next((p for p in model.parameters() if p.is_floating_point()), None)
-    device, dtype = (param.device, param.dtype) if param is not None else ("cpu", torch.float32)
-    return torch.zeros(2, *shape, device=device, dtype=dtype)
+        if isinstance(first, nn.Linear):
+            shapes = [(first.in_features,)]
+        else:
+            dims = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[type(first)] if type(first) in _CONVS else 2
+            shapes = [(first.in_channels, *([size] * dims)) for size in IMAGE_SIZES]
+    return [torch.zeros(2, *shape, device=device, dtype=dtype) for shape in shapes]
+
+
+def example_input_for(model: nn.Module) -> torch.Tensor:
+    """The first of `example_inputs_for` (what the model declares, else 32x32 images)."""
+    return example_inputs_for(model)[0]
 
 
 def _first_line(err: BaseException) -> str:
@@ -386,14 +399,14 @@ def _first_line(err: BaseException) -> str:
 def trace_topology(model: nn.Module, example_input: torch.Tensor | None = None) -> Topology:
     """The topology of ``model``'s rolled graph, traced with `torch.fx` (see the module docstring).
 
-    ``example_input``: a batch the model accepts (default `example_input_for`); its shape decides the
-    spatial sizes that flattened features are grouped by.
+    ``example_input``: a batch the model accepts (default: the first of `example_inputs_for` it runs on);
+    its shape decides the spatial sizes that flattened features are grouped by.
 
     Raises `UntraceableModel` (one line naming the op and the module path) for anything outside the
     rules, and when the model cannot be traced at all.
     """
     name = type(model).__name__
-    x = example_input if example_input is not None else example_input_for(model)
+    tries = [example_input] if example_input is not None else example_inputs_for(model)
     modes = {m: m.training for m in model.modules()}
     model.eval()  # the inference network: what BatchNorm folding assumes (no auxiliary training heads)
     try:
@@ -402,12 +415,20 @@ def trace_topology(model: nn.Module, example_input: torch.Tensor | None = None) 
         except Exception as err:  # torch.fx raises many types (TraceError, TypeError, NotImplementedError...)
             raise UntraceableModel(f"{name} cannot be traced by torch.fx ({_first_line(err)}); the rolled "
                                    "graph needs a network without control flow on tensor values") from None
-        try:
-            with torch.no_grad():
-                ShapeProp(gm).propagate(x)
-        except Exception as err:
-            raise UntraceableModel(f"{name} does not run on an example input of shape {tuple(x.shape)} "
-                                   f"({_first_line(err)}); pass example_input=<a batch it accepts>") from None
+        failure = None
+        for x in tries:
+            try:
+                with torch.no_grad():
+                    ShapeProp(gm).propagate(x)
+                failure = None
+                break
+            except Exception as err:
+                failure = err
+        if failure is not None:
+            shapes = ", ".join(str(tuple(x.shape)) for x in tries)
+            raise UntraceableModel(f"{name} does not run on an example input of shape {shapes} "
+                                   f"({_first_line(failure)}); pass example_input=<a batch it accepts> "
+                                   "or give the model an example_input_shape") from None
     finally:
         for m, mode in modes.items():
             m.training = mode
@@ -416,12 +437,11 @@ def trace_topology(model: nn.Module, example_input: torch.Tensor | None = None) 
 
 def topology_of(model: nn.Module, example_input: torch.Tensor | None = None) -> Topology:
     """`trace_topology`, traced once per model (and input shape) and then reused."""
-    x = example_input if example_input is not None else example_input_for(model)
-    key = (tuple(x.shape[1:]),)
+    key = ("declared",) if example_input is None else (tuple(example_input.shape[1:]),)
     per_model = _CACHE.setdefault(model, {})
     if key not in per_model:
-        per_model[key] = trace_topology(model, x)
+        per_model[key] = trace_topology(model, example_input)
     return per_model[key]
 
 
-__all__ = ["UntraceableModel", "example_input_for", "topology_of", "trace_topology"]
+__all__ = ["UntraceableModel", "example_input_for", "example_inputs_for", "topology_of", "trace_topology"]
