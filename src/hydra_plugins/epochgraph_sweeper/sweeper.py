@@ -392,7 +392,7 @@ class EpochgraphSweeper(Sweeper):
                         study.tell(trial.number, state=TrialState.PRUNED, skip_if_finished=True)
                     else:
                         study.tell(trial.number, out["value"], skip_if_finished=True)
-                    fc = f"  P(high) {out['forecast']:.2f}" if out.get("forecast") is not None else ""
+                    fc = f"  forecast P {out['forecast']:.2f}" if out.get("forecast") is not None else ""
                     log.info("trial %3d %-8s val_acc %.4f after %d epochs%s", trial.number, out["state"],
                              out["value"], out["epochs"], fc)
                 elif ret.status == JobStatus.FAILED and isinstance(ret._return_value, JobKilled):
