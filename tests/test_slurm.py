@@ -120,7 +120,7 @@ def test_scancel_fails_the_trial_requeues_it_and_closes_its_run(cluster, tmp_pat
     runs = {int(r.data.tags["trial"]): r for r in _trial_runs(tmp_path)}
     assert sorted(runs) == [0, 1]
     killed, retried = runs[0], runs[1]
-    assert (killed.info.status, killed.info.run_name, killed.data.tags["state"]) == ("KILLED", "trial-000 · killed",
+    assert (killed.info.status, killed.info.run_name, killed.data.tags["state"]) == ("KILLED", "killed trial-000",
                                                                                       "FAIL")
     # the job closed its own run on SLURM's SIGTERM (a run left RUNNING would be closed by the sweeper, which
     # says "its worker stopped")
