@@ -34,7 +34,6 @@ from epochgraph.graph.signature import (
     aggregate,
     metric_name,
     resolve_backend,
-    rolled_edge_count,
 )
 from epochgraph.graph.tracing import topology_of
 from epochgraph.hooks import EpochState
@@ -145,11 +144,11 @@ def test_auto_uses_graph_tool_for_every_zoo_model_up_to_width_2():
     for name in ZOO:
         for channels, size in ((1, 28), (3, 32)):
             topo = topology_of(build_model(name, in_channels=channels, image_size=size, width=2))
-            assert rolled_edge_count(topo) <= AUTO_BLOCKS_EDGES
+            assert topo.num_edges <= AUTO_BLOCKS_EDGES
             assert resolve_backend(topo, "auto") == "graph_tool"
     topo = topology_of(build_model("alexnet", in_channels=3, image_size=32, width=3))  # 14M edges
     assert resolve_backend(topo, "auto") == "blocks"
-    assert rolled_edge_count(topo) == 14_076_480
+    assert topo.num_edges == 14_076_480
 
 
 def test_strongest_edges_share_the_budget_and_keep_the_strongest():

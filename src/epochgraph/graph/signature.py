@@ -114,11 +114,6 @@ def _all_finite(state_dict: Mapping[str, torch.Tensor]) -> bool:
     return all(_finite(t) for t in tensors if t.is_floating_point())
 
 
-def rolled_edge_count(topology: Topology) -> int:
-    """How many edges the rolled graph of ``topology`` has (without building it)."""
-    return topology.num_edges
-
-
 def resolve_backend(topology: Topology, backend: str = "auto") -> str:
     """The engine that computes the signatures: ``backend`` itself, or for ``auto`` the graph-tool
     engine up to `AUTO_BLOCKS_EDGES` edges (every zoo model at widths up to 2) and the blocks above."""
@@ -126,7 +121,7 @@ def resolve_backend(topology: Topology, backend: str = "auto") -> str:
         raise choice_error("graph backend", backend, BACKENDS, key="graph.backend")
     if backend != "auto":
         return backend
-    return "blocks" if rolled_edge_count(topology) > AUTO_BLOCKS_EDGES else "graph_tool"
+    return "blocks" if topology.num_edges > AUTO_BLOCKS_EDGES else "graph_tool"
 
 
 class SignatureEngine:
@@ -222,9 +217,10 @@ def graph_signature(model: torch.nn.Module, example_input: torch.Tensor | None =
     epoch: ``{"sig/<centrality>/<aggregator>": value, ..., "sig/nonfinite": 0.0 or 1.0}``.
 
     Any feed-forward PyTorch network: its rolled graph is traced from the model (`topology_of`; an
-    ``example_input`` batch gives the shapes, default `example_input_for`). The engine is the graph
-    stage's: one persistent graph per model, built at the first call, its weights rewritten in place
-    at every later call. A model outside the rolled graph's rules raises `UntraceableModel` (one line).
+    ``example_input`` batch gives the shapes, default: the first of `example_inputs_for` it runs on).
+    The engine is the graph stage's: one persistent graph per model, built at the first call, its
+    weights rewritten in place at every later call. A model outside the rolled graph's rules raises
+    `UntraceableModel` (one line).
 
     >>> from epochgraph.models import build_model
     >>> model = build_model("lenet", in_channels=1, image_size=28)

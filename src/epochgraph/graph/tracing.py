@@ -146,8 +146,8 @@ class _Walker:
 
     def walk(self) -> Topology:
         for node in self.gm.graph.nodes:  # a layer without a rule is named first (an LSTM, not its reshapes)
-            if node.op == "call_module" and not isinstance(self.gm.get_submodule(node.target), _MODULES):
-                module = self.gm.get_submodule(node.target)
+            module = self.gm.get_submodule(node.target) if node.op == "call_module" else None
+            if module is not None and not isinstance(module, _MODULES):
                 raise self.fail(node, f"no rule for {type(module).__module__}.{type(module).__name__}")
         for node in self.gm.graph.nodes:
             if node.op == "placeholder":
@@ -386,11 +386,6 @@ def example_inputs_for(model: nn.Module) -> list[torch.Tensor]:
     return [torch.zeros(2, *shape, device=device, dtype=dtype) for shape in shapes]
 
 
-def example_input_for(model: nn.Module) -> torch.Tensor:
-    """The first of `example_inputs_for` (what the model declares, else 32x32 images)."""
-    return example_inputs_for(model)[0]
-
-
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
@@ -444,4 +439,4 @@ def topology_of(model: nn.Module, example_input: torch.Tensor | None = None) -> 
     return per_model[key]
 
 
-__all__ = ["UntraceableModel", "example_input_for", "example_inputs_for", "topology_of", "trace_topology"]
+__all__ = ["UntraceableModel", "example_inputs_for", "topology_of", "trace_topology"]
