@@ -259,6 +259,42 @@ def test_a_new_store_opened_at_once_by_a_process_without_the_lock_does_not_fail_
     assert proc.returncode == 0 and proc.stdout.strip() == "opened", proc.stderr[-1500:]
 
 
+def _half_created(db, runs: int) -> None:
+    """Leave ``db`` as a migration that died leaves it: an older revision and Alembic's temporary table."""
+    import sqlite3
+
+    client = MlflowClient(f"sqlite:///{db}")
+    for i in range(runs):
+        client.create_run("0", run_name=f"r{i}")
+    con = sqlite3.connect(db)
+    con.execute("UPDATE alembic_version SET version_num = 'a1b2c3d4e5f6'")
+    con.execute("CREATE TABLE _alembic_tmp_tags (key VARCHAR(250), value VARCHAR(5000))")
+    con.commit()
+    con.close()
+    for path in db.parent.glob(db.name + "*"):
+        os.utime(path, (time.time() - 3600, time.time() - 3600))  # nobody has written it since
+
+
+def test_a_new_store_left_half_created_is_created_again_and_one_holding_runs_is_named(tmp_path):
+    from epochgraph.store import tracking
+
+    empty = tmp_path / "empty" / "mlflow.db"
+    empty.parent.mkdir()
+    _half_created(empty, runs=0)
+    client = tracking.get_client(f"sqlite:///{empty}")
+    assert [e.name for e in client.search_experiments()] == ["Default"]
+    assert tracking._schema_of(empty)[0] == tracking._head_revision()
+    assert list(empty.parent.glob(".*.new")) == []  # the file it was built in is gone
+
+    used = tmp_path / "used" / "mlflow.db"
+    used.parent.mkdir()
+    _half_created(used, runs=2)
+    with pytest.raises(EpochgraphError, match=r"holds 2 runs but its schema stopped at revision a1b2c3d4e5f6 .*"
+                                              r"back it up and run 'mlflow db upgrade sqlite:///.*used/mlflow.db'"):
+        tracking.get_client(f"sqlite:///{used}")
+    assert tracking._schema_of(used)[2] == 2  # nothing lost
+
+
 def test_opening_retries_while_the_schema_is_being_created_and_not_for_a_broken_store(tmp_path, monkeypatch):
     from epochgraph.store import tracking
 
@@ -276,7 +312,8 @@ def test_opening_retries_while_the_schema_is_being_created_and_not_for_a_broken_
     slept = []
     monkeypatch.setattr(tracking.time, "sleep", slept.append)
     monkeypatch.setattr(MlflowClient, "search_experiments", mid_creation)
-    assert tracking.get_client(f"sqlite:///{tmp_path}/a/mlflow.db") is not None and len(calls) == 3
+    assert tracking.get_client(f"sqlite:///{tmp_path}/a/mlflow.db") is not None
+    assert len(calls) == 4  # 3 to build the schema aside (2 caught mid-creation), 1 to open it
     assert slept == [0.5, 1.0]
     broken = tmp_path / "broken.db"
     broken.write_text("not a database")

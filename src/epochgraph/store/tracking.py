@@ -8,11 +8,13 @@ so several runs (a sweep's parent and its trials) can be open in one process wit
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import re
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,8 @@ from safetensors.torch import save_file
 from epochgraph.errors import EpochgraphError, Terminated, note_interrupt, sigterm_as_exception
 from epochgraph.hooks import EpochState
 from epochgraph.store.storage import redact, sqlite_init_lock
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 WEIGHTS_DIR = "weights"
@@ -141,12 +145,14 @@ _SCHEMA_RACE = ("already exists", "duplicate column", "database is locked", "no 
                 "out-of-date database schema", "alembic", "circular dependency")
 OPEN_ATTEMPTS = 8  # ~18 s of waiting in all: a schema migration on a loaded machine takes seconds
 NEW_STORE_S = 120  # a SQLite file written this recently may be a schema still being created
+STALE_SCHEMA_S = 30  # a schema short of MLflow's head, untouched this long, is no longer being created
+SCHEMA_WAIT_S = 600  # the longest wait for another process's schema creation, however busy the machine
 
 
 def _schema_race(err: BaseException, uri: str) -> bool:
     """Whether ``err`` may be a store caught mid-creation by another process: a SQLite file written in the
     last `NEW_STORE_S` seconds, or an error (or one it was raised from) that says so."""
-    path = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    path = _sqlite_path(uri)
     if path is not None and path.is_file() and time.time() - path.stat().st_mtime < NEW_STORE_S:
         return True
     seen: set[int] = set()
@@ -158,8 +164,115 @@ def _schema_race(err: BaseException, uri: str) -> bool:
     return False
 
 
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") and ":memory:" not in uri else None
+
+
+def _head_revision() -> str:
+    """The schema revision this MLflow creates (the head of its Alembic migrations)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(Path(mlflow.__file__).parent / "store" / "db_migrations")).get_current_head()
+
+
+def _schema_of(path: Path) -> tuple[str | None, set[str], int]:
+    """A SQLite store's schema revision, its tables and its number of runs, read without writing to it."""
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        revision = None
+        if "alembic_version" in tables:
+            row = con.execute("SELECT version_num FROM alembic_version").fetchone()
+            revision = row[0] if row else None
+        runs = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+    finally:
+        con.close()
+    return revision, tables, runs
+
+
+def _last_write(path: Path) -> float:
+    """When the store (or its journal) was last written."""
+    times = [p.stat().st_mtime for p in (path, path.with_name(path.name + "-journal"),
+                                          path.with_name(path.name + "-wal")) if p.exists()]
+    return max(times, default=0.0)
+
+
+def _build_schema(path: Path) -> Path:
+    """A complete MLflow schema in a new file beside ``path`` (no other process knows of it)."""
+    built = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.new")  # a new name: MLflow caches stores by URI
+    try:
+        MlflowClient(tracking_uri=f"sqlite:///{built}").search_experiments(max_results=1)  # no WAL: all in the file
+    except BaseException:
+        built.unlink(missing_ok=True)
+        raise
+    return built
+
+
+def _create_sqlite_store(path: Path, uri: str) -> None:
+    """Make sure ``path`` holds MLflow's whole schema before this process opens it, without ever migrating a
+    schema that another process is creating.
+
+    Two processes migrating one new SQLite store at once break it for good (MLflow's tracking store takes
+    no lock: ``mlflow ui`` and a script started together leave "table _alembic_tmp_tags already exists").
+    Processes of ours exclude each other with `sqlite_init_lock`; against the others, a new store is built
+    in a file of its own and linked into place only if the path is still free, and a store that another
+    process is creating is waited for, read-only, until its schema reaches MLflow's head. One left short of
+    the head for `STALE_SCHEMA_S` (its creator failed) is rebuilt when it holds no run, and named otherwise.
+    """
+    if not path.exists():
+        built = _build_schema(path)
+        try:
+            os.link(built, path)  # atomic: fails if another process created the file meanwhile
+            return
+        except FileExistsError:
+            pass
+        finally:
+            built.unlink(missing_ok=True)
+    head = _head_revision()
+    deadline = time.monotonic() + SCHEMA_WAIT_S
+    while True:
+        idle = time.time() - _last_write(path)
+        try:
+            revision, tables, runs = _schema_of(path)
+        except Exception:  # not (yet) a database, or locked by a writer: MLflow says what it is once it is old
+            if idle > NEW_STORE_S or time.monotonic() > deadline:
+                return
+            time.sleep(0.5)
+            continue
+        if revision == head or not _mlflow_tables(tables):
+            return  # complete, or not a store of MLflow's: MLflow says what is wrong with it
+        half_made = not tables or any(t.startswith("_alembic_tmp_") for t in tables) or revision is None
+        if not half_made and idle > NEW_STORE_S:
+            return  # an older MLflow's store, not one being created: MLflow says what to do with it
+        if idle > STALE_SCHEMA_S or time.monotonic() > deadline:
+            if runs:
+                raise EpochgraphError(
+                    f"the MLflow store at mlflow.tracking_uri={redact(uri)!r} holds {runs} runs but its schema "
+                    f"stopped at revision {revision or 'none'} (MLflow's is {head}); back it up and run "
+                    f"'mlflow db upgrade {redact(uri)}'")
+            log.warning("the new MLflow store %s was left half-created by another process (schema at %s): "
+                        "creating it again", path, revision or "none")
+            os.replace(_build_schema(path), path)
+            return
+        time.sleep(0.5)
+
+
+def _mlflow_tables(tables: set[str]) -> bool:
+    """Whether a database with these tables is (a start of) an MLflow store: nothing but MLflow's tables."""
+    from mlflow.store.db import utils  # noqa: F401  (registers every table of MLflow's models)
+    from mlflow.store.db.base_sql_model import Base
+
+    known = set(Base.metadata.tables)
+    return all(t in known or t.startswith(("alembic_", "_alembic_tmp_")) for t in tables)
+
+
 def _open_client(uri: str) -> MlflowClient:
     with sqlite_init_lock(uri):
+        path = _sqlite_path(uri)
+        if path is not None:
+            _create_sqlite_store(path, uri)
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)
     return client
@@ -170,8 +283,8 @@ def get_client(tracking_uri: str | None) -> MlflowClient:
     is created under a lock (two first runs at once would race on its schema).
 
     A process that does not take the lock (``mlflow ui`` or a script started on the same new store) can
-    still be creating the schema when this one opens it: MLflow then fails with "table ... already exists"
-    and the like, so opening a SQLite store is retried while that is what it says.
+    be creating the schema when this one opens it: this one then waits for it (`_create_sqlite_store`), and
+    opening is retried while MLflow's errors say that the schema is still being created.
     """
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
@@ -181,6 +294,8 @@ def get_client(tracking_uri: str | None) -> MlflowClient:
     while True:
         try:
             return _open_client(uri)
+        except EpochgraphError:
+            raise
         except Exception as err:  # a bad URI or a broken store: one line, not a wall
             attempts += 1
             if uri.startswith("sqlite:") and attempts < OPEN_ATTEMPTS and _schema_race(err, uri):
