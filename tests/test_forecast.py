@@ -222,6 +222,31 @@ def test_it_prunes_only_at_epochs_the_studys_completed_trials_show_rank_the_end(
     assert trusting.trusted_at(_study(trusting, ordered[:3]), 2) is False
 
 
+def test_the_rank_check_over_the_contenders_ignores_what_chance_level_trials_vouch_for(tmp_path):
+    _table(tmp_path, population(40), "warm")
+    # four trials stuck near chance (ranked by any epoch) and four contenders whose epoch 2 ranks them backwards
+    stuck = [curve(0.1 + 0.01 * k, 0.1 + 0.01 * k) for k in range(4)]
+    contenders = [curve(0.8 + 0.02 * k, 0.6 - 0.04 * k, tau=1.0 + k) for k in range(4)]
+    over_all = ForecastPruner(max_epoch=EPOCHS, warm_start=str(tmp_path), min_complete=4, rank_z=0.0)
+    study = _study(over_all, stuck + contenders)
+    assert over_all.rank_corr(study, 2) > 0.5 and over_all.trusted_at(study, 2)
+    def top():  # one pruner per study: it caches rho by the number of completed trials
+        return ForecastPruner(max_epoch=EPOCHS, warm_start=str(tmp_path), min_complete=4, rank_z=0.0, rank_top=0.5)
+
+    pruner = top()
+    study = _study(pruner, stuck + contenders)
+    assert pruner.rank_corr(study, 2) < 0 and pruner.trusted_at(study, 2) is False
+    # the same contenders in order: trusted over the top half too
+    ordered = [curve(0.8 + 0.02 * k, 0.5 + 0.04 * k) for k in range(4)]
+    pruner = top()
+    assert pruner.trusted_at(_study(pruner, stuck + ordered), 2)
+    # fewer contenders than min_complete: not trusted (6 completed, top half = 3 < 4)
+    pruner = top()
+    assert pruner.trusted_at(_study(pruner, stuck[:3] + ordered[1:]), 2) is False
+    with pytest.raises(ValueError, match="rank_top=0 must be in"):
+        ForecastPruner(max_epoch=EPOCHS, warm_start=str(tmp_path), rank_top=0)
+
+
 def _step_curve(final: float, plateau: float, epochs: int = 40, drop: int = 30) -> dict[str, list[float]]:
     """Flat at ``plateau`` until the LR drop after epoch ``drop``, then a jump to about ``final``."""
     acc = [plateau + 0.01 * math.sin(e) for e in range(drop)] + [final] * (epochs - drop)

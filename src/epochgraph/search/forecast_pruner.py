@@ -152,6 +152,9 @@ class ForecastPruner(BasePruner):
             ``min_rank_corr`` (`rank_corr`), ρ taken ``rank_z`` standard errors below its estimate (Fisher's z):
             where the study shows that early epochs do not rank the end (a late LR drop, slow starters that
             finish best), it waits, whatever the warm start believed.
+        rank_top: ρ is taken over this share of the completed trials, those with the best final values (1: all).
+            What pruning must get right is the order among the contenders: chance-level and diverged trials
+            are ranked by any epoch and would vouch for an epoch that does not order the best ones.
         seed: the forecaster's and the subsample's random state.
     """
 
@@ -162,7 +165,7 @@ class ForecastPruner(BasePruner):
                  warm_rows: int = 3000, min_trials: int = 4, refit_growth: float = 1.5,
                  base: BasePruner | None = None, combine: str = "and", calibrate: bool = True,
                  min_rank_corr: float | None = 0.5, min_complete: int = 4, rank_z: float = 1.0,
-                 seed: int = 0) -> None:
+                 rank_top: float = 1.0, seed: int = 0) -> None:
         if int(max_epoch) < 2:
             raise ValueError(f"max_epoch={max_epoch} must be >= 2 (the training's last epoch, trainer.epochs)")
         if not 0 < delta < 1:
@@ -188,7 +191,10 @@ class ForecastPruner(BasePruner):
             raise ValueError(f"min_rank_corr={min_rank_corr} must be in [-1, 1] (or None: no rank check) and "
                              f"min_complete={min_complete} >= 2")
         self.min_rank_corr = None if min_rank_corr is None else float(min_rank_corr)
-        self.min_complete, self.rank_z = int(min_complete), float(rank_z)
+        if not 0 < rank_top <= 1:
+            raise ValueError(f"rank_top={rank_top} must be in (0, 1]: the share of the completed trials, best first, "
+                             f"whose ranking is checked (1: all)")
+        self.min_complete, self.rank_z, self.rank_top = int(min_complete), float(rank_z), float(rank_top)
         self._ranks: tuple[int, dict[int, float]] = (-1, {})  # completed trials -> {step: Spearman rho}
         self.warm_start = _as_list(warm_start)
         self._warm_key = (tuple(self.warm_start), tuple(warm_experiments or ()), tuple(warm_exclude or ()),
@@ -371,6 +377,9 @@ class ForecastPruner(BasePruner):
             from scipy.stats import spearmanr
 
             pairs = [(tr.intermediate_values[step], tr.value) for tr in done if step in tr.intermediate_values]
+            if self.rank_top < 1:  # the contenders: the best finals (by maximise/minimise)
+                pairs.sort(key=lambda p: p[1], reverse=study.direction == StudyDirection.MAXIMIZE)
+                pairs = pairs[:math.ceil(self.rank_top * len(pairs))]
             rho = spearmanr(*zip(*pairs)).statistic if len(pairs) >= self.min_complete else math.nan
             cache[step] = float(rho) if math.isfinite(rho) else -1.0  # ties everywhere: no ranking at all
         return cache[step]
@@ -383,6 +392,7 @@ class ForecastPruner(BasePruner):
         if rho is None:
             return False
         n = self._ranks[0]
+        n = math.ceil(self.rank_top * n)  # the trials whose ranking was checked
         low = math.tanh(math.atanh(min(max(rho, -0.999999), 0.999999)) - self.rank_z / math.sqrt(max(n - 3, 1)))
         return low >= self.min_rank_corr
 
