@@ -393,8 +393,7 @@ class ForecastPruner(BasePruner):
         rho = self.rank_corr(study, step)
         if rho is None:
             return False
-        n = self._ranks[0]
-        n = math.ceil(self.rank_top * n)  # the trials whose ranking was checked
+        n = math.ceil(self.rank_top * self._ranks[0])  # the completed trials whose ranking was checked
         low = math.tanh(math.atanh(min(max(rho, -0.999999), 0.999999)) - self.rank_z / math.sqrt(max(n - 3, 1)))
         return low >= self.min_rank_corr
 

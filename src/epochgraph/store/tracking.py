@@ -8,6 +8,7 @@ so several runs (a sweep's parent and its trials) can be open in one process wit
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -168,8 +169,9 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") and ":memory:" not in uri else None
 
 
+@functools.cache
 def _head_revision() -> str:
-    """The schema revision this MLflow creates (the head of its Alembic migrations)."""
+    """The schema revision this MLflow creates (the head of its Alembic migrations; ~0.8 s to read them)."""
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory(str(Path(mlflow.__file__).parent / "store" / "db_migrations")).get_current_head()
@@ -230,7 +232,6 @@ def _create_sqlite_store(path: Path, uri: str) -> None:
             pass
         finally:
             built.unlink(missing_ok=True)
-    head = _head_revision()
     deadline = time.monotonic() + SCHEMA_WAIT_S
     while True:
         idle = time.time() - _last_write(path)
@@ -241,11 +242,12 @@ def _create_sqlite_store(path: Path, uri: str) -> None:
                 return
             time.sleep(0.5)
             continue
-        if revision == head or not _mlflow_tables(tables):
-            return  # complete, or not a store of MLflow's: MLflow says what is wrong with it
         half_made = not tables or any(t.startswith("_alembic_tmp_") for t in tables) or revision is None
         if not half_made and idle > NEW_STORE_S:
-            return  # an older MLflow's store, not one being created: MLflow says what to do with it
+            return  # a store in use (or an older MLflow's): MLflow opens it, or says what to do with it
+        head = _head_revision()  # only for a store that may still be being created
+        if revision == head or not _mlflow_tables(tables):
+            return  # complete, or not a store of MLflow's: MLflow says what is wrong with it
         if idle > STALE_SCHEMA_S or time.monotonic() > deadline:
             if runs:
                 raise EpochgraphError(
