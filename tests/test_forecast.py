@@ -296,3 +296,41 @@ def test_the_probability_is_a_probability_and_falls_as_the_bar_rises(tmp_path):
     assert np.all((p > 0) & (p < 1))
     assert np.all(np.diff(p) < 0)  # strictly: a continuous distribution, not a step between two levels
     assert fc.prob_gain_at_least(X[:1], [q[1]])[0] == pytest.approx(0.5, abs=1e-6)  # the median is the median
+
+
+def test_the_recalibration_undoes_an_over_confident_probability():
+    from epochgraph.forecast.recalibration import Recalibration
+
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0.01, 0.99, 4000)
+    outcome = (rng.random(4000) < truth).astype(int)
+    logit = np.log(truth / (1 - truth))
+    raw = 1 / (1 + np.exp(-(3 * logit - 1)))  # too sure of itself, and too high
+    r = Recalibration.fit(raw, outcome)
+    assert r.slope == pytest.approx(1 / 3, rel=0.15) and r.points == 4000
+    brier = lambda p: float(np.mean((p - outcome) ** 2))  # noqa: E731
+    assert brier(r(raw)) < brier(raw) - 0.01
+    grid = r(np.linspace(0.001, 0.999, 50))
+    assert np.all(np.diff(grid) > 0) and np.all((grid > 0) & (grid < 1))  # strictly increasing, a probability
+    # nothing to learn from: the identity
+    assert Recalibration.fit(raw, np.ones(4000)) == Recalibration()
+    assert Recalibration()(0.3) == pytest.approx(0.3)
+
+
+def test_the_reported_probability_is_recalibrated_and_the_prune_rule_is_unchanged(tmp_path):
+    _table(tmp_path, population(30, seed=1), "a")
+    _table(tmp_path, population(30, seed=2), "b")
+    pruner = ForecastPruner(max_epoch=EPOCHS, warm_start=str(tmp_path), min_rank_corr=None)
+    plain = ForecastPruner(max_epoch=EPOCHS, warm_start=str(tmp_path), min_rank_corr=None, recalibrate=False)
+    study = _study(pruner, [curve(0.8, 0.6)])
+    recal = None
+    for final in np.linspace(0.5, 0.95, 10):
+        trial = _trial(curve(final, final * 0.7), 3)
+        raw = pruner.prob_beat_best(study, trial, recalibrated=False)
+        assert plain.prob_beat_best(study, trial) == pytest.approx(raw)  # recalibrate=False reports the raw P
+        pruned = pruner.prune(study, trial)
+        assert pruned == (raw < 0.05)  # the rule reads the forecast's own P, as before
+        shown = pruner.last_forecast[trial.number]
+        recal = pruner.recalibration()
+        assert 0 < shown < 1 and shown == pytest.approx(float(recal(raw)))
+    assert recal.points > 100  # learnt on held-out forecasts (two populations: five groups of trainings)

@@ -4,8 +4,10 @@ Each population is replayed in drawn studies through the forecast pruner warm-st
 tables, observing only: the pruner forecasts at every epoch of every trial once an incumbent exists, and no
 trial is stopped, so every forecast meets its outcome (the trial's recorded final val_acc >= the best
 completed value at the time). The shipped probability (the predictive distribution through the forecast
-quantiles, `FinalAccuracyForecaster.prob_gain_at_least`) is set against the rule it replaced: two quantiles
-(0.5 and 1 - delta) read as a step (P is 1 - 0.5/2, 1 - CDF between them, or delta/2 above).
+quantiles, `FinalAccuracyForecaster.prob_gain_at_least`, recalibrated on the other populations,
+`epochgraph.forecast.recalibration`) is set against the distribution before recalibration and the rule
+before that: two quantiles (0.5 and 1 - delta) read as a step (P is 1 - 0.5/2, 1 - CDF between them, or
+delta/2 above).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from epochgraph.forecast.records import RunRecord
 from epochgraph.search.trial_attrs import EPOCH_ATTR, store_attr
 from epochgraph.store import optuna_internals
 
-RULES = ("distribution", "two-quantile step")
+RULES = ("recalibrated", "distribution", "two-quantile step")
+COLORS = ("tab:red", "tab:orange", "tab:grey")
 
 
 def _step_probability(self: FinalAccuracyForecaster, X, gains, quantiles=None) -> np.ndarray:
@@ -77,7 +80,7 @@ def calibration_population(b: Mapping[str, Any], preset: str, runs: Sequence[Run
     out: dict[str, Any] = {"population": preset}
     original = FinalAccuracyForecaster.prob_gain_at_least
     for rule in RULES:
-        changes = dict(warm)
+        changes = {**warm, "recalibrate": rule == "recalibrated"}
         if rule == "two-quantile step":
             changes["forecaster_params"] = {"levels": [0.5, 0.95]}
             FinalAccuracyForecaster.prob_gain_at_least = _step_probability
@@ -104,7 +107,7 @@ def plot(results: Sequence[Mapping[str, Any]], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(results) + 1, figsize=(4.4 * (len(results) + 1), 4.2), squeeze=False)
     pooled = {rule: ([], []) for rule in RULES}
     for ax, res in zip(axes.flat, results):
-        for rule, color in zip(RULES, ("tab:red", "tab:grey")):
+        for rule, color in zip(RULES, COLORS):
             r = res[rule]
             pooled[rule][0].extend(r["p"])
             pooled[rule][1].extend(r["y"])
@@ -119,7 +122,7 @@ def plot(results: Sequence[Mapping[str, Any]], path: Path) -> Path:
     ax = axes.flat[len(results)]
     from sklearn.metrics import brier_score_loss
 
-    for rule, color in zip(RULES, ("tab:red", "tab:grey")):
+    for rule, color in zip(RULES, COLORS):
         p, y = np.array(pooled[rule][0]), np.array(pooled[rule][1])
         if len(set(y)) > 1:
             frac, mean = calibration_curve(y, p, n_bins=10, strategy="quantile")
@@ -143,12 +146,13 @@ def calibration_all(b: Mapping[str, Any]) -> list[dict[str, Any]]:
     table = read_table(b["tables"])
     results = [calibration_population(b, preset, from_table(table, [preset]))
                for preset in b["calibration"]["populations"]]
-    rows = ["| population | forecasts | base rate | Brier: distribution | Brier: two-quantile step (before) | "
-            "distinct values: distribution / step |", "|---|---|---|---|---|---|"]
+    rows = ["| population | forecasts | base rate | Brier: recalibrated (shipped) | Brier: distribution | "
+            "Brier: two-quantile step | Brier: the base rate as a constant (hindsight) |", "|---|---|---|---|---|---|---|"]
     for r in results:
-        new, old = r["distribution"], r["two-quantile step"]
+        new, dist, old = (r[rule] for rule in RULES)
         rows.append(f"| {r['population']} | {new['n']} | {new['base_rate']:.3f} | {new['brier']:.4f} | "
-                    f"{old['brier']:.4f} | {new['distinct_values']} / {old['distinct_values']} |")
+                    f"{dist['brier']:.4f} | {old['brier']:.4f} | "
+                    f"{new['base_rate'] * (1 - new['base_rate']):.4f} |")
     md = ("# Calibration of P(final ≥ best so far)\n\n" + "\n".join(rows)
           + "\n\n![reliability](reliability.png)\n")
     (out_dir / "calibration.md").write_text(md)

@@ -41,6 +41,7 @@ from epochgraph.forecast.forecaster import (
     reported_metrics,
     training_pairs,
 )
+from epochgraph.forecast.recalibration import Recalibration, fit_recalibration
 from epochgraph.paths import project_path
 from epochgraph.search.trial_attrs import (
     UPPER_ATTR,
@@ -53,8 +54,9 @@ from epochgraph.search.trial_attrs import (
 
 log = logging.getLogger("epochgraph")
 COMBINE = ("and", "or")
-_WARM_CACHE: dict[Any, tuple[np.ndarray, np.ndarray]] = {}  # one read of the warm tables per process
+_WARM_CACHE: dict[Any, tuple[np.ndarray, ...]] = {}  # one read of the warm tables per process: X, y, training
 _PRIOR_CACHE: dict[Any, FinalAccuracyForecaster] = {}  # the forecaster fitted on the warm pairs alone
+_RECAL_CACHE: dict[Any, Recalibration] = {}  # the recalibration of P learnt on the warm populations
 _THREADPOOLS: Any = None  # threadpoolctl's controller, made at the first forecast
 
 
@@ -68,6 +70,12 @@ def warm_histories(sources: Sequence[str], experiments: Sequence[str] | None = N
                    exclude: Sequence[str] = ()) -> list[History]:
     """The trainings of population tables ``sources`` (files, or folders of ``*.parquet``), those of
     ``experiments`` only when given, never those of ``exclude``."""
+    return [h for _, h in warm_populations(sources, experiments, exclude)]
+
+
+def warm_populations(sources: Sequence[str], experiments: Sequence[str] | None = None,
+                     exclude: Sequence[str] = ()) -> list[tuple[str, History]]:
+    """`warm_histories` with the population (experiment) of each training."""
     from epochgraph.forecast.population import from_table, read_table
 
     paths: list[Path] = []
@@ -83,13 +91,15 @@ def warm_histories(sources: Sequence[str], experiments: Sequence[str] | None = N
     if not paths:
         raise EpochgraphError(f"warm_start={list(sources)} holds no population table; point it at a .parquet "
                               f"file or a folder of them (make bench exports bench/results/populations/)")
-    histories: list[History] = []
+    histories: list[tuple[str, History]] = []
     for path in paths:
         df = read_table(path)
         keep = df["experiment"].isin(experiments) if experiments else np.ones(len(df), dtype=bool)
         df = df[keep & ~df["experiment"].isin(list(exclude))]
         if len(df):
-            histories += [with_plan(r.history, r.params.get("trainer.epochs")) for r in from_table(df)]
+            for name in df["experiment"].unique():
+                histories += [(str(name), with_plan(r.history, r.params.get("trainer.epochs")))
+                              for r in from_table(df, [name])]
     if not histories:
         raise EpochgraphError(f"warm_start={list(sources)} with experiments={list(experiments or [])} and "
                               f"exclude={list(exclude)} leaves no training; widen the selection")
@@ -155,6 +165,10 @@ class ForecastPruner(BasePruner):
         rank_top: ρ is taken over this share of the completed trials, those with the best final values (1: all).
             What pruning must get right is the order among the contenders: chance-level and diverged trials
             are ranked by any epoch and would vouch for an epoch that does not order the best ones.
+        recalibrate: report P(final >= best) through the `Recalibration` learnt on the warm populations, each
+            forecast by a forecaster fitted without it (the identity without warm tables). The prune rule
+            does not change: the forecast's own P < ``delta``, i.e. its calibrated upper bound (quantile
+            1 - ``delta``) below the best; the recalibrated P is what is recorded and shown.
         seed: the forecaster's and the subsample's random state.
     """
 
@@ -165,7 +179,7 @@ class ForecastPruner(BasePruner):
                  warm_rows: int = 3000, min_trials: int = 4, refit_growth: float = 1.5,
                  base: BasePruner | None = None, combine: str = "and", calibrate: bool = True,
                  min_rank_corr: float | None = 0.5, min_complete: int = 4, rank_z: float = 1.0,
-                 rank_top: float = 1.0, seed: int = 0) -> None:
+                 rank_top: float = 1.0, recalibrate: bool = True, seed: int = 0) -> None:
         if int(max_epoch) < 2:
             raise ValueError(f"max_epoch={max_epoch} must be >= 2 (the training's last epoch, trainer.epochs)")
         if not 0 < delta < 1:
@@ -195,6 +209,8 @@ class ForecastPruner(BasePruner):
             raise ValueError(f"rank_top={rank_top} must be in (0, 1]: the share of the completed trials, best first, "
                              f"whose ranking is checked (1: all)")
         self.min_complete, self.rank_z, self.rank_top = int(min_complete), float(rank_z), float(rank_top)
+        self.recalibrate = bool(recalibrate)
+        self._recalibration: Recalibration | None = None
         self._ranks: tuple[int, dict[int, float]] = (-1, {})  # completed trials -> {step: Spearman rho}
         self.warm_start = _as_list(warm_start)
         self._warm_key = (tuple(self.warm_start), tuple(warm_experiments or ()), tuple(warm_exclude or ()),
@@ -225,7 +241,9 @@ class ForecastPruner(BasePruner):
         pairs of epochs are made at the first forecast, for the metrics the study reports."""
         tables = [s for s in sources if not s.startswith("models:/")]
         self._warm_tables = (tuple(tables), tuple(experiments or ()), tuple(exclude))
-        self._warm_histories = warm_histories(tables, experiments, exclude) if tables else []
+        warm = warm_populations(tables, experiments, exclude) if tables else []
+        self._warm_histories = [h for _, h in warm]
+        self._warm_names = [name for name, _ in warm]
         self._registered = []
         for uri in (s for s in sources if s.startswith("models:/")):
             registered = load_forecaster(uri)
@@ -240,8 +258,7 @@ class ForecastPruner(BasePruner):
         if self._warm_histories:
             key = (self._warm_tables, self.source, self._metrics)
             if key not in _WARM_CACHE:
-                X, y, _ = training_pairs(self._warm_histories, self.source, None, self._metrics)
-                _WARM_CACHE[key] = (X, y)
+                _WARM_CACHE[key] = training_pairs(self._warm_histories, self.source, None, self._metrics)
             parts_x.append(_WARM_CACHE[key][0])
             parts_y.append(_WARM_CACHE[key][1])
         want = feature_names(self.source, self._metrics)
@@ -316,10 +333,10 @@ class ForecastPruner(BasePruner):
             Xw, yw = Xw[pick], yw[pick]
         return Xw, yw
 
-    def prob_beat_best(self, study: optuna.Study, trial: FrozenTrial,
-                       history: History | None = None) -> float | None:
+    def prob_beat_best(self, study: optuna.Study, trial: FrozenTrial, history: History | None = None,
+                       recalibrated: bool = True) -> float | None:
         """P(the trial's final val_acc >= the best completed value); see `_prob_beat_best` (``history``: the
-        trial's, when already read)."""
+        trial's, when already read; ``recalibrated``: through `recalibration`, else the forecast's own)."""
         global _THREADPOOLS
         if _THREADPOOLS is None:
             from threadpoolctl import ThreadpoolController
@@ -328,7 +345,28 @@ class ForecastPruner(BasePruner):
         # one thread for scikit-learn's OpenMP: beside a training (or on a busy machine) its threads
         # spin-wait, and one small prediction takes many times longer
         with _THREADPOOLS.limit(limits=1, user_api="openmp"):
-            return self._prob_beat_best(study, trial, trial_history(trial) if history is None else history)
+            p = self._prob_beat_best(study, trial, trial_history(trial) if history is None else history)
+            if p is None:
+                return None
+            recalibration = self.recalibration()  # learnt at the first forecast, under the same thread limit
+            return float(recalibration(p)) if recalibrated else p
+
+    def recalibration(self) -> Recalibration:
+        """The map from the forecast's P(final >= best) to the one reported (`recalibrate`): learnt once per
+        process and warm start, at the first forecast (`epochgraph.forecast.recalibration`)."""
+        if self._recalibration is not None:
+            return self._recalibration
+        if not (self.recalibrate and self._warm_histories and self._metrics):
+            return Recalibration()
+        key = (self._warm_key, self._metrics, repr(sorted(self._template().get_params().items())))
+        if key not in _RECAL_CACHE:
+            pairs = _WARM_CACHE[(self._warm_tables, self.source, self._metrics)]
+            _RECAL_CACHE[key] = fit_recalibration(self._warm_histories, self._warm_names, pairs, self._template,
+                                                  self.source, self._metrics, rows=self.warm_rows, seed=self.seed)
+        self._recalibration = r = _RECAL_CACHE[key]
+        log.info(f"forecast pruner: P(final >= best) recalibrated on {r.points} forecasts of trainings held out "
+                 f"from the fit (logit slope {r.slope:.2f}, intercept {r.intercept:.2f})")
+        return r
 
     def _prob_beat_best(self, study: optuna.Study, trial: FrozenTrial, history: History) -> float | None:
         """P(the trial's final val_acc >= the best completed value) at its last epoch, or None when no
@@ -427,9 +465,9 @@ class ForecastPruner(BasePruner):
             self.last_forecast[trial.number] = 0.0
             return True
         base = self.base.prune(study, trial) if self.base is not None else None
-        p = self.prob_beat_best(study, trial, history)  # also when there is nothing to veto: it is recorded
+        p = self.prob_beat_best(study, trial, history, recalibrated=False)  # also with nothing to veto: recorded
         if p is not None:
-            self.last_forecast[trial.number] = p
+            self.last_forecast[trial.number] = float(self.recalibration()(p))
             if not self.trusted_at(study, int(trial.last_step)):
                 p = None  # the study has not shown that this epoch ranks the end: no prune from the forecast
         if base is None:
