@@ -165,6 +165,8 @@ class ForecastPruner(BasePruner):
         rank_top: ρ is taken over this share of the completed trials, those with the best final values (1: all).
             What pruning must get right is the order among the contenders: chance-level and diverged trials
             are ranked by any epoch and would vouch for an epoch that does not order the best ones.
+        min_progress: the forecast may prune only from epoch ``min_progress * max_epoch`` on (it forecasts and
+            records before): however well early epochs seemed to rank, a share of every training is trained.
         recalibrate: report P(final >= best) through the `Recalibration` learnt on the warm populations, each
             forecast by a forecaster fitted without it (the identity without warm tables). The prune rule
             does not change: the forecast's own P < ``delta``, i.e. its calibrated upper bound (quantile
@@ -179,7 +181,8 @@ class ForecastPruner(BasePruner):
                  warm_rows: int = 3000, min_trials: int = 4, refit_growth: float = 1.5,
                  base: BasePruner | None = None, combine: str = "and", calibrate: bool = True,
                  min_rank_corr: float | None = 0.5, min_complete: int = 4, rank_z: float = 1.0,
-                 rank_top: float = 1.0, recalibrate: bool = True, seed: int = 0) -> None:
+                 rank_top: float = 1.0, min_progress: float = 0.0, recalibrate: bool = True,
+                 seed: int = 0) -> None:
         if int(max_epoch) < 2:
             raise ValueError(f"max_epoch={max_epoch} must be >= 2 (the training's last epoch, trainer.epochs)")
         if not 0 < delta < 1:
@@ -209,7 +212,10 @@ class ForecastPruner(BasePruner):
             raise ValueError(f"rank_top={rank_top} must be in (0, 1]: the share of the completed trials, best first, "
                              f"whose ranking is checked (1: all)")
         self.min_complete, self.rank_z, self.rank_top = int(min_complete), float(rank_z), float(rank_top)
-        self.recalibrate = bool(recalibrate)
+        if not 0 <= min_progress < 1:
+            raise ValueError(f"min_progress={min_progress} must be in [0, 1): the share of max_epoch trained before "
+                             f"the forecast may prune (0: from min_epoch)")
+        self.min_progress, self.recalibrate = float(min_progress), bool(recalibrate)
         self._recalibration: Recalibration | None = None
         self._ranks: tuple[int, dict[int, float]] = (-1, {})  # completed trials -> {step: Spearman rho}
         self.warm_start = _as_list(warm_start)
@@ -426,6 +432,8 @@ class ForecastPruner(BasePruner):
 
     def trusted_at(self, study: optuna.Study, step: int) -> bool:
         """Whether the study's own completed trials show that ``step`` ranks the final values (see __init__)."""
+        if step < self.min_progress * self.max_epoch:
+            return False
         if self.min_rank_corr is None:
             return True
         rho = self.rank_corr(study, step)
