@@ -334,3 +334,16 @@ def test_the_reported_probability_is_recalibrated_and_the_prune_rule_is_unchange
         recal = pruner.recalibration()
         assert 0 < shown < 1 and shown == pytest.approx(float(recal(raw)))
     assert recal.points > 100  # learnt on held-out forecasts (two populations: five groups of trainings)
+
+
+def test_min_progress_keeps_every_trial_for_that_share_of_its_epochs(tmp_path):
+    _table(tmp_path, population(40), "warm")
+    pruner = ForecastPruner(max_epoch=EPOCHS, warm_start=str(tmp_path), min_rank_corr=None, min_progress=0.5)
+    study = _study(pruner, [curve(0.85, 0.6)])
+    hopeless = curve(0.45, 0.3)
+    early = _trial(hopeless, 2)
+    assert pruner.prune(study, early) is False  # 2 of 10 epochs: not yet, whatever the forecast says
+    assert pruner.last_forecast[early.number] < 0.05  # it is forecast (and recorded) all the same
+    assert pruner.prune(study, _trial(hopeless, 5)) is True
+    with pytest.raises(ValueError, match="min_progress=1.0 must be in"):
+        ForecastPruner(max_epoch=EPOCHS, min_progress=1.0)
