@@ -82,3 +82,25 @@ def test_pruner_factory_reads_the_sweep_configs_and_rejects_bad_ones():
         pruner_factory("nope", 3)
     with pytest.raises(EpochgraphError, match=r"pruner signature with \{'bound': 2\}: bound=2 must be in \(0, 1\)"):
         pruner_factory("signature", 3, {"bound": 2})
+
+
+def test_the_draws_step_reuses_a_setting_scored_before_only_when_nothing_it_depends_on_changed(monkeypatch, tmp_path):
+    from epochgraph.bench import draws
+
+    runs = [_run(f"r{i}", [0.1 * i, 0.1 * i + 0.02, 0.1 * i + 0.04]) for i in range(1, 7)]
+    b = {"tables": str(tmp_path), "workers": 1,
+         "draws": {"study_size": 4, "draws": 2, "seed": 0,
+                   "optuna": {"threshold": {"pruner": "median", "n_startup_trials": 1}, "none": {"pruner": "none"}}}}
+    first = draws.draws_population(b, "p", runs)
+    assert first["settings"]["none"]["epochs_frac"][0] == 1.0 and first["settings"]["none"]["regret_pp"][0] == 0
+    calls = []
+    real = draws.score
+    monkeypatch.setattr(draws, "score", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = draws.draws_population(b, "p", runs, first)
+    assert calls == [] and again["settings"] == first["settings"]  # nothing replayed again
+    b["draws"]["optuna"]["threshold"]["n_startup_trials"] = 2  # one setting changed: only it is replayed
+    draws.draws_population(b, "p", runs, first)
+    assert calls == [1]
+    b["draws"]["seed"] = 1  # other draws: everything is replayed
+    draws.draws_population(b, "p", runs, first)
+    assert calls == [1, 1, 1]

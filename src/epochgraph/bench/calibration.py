@@ -147,7 +147,8 @@ def calibration_all(b: Mapping[str, Any]) -> list[dict[str, Any]]:
     results = [calibration_population(b, preset, from_table(table, [preset]))
                for preset in b["calibration"]["populations"]]
     rows = ["| population | forecasts | base rate | Brier: recalibrated (shipped) | Brier: distribution | "
-            "Brier: two-quantile step | Brier: the base rate as a constant (hindsight) |", "|---|---|---|---|---|---|---|"]
+            "Brier: two-quantile step | Brier: the base rate as a constant (hindsight) |",
+            "|---|---|---|---|---|---|---|"]
     for r in results:
         new, dist, old = (r[rule] for rule in RULES)
         rows.append(f"| {r['population']} | {new['n']} | {new['base_rate']:.3f} | {new['brier']:.4f} | "

@@ -77,19 +77,49 @@ def settings(b: Mapping[str, Any], n_epochs: int, preset: str) -> dict[str, Prun
     return out
 
 
-def draws_population(b: Mapping[str, Any], preset: str, runs: Sequence[RunRecord]) -> dict[str, Any]:
+def fingerprint(tables: str | Path) -> str:
+    """A hash of what a setting's score depends on besides its settings and draws: the pruning and forecasting
+    code (``epochgraph.search``, ``epochgraph.forecast``, the replay) and the population tables."""
+    import hashlib
+
+    import epochgraph
+
+    root = Path(epochgraph.__file__).parent
+    h = hashlib.sha256()
+    for path in sorted([*root.glob("search/*.py"), *root.glob("forecast/*.py"), root / "bench" / "replay.py",
+                        *Path(tables).glob("*.parquet")]):
+        h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def draws_population(b: Mapping[str, Any], preset: str, runs: Sequence[RunRecord],
+                     previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every setting over the draws of ``preset``; a setting scored in ``previous`` (the last run's results)
+    with the same resolved configuration, draws, code and tables is taken from it, not replayed again."""
+    import hashlib
+
     from tqdm import tqdm
 
     d = b["draws"]
     n_epochs = max(run_length(r) for r in runs)
     draws = draw_studies(len(runs), int(d["study_size"]), int(d["draws"]), int(d.get("seed", 0)))
+    code = fingerprint(b["tables"])
+    before = (previous or {}).get("settings", {})
     table = {}
     for name, factory in tqdm(settings(b, n_epochs, preset).items(), desc=f"draws of {preset}", unit="pruner",
                               file=sys.stderr):
-        table[name] = res = score(runs, factory, draws, n_jobs=int(b["workers"]))
+        key = hashlib.sha256(json.dumps({"config": getattr(factory, "config", None), "code": code,
+                                         "draws": [x.tolist() for x in draws]}, sort_keys=True,
+                                        default=str).encode()).hexdigest()[:16]
+        if before.get(name, {}).get("key") == key:
+            table[name] = res = before[name]
+            word = "(scored before)"
+        else:
+            table[name] = res = {**score(runs, factory, draws, n_jobs=int(b["workers"])), "key": key}
+            word = ""
         tqdm.write(f"[bench] {preset} {name:22s} epochs {res['epochs_frac'][0]:.2f}  "
                    f"regret {res['regret_pp'][0]:.2f} pp  kept {res['kept_best']:.2f}  "
-                   f"<=0.1pp {res['regret_le_0.1pp']:.2f}", file=sys.stderr)
+                   f"<=0.1pp {res['regret_le_0.1pp']:.2f} {word}", file=sys.stderr)
     return {"population": preset, "runs": len(runs), "epochs": n_epochs, "study_size": int(d["study_size"]),
             "draws": len(draws), "settings": table}
 
@@ -191,7 +221,8 @@ def draws_all(b: Mapping[str, Any]) -> list[dict[str, Any]]:
     results = []
     for preset in b["draws"]["populations"]:
         cached = out_dir / f"{preset}.json"
-        res = draws_population(b, preset, from_table(table, [preset]))
+        previous = json.loads(cached.read_text()) if cached.is_file() else None
+        res = draws_population(b, preset, from_table(table, [preset]), previous)
         cached.write_text(json.dumps(res, indent=2))
         results.append(res)
     md = ("# Studies drawn from each population\n\n"

@@ -155,6 +155,7 @@ def pruner_factory(name: str, n_epochs: int, overrides: Mapping[str, Any] | None
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return instantiate(cfg)
 
+    make.config = cfg  # type: ignore[attr-defined]  # what it builds, resolved (the draws step keys its cache by it)
     try:
         make()
     except InstantiationException as err:  # the pruner's own ValueError, one line
