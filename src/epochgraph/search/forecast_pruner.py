@@ -180,7 +180,7 @@ class ForecastPruner(BasePruner):
                  forecaster_params: Mapping[str, Any] | None = None, own_weight: float = 3.0,
                  warm_rows: int = 3000, min_trials: int = 4, refit_growth: float = 1.5,
                  base: BasePruner | None = None, combine: str = "and", calibrate: bool = True,
-                 min_rank_corr: float | None = 0.5, min_complete: int = 4, rank_z: float = 1.0,
+                 min_rank_corr: float | None = 0.5, min_complete: int = 6, rank_z: float = 2.326,
                  rank_top: float = 1.0, min_progress: float = 0.0, recalibrate: bool = True,
                  seed: int = 0) -> None:
         if int(max_epoch) < 2:
