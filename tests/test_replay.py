@@ -104,3 +104,24 @@ def test_the_draws_step_reuses_a_setting_scored_before_only_when_nothing_it_depe
     b["draws"]["seed"] = 1  # other draws: everything is replayed
     draws.draws_population(b, "p", runs, first)
     assert calls == [1, 1, 1]
+
+
+def test_the_headline_scores_the_setting_of_ours_the_other_populations_would_choose():
+    from epochgraph.bench.draws import headline
+
+    def r(epochs, regret, kept):
+        return {"epochs_frac": [epochs, 0.0], "regret_pp": [regret, 0.0], "kept_best": kept}
+
+    def pop(name, cheap_ours_safe):
+        return {"population": name, "runs": 64, "epochs": 20, "settings": {
+            "forecast": r(0.7, 0.0, 1.0), "forecast-cheap": r(0.3, 0.0 if cheap_ours_safe else 2.0,
+                                                              1.0 if cheap_ours_safe else 0.4),
+            "median": r(0.2, 1.0, 0.4), "successive_halving": r(0.1, 2.0, 0.2), "patient": r(0.9, 0.0, 1.0)}}
+
+    # the cheap setting is safe everywhere but on "c": the others choose it for "c" (and it fails there);
+    # for "a" and "b" the others include "c", so they choose the shipped one
+    md = headline([pop("a", True), pop("b", True), pop("c", False)])
+    rows = {line.split(" ")[1]: line for line in md.splitlines()[2:]}
+    assert "| forecast: 0.70" in rows["a"] and "| forecast: 0.70" in rows["b"]
+    assert "| forecast-cheap: 0.30, kept 40 %, 2.00 ± 0.00 pp" in rows["c"]
+    assert "0.78 × Patient's epochs (> 0.6)" in rows["a"] and "safe;" in rows["a"]
