@@ -125,3 +125,15 @@ def test_the_headline_scores_the_setting_of_ours_the_other_populations_would_cho
     assert "| forecast: 0.70" in rows["a"] and "| forecast: 0.70" in rows["b"]
     assert "| forecast-cheap: 0.30, kept 40 %, 2.00 ± 0.00 pp" in rows["c"]
     assert "0.78 × Patient's epochs (> 0.6)" in rows["a"] and "safe;" in rows["a"]
+
+
+def test_the_hindsight_cut_is_the_cheapest_single_cut_that_keeps_the_best():
+    import numpy as np
+
+    from epochgraph.bench.draws import hindsight_cut
+
+    # the best run leads from epoch 1: train all 1 epoch, continue only the leader
+    assert hindsight_cut(RUNS, [np.arange(4)]) == {"epochs_frac": pytest.approx((3 + 1 + 1 + 1) / 12), "t": 1, "k": 1}
+    # a late bloomer that is last until the final epoch: no cut keeps it but keeping everything
+    late = [*RUNS, _run("late", [0.05, 0.1, 0.95])]
+    assert hindsight_cut(late, [np.arange(5)])["epochs_frac"] == 1.0

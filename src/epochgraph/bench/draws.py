@@ -62,6 +62,33 @@ def score(runs: Sequence[RunRecord], factory: PrunerFactory, draws: Sequence[np.
             "regret_per_draw": regret.tolist()}
 
 
+def hindsight_cut(runs: Sequence[RunRecord], draws: Sequence[np.ndarray]) -> dict[str, float]:
+    """A reference for the epochs a pruner needs: the cheapest single cut "train every trial t epochs, continue
+    the k best at epoch t" that keeps the best trial of every draw, with t and k chosen *knowing the outcome*
+    (the same t and k for all draws of the population)."""
+    lengths = np.array([run_length(r) for r in runs])
+    T = int(lengths.max())
+    acc = np.zeros((len(runs), T))
+    for i, r in enumerate(runs):
+        v = np.array([np.nan if x is None else float(x) for x in r.history["val_acc"][:T]], dtype=float)
+        acc[i, :len(v)] = np.nan_to_num(v, nan=0.0)
+    finals = np.array([r.final_acc if math.isfinite(r.final_acc) else -1.0 for r in runs])
+    best: dict[str, float] = {"epochs_frac": 1.0, "t": float(T), "k": float(max(len(d) for d in draws))}
+    for t in range(1, T):
+        # per draw, the best trial's place at epoch t (0: ahead of all): keeping k > place keeps it
+        orders = [np.argsort(-acc[d, t - 1], kind="stable") for d in draws]
+        k = max(int(np.flatnonzero(o == np.argmax(finals[d]))[0]) for o, d in zip(orders, draws)) + 1
+        cost = []
+        for d, order in zip(draws, orders):
+            keep = order[:k]
+            trained = np.minimum(lengths[d], t)
+            trained[keep] = lengths[d][keep]
+            cost.append(trained.sum() / lengths[d].sum())
+        if np.mean(cost) < best["epochs_frac"]:
+            best = {"epochs_frac": float(np.mean(cost)), "t": float(t), "k": float(k)}
+    return best
+
+
 def is_safe(r: Mapping[str, Any]) -> bool:
     return r["kept_best"] >= SAFE_KEEP or r["regret_pp"][0] <= SAFE_REGRET_PP
 
@@ -121,7 +148,7 @@ def draws_population(b: Mapping[str, Any], preset: str, runs: Sequence[RunRecord
                    f"regret {res['regret_pp'][0]:.2f} pp  kept {res['kept_best']:.2f}  "
                    f"<=0.1pp {res['regret_le_0.1pp']:.2f} {word}", file=sys.stderr)
     return {"population": preset, "runs": len(runs), "epochs": n_epochs, "study_size": int(d["study_size"]),
-            "draws": len(draws), "settings": table}
+            "draws": len(draws), "settings": table, "hindsight_cut": hindsight_cut(runs, draws)}
 
 
 def _cheapest_safe(pr: Mapping[str, Any], names: Sequence[str]) -> str | None:
@@ -178,6 +205,37 @@ def headline(results: Sequence[Mapping[str, Any]], default: str = "forecast") ->
     return "\n".join(rows) + "\n"
 
 
+def ours_table(results: Sequence[Mapping[str, Any]]) -> str:
+    """Every setting of ours on every population: epochs trained (share), mean regret (pp) and, where a draw
+    lost it, the share of draws that kept the best trial; the count of populations it is safe on and the
+    means over the populations, with Patient(Median) for scale."""
+    names = [n for n in results[0]["settings"] if n.startswith("forecast")] if results else []
+    names += ["patient"] if results and "patient" in results[0]["settings"] else []
+    head = "| setting | " + " | ".join(r["population"] for r in results) + " | safe on | mean epochs | mean regret |"
+    rows = [head, "|---" * (len(results) + 4) + "|"]
+    for name in names:
+        cells, safe, epochs, regret = [], 0, [], []
+        for r in results:
+            x = r["settings"].get(name)
+            if x is None:
+                cells.append("")
+                continue
+            kept = "" if x["kept_best"] == 1 else f" ({x['kept_best'] * 100:.0f} %)"
+            cells.append(f"{x['epochs_frac'][0]:.2f}, {x['regret_pp'][0]:.2f}{kept}")
+            safe += is_safe(x)
+            epochs.append(x["epochs_frac"][0])
+            regret.append(x["regret_pp"][0])
+        label = f"`{name}` (shipped)" if name == "forecast" else f"`{name}`"
+        rows.append(f"| {label} | " + " | ".join(cells) + f" | {safe} of {len(epochs)} | {np.mean(epochs):.2f} | "
+                    f"{np.mean(regret):.2f} |")
+    if all("hindsight_cut" in r for r in results):
+        cuts = [r["hindsight_cut"] for r in results]
+        rows.append("| one cut chosen in hindsight (t, k) | " + " | ".join(
+            f"{c['epochs_frac']:.2f} (t={c['t']:.0f}, k={c['k']:.0f})" for c in cuts) + " | reference | "
+            f"{np.mean([c['epochs_frac'] for c in cuts]):.2f} | 0 |")
+    return "\n".join(rows) + "\n"
+
+
 def plot(results: Sequence[Mapping[str, Any]], path: Path) -> Path:
     import matplotlib
 
@@ -228,7 +286,9 @@ def draws_all(b: Mapping[str, Any]) -> list[dict[str, Any]]:
     md = ("# Studies drawn from each population\n\n"
           f"{b['draws']['draws']} studies of {b['draws']['study_size']} trials drawn from each population; mean over "
           "the draws (± std). Safe: keeps the best trial in ≥ 90 % of draws or mean regret ≤ 0.1 pp.\n\n"
-          + headline(results) + "\n![epochs against regret](epochs_vs_regret.png)\n")
+          + headline(results) + "\n![epochs against regret](epochs_vs_regret.png)\n\n"
+          "Every setting of ours: epochs trained (share), mean regret (pp), and in brackets the share of draws "
+          "that kept the best trial where one lost it.\n\n" + ours_table(results))
     (out_dir / "draws.md").write_text(md)
     plot(results, out_dir / "epochs_vs_regret.png")
     print(md)
