@@ -367,12 +367,12 @@ class ForecastPruner(BasePruner):
         key = (self._warm_key, self._metrics, repr(sorted(self._template().get_params().items())))
         if key not in _RECAL_CACHE:
             pairs = _WARM_CACHE[(self._warm_tables, self.source, self._metrics)]
-            _RECAL_CACHE[key] = fit_recalibration(self._warm_histories, self._warm_names, pairs, self._template,
-                                                  self.source, self._metrics, rows=self.warm_rows, seed=self.seed)
-        self._recalibration = r = _RECAL_CACHE[key]
-        log.info(f"forecast pruner: P(final >= best) recalibrated on {r.points} forecasts of trainings held out "
-                 f"from the fit (logit slope {r.slope:.2f}, intercept {r.intercept:.2f})")
-        return r
+            _RECAL_CACHE[key] = r = fit_recalibration(self._warm_histories, self._warm_names, pairs, self._template,
+                                                      self.source, self._metrics, rows=self.warm_rows, seed=self.seed)
+            log.info(f"forecast pruner: P(final >= best) recalibrated on {r.points} forecasts of trainings held "
+                     f"out of the fit (logit slope {r.slope:.2f}, intercept {r.intercept:.2f})")  # once a process
+        self._recalibration = _RECAL_CACHE[key]
+        return self._recalibration
 
     def _prob_beat_best(self, study: optuna.Study, trial: FrozenTrial, history: History) -> float | None:
         """P(the trial's final val_acc >= the best completed value) at its last epoch, or None when no
