@@ -370,7 +370,8 @@ class ForecastPruner(BasePruner):
             _RECAL_CACHE[key] = r = fit_recalibration(self._warm_histories, self._warm_names, pairs, self._template,
                                                       self.source, self._metrics, rows=self.warm_rows, seed=self.seed)
             log.info(f"forecast pruner: P(final >= best) recalibrated on {r.points} forecasts of trainings held "
-                     f"out of the fit (logit slope {r.slope:.2f}, intercept {r.intercept:.2f})")  # once a process
+                     f"out of the fit (logit slope {r.slope:.2f}, intercept {r.intercept:.2f}); the prune rule, the "
+                     f"forecast's own P < {self.delta:g}, is a recalibrated P < {float(r(self.delta)):.3f}")
         self._recalibration = _RECAL_CACHE[key]
         return self._recalibration
 
