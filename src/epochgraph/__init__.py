@@ -31,9 +31,9 @@ _EXPORTS = {
     "report_epoch": "epochgraph.search.epoch_report",
     # forecast: the forecaster and what it learns from
     "FinalAccuracyForecaster": "epochgraph.forecast.forecaster",
-    "fit_forecaster": "epochgraph.search.forecast_pruner",
-    "log_forecaster": "epochgraph.search.forecast_pruner",
-    "load_forecaster": "epochgraph.search.forecast_pruner",
+    "fit_forecaster": "epochgraph.forecast.registry",
+    "log_forecaster": "epochgraph.forecast.registry",
+    "load_forecaster": "epochgraph.forecast.registry",
     "SignaturePredictor": "epochgraph.forecast.predictor",
     "read_table": "epochgraph.forecast.population",
     "RunRecord": "epochgraph.forecast.records",

@@ -15,6 +15,10 @@ _EXPORTS = {
     "from_table": "epochgraph.forecast.population",
     "write_table": "epochgraph.forecast.population",
     "run_compare": "epochgraph.forecast.compare",
+    "fit_forecaster": "epochgraph.forecast.registry",
+    "log_forecaster": "epochgraph.forecast.registry",
+    "load_forecaster": "epochgraph.forecast.registry",
+    "Recalibration": "epochgraph.forecast.recalibration",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

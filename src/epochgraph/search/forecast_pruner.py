@@ -42,6 +42,7 @@ from epochgraph.forecast.forecaster import (
     training_pairs,
 )
 from epochgraph.forecast.recalibration import Recalibration, fit_recalibration
+from epochgraph.forecast.registry import fit_forecaster, load_forecaster, log_forecaster  # noqa: F401 (importable here too)
 from epochgraph.paths import project_path
 from epochgraph.search.trial_attrs import (
     UPPER_ATTR,
@@ -484,45 +485,3 @@ class ForecastPruner(BasePruner):
         if p is None:  # no forecast (before min_epoch, no incumbent): "and" keeps the trial, "or" asks the base
             return bool(base) and self.combine == "or"
         return (base and p < self.delta) if self.combine == "and" else (base or p < self.delta)
-
-
-# --- the registry ---------------------------------------------------------------------------------------
-
-def fit_forecaster(histories: Sequence[History], source: str = "curve", method: str = "quantile_gbm",
-                   max_epoch: int | None = None, **params: Any) -> FinalAccuracyForecaster:
-    """A forecaster fitted on every pair of epochs of ``histories``, keeping its rows (``train_X_``,
-    ``train_y_``) so that a pruner can refit it with a study's own trials."""
-    from threadpoolctl import threadpool_limits
-
-    X, y, g = training_pairs(histories, source, max_epoch)
-    with threadpool_limits(1):
-        model = FinalAccuracyForecaster(source=source, method=method, **params).fit(X, y, groups=g)
-    model.train_X_, model.train_y_ = X, y
-    return model
-
-
-def log_forecaster(model: FinalAccuracyForecaster, name: str = "forecaster",
-                   registered_model_name: str | None = None) -> Any:
-    """Log a fitted forecaster to the active MLflow run (and register it); returns the model info."""
-    import mlflow.sklearn
-    import skops.io
-
-    trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
-    return mlflow.sklearn.log_model(model, name=name, registered_model_name=registered_model_name,
-                                    metadata={"epochgraph_forecaster": model.source},
-                                    skops_trusted_types=trusted)
-
-
-def load_forecaster(model_uri: str) -> FinalAccuracyForecaster:
-    """A forecaster logged by `log_forecaster`, e.g. ``models:/epochgraph-forecaster@champion``."""
-    import mlflow.sklearn
-
-    try:
-        model = mlflow.sklearn.load_model(model_uri)
-    except Exception as err:  # MLflow raises several types for a missing model / version / alias
-        raise EpochgraphError(f"cannot load the forecaster {model_uri!r}: {str(err).splitlines()[0][:160]}; "
-                              f"register one with epochgraph-compare ... register_forecaster=true") from None
-    if not isinstance(model, FinalAccuracyForecaster) or not hasattr(model, "train_X_"):
-        raise EpochgraphError(f"{model_uri!r} is not an epochgraph forecaster (register one with "
-                              f"epochgraph-compare ... register_forecaster=true)")
-    return model
