@@ -247,11 +247,13 @@ def plot(results: Sequence[Mapping[str, Any]], path: Path) -> Path:
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.2 * rows), squeeze=False)
     for ax, res in zip(axes.flat, results):
         for name, r in res["settings"].items():
-            ours = name.startswith("forecast")
+            ours, shipped = name.startswith("forecast"), name == "forecast"
+            color = ("tab:red" if shipped else "lightcoral") if ours else (
+                "tab:green" if name.startswith("top") else "tab:blue")
             ax.errorbar(r["epochs_frac"][0], r["regret_pp"][0], xerr=r["epochs_frac"][1], yerr=r["regret_pp"][1],
-                        fmt="*" if ours else "o", ms=11 if ours else 5, capsize=2,
-                        color="tab:red" if ours else ("tab:green" if name.startswith("top") else "tab:blue"))
-            if ours or name in ("median", "successive_halving", "patient"):
+                        fmt="*" if ours else "o", ms=13 if shipped else (8 if ours else 5), capsize=2, color=color,
+                        zorder=3 if shipped else 2)
+            if shipped or name in ("median", "successive_halving", "patient"):
                 ax.annotate(name, (r["epochs_frac"][0], r["regret_pp"][0]), fontsize=7, xytext=(3, 3),
                             textcoords="offset points")
         ax.axhline(SAFE_REGRET_PP, color="grey", lw=0.6, ls="--")
@@ -261,8 +263,8 @@ def plot(results: Sequence[Mapping[str, Any]], path: Path) -> Path:
         ax.set_xlim(0, 1.02)
     for ax in list(axes.flat)[len(results):]:
         ax.axis("off")
-    fig.suptitle("Studies drawn from each population: ours (red stars) against Optuna's pruners (blue) and top-k "
-                 "(green); dashed: 0.1 pp")
+    fig.suptitle("Studies drawn from each population: ours (red star: shipped; light: the other settings) against "
+                 "Optuna's pruners (blue) and top-k (green); dashed: 0.1 pp")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
