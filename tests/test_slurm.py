@@ -90,21 +90,25 @@ def _wait_for_training_trial(tmp_path, proc, log, number: int):
         said = log.read_text()[-3000:] if log.exists() else ""
         assert proc.poll() is None, f"the sweep ended (status {proc.returncode}) before trial {number} trained:\n{said}"
         assert time.time() < deadline, f"trial {number} has not trained an epoch after 900 s:\n{said}"
-        time.sleep(1.0)
+        time.sleep(0.2)
+
+
+LONG = 120  # epochs of the trial the next test cancels
 
 
 def test_scancel_fails_the_trial_requeues_it_and_closes_its_run(cluster, tmp_path):
-    # 30 epochs: the first trial is surely still training when its job is cancelled after its first epoch
+    # 120 epochs: the first trial is surely still training when its job is cancelled after its first epoch (30
+    # were not: idle, a tiny epoch takes 0.6 s and the whole trial ended before the cancel)
     log = tmp_path / "sweep.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(_sweep_cmd(tmp_path, "hydra.sweeper.n_trials=1", "trainer.epochs=30", "pruner=none",
-                                           "storage.max_retry=1", "mlflow.keep_weights=[1]"),
+        proc = subprocess.Popen(_sweep_cmd(tmp_path, "hydra.sweeper.n_trials=1", f"trainer.epochs={LONG}",
+                                           "pruner=none", "storage.max_retry=1", "mlflow.keep_weights=[1]"),
                                 stdout=out, stderr=subprocess.STDOUT, env=cluster, start_new_session=True)
     try:
         run = _wait_for_training_trial(tmp_path, proc, log, 0)
         job = run.data.tags["slurm_job"]
         subprocess.run(["scancel", job], check=True, env=cluster, timeout=60)
-        proc.wait(timeout=1800)  # the re-queued trial trains its 30 epochs in a new job
+        proc.wait(timeout=1800)  # the re-queued trial trains its epochs in a new job
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -126,7 +130,7 @@ def test_scancel_fails_the_trial_requeues_it_and_closes_its_run(cluster, tmp_pat
     # says "its worker stopped")
     assert "error" not in killed.data.tags
     client = get_client(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
-    assert 1 <= len(client.get_metric_history(killed.info.run_id, "val_acc")) < 30  # stopped mid-training
+    assert 1 <= len(client.get_metric_history(killed.info.run_id, "val_acc")) < LONG  # stopped mid-training
     # the cancelled job said so in one line, no traceback
     err = (tmp_path / "multirun" / ".submitit" / job / f"{job}_0_log.err").read_text()
     assert (f"epochgraph: terminated (SIGTERM); MLflow run {killed.info.run_id} closed as KILLED; the sweep fails "
@@ -134,4 +138,4 @@ def test_scancel_fails_the_trial_requeues_it_and_closes_its_run(cluster, tmp_pat
     assert "Traceback" not in err
     assert (retried.info.status, retried.data.tags["state"]) == ("FINISHED", "COMPLETE")
     assert retried.data.tags["slurm_job"] != job
-    assert retried.data.metrics["epochs_run"] == 30
+    assert retried.data.metrics["epochs_run"] == LONG
