@@ -58,6 +58,9 @@ METHODS = ("quantile_gbm", "conformal", "forest")
 LEVELS = (0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 SIGNATURE_COLUMNS = tuple(metric_name(c, a) for c in CENTRALITIES for a in AGGREGATORS)
 LOSS_CLIP = 1e6
+MAX_ROWS = 200_000  # rows a fit learns from at most: scikit-learn's gradient boosting bins on this many
+EARLY_STOPPING_ROWS = 10_000  # above this, scikit-learn's gradient boosting holds out rows for early stopping
+MIN_VALUES = 10  # then a column is seen (learnt from) with at least this many values
 
 
 CURVE_KEYS = ("val_acc", "val_loss", "train_acc", "train_loss")
@@ -243,6 +246,39 @@ def _z_of(value: float, quantiles: np.ndarray, z: np.ndarray) -> float:
     return float(z[k] + (value - lo) / (hi - lo) * (z[k + 1] - z[k]))
 
 
+def _usable_rows(X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None, groups: np.ndarray | None,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The rows a fit learns from: a finite target, a positive finite weight (with ``sample_weight``), and at
+    most `MAX_ROWS` of them (a random subset).
+
+    scikit-learn's gradient boosting finds each column's bins on its values in rows of non-zero weight, and on
+    a random 200,000 of the rows when there are more: a column whose values all sit outside those rows (the
+    LR schedule, declared by a few warm trainings among the pairs of 500-epoch ones) leaves it no value, and
+    `HistGradientBoostingRegressor.fit` raises ("window shape cannot be larger than input array shape").
+    Dropping the rows of weight 0 and drawing the subset here, before the columns without a value are found
+    (`FinalAccuracyForecaster.unseen_`), makes the binning see what the fit sees. Infinite features (an
+    overflowing loss) become missing (NaN), which the models read as missing."""
+    keep = np.isfinite(y)
+    if sample_weight is not None:
+        sample_weight = np.asarray(sample_weight, dtype=float)
+        if sample_weight.shape != y.shape:
+            raise EpochgraphError(f"sample_weight has {sample_weight.size} value(s) for {y.size} row(s); "
+                                  f"give one weight per row")
+        keep &= np.isfinite(sample_weight) & (sample_weight > 0)
+    rows = np.flatnonzero(keep)
+    if len(rows) > MAX_ROWS:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, MAX_ROWS, replace=False))
+    if len(rows) < 2:
+        raise EpochgraphError(f"{len(rows)} pair(s) of epochs with a finite gain and a positive weight to learn "
+                              f"from; the forecaster needs at least 2 (trainings that reached epoch 2)")
+    if len(rows) < len(y):
+        X, y = X[rows], y[rows]
+        sample_weight = None if sample_weight is None else sample_weight[rows]
+        groups = None if groups is None else np.asarray(groups)[rows]
+    X = np.where(np.isinf(X), np.nan, X)
+    return X, y, sample_weight, groups
+
+
 class FinalAccuracyForecaster(RegressorMixin, BaseEstimator):
     """Quantiles of a training's gain in val_acc from epoch t to epoch s (see the module docstring).
 
@@ -301,9 +337,14 @@ class FinalAccuracyForecaster(RegressorMixin, BaseEstimator):
             raise EpochgraphError(f"{len(y)} pair(s) of epochs to learn from; the forecaster needs at least 2 "
                                   f"(trainings that reached epoch 2)")
         self.levels_ = np.asarray(self.levels, dtype=float)
-        # a feature missing in every row (no training declared a schedule) carries nothing to learn, and
-        # scikit-learn's binning cannot take a column without values: it is set to 0, here and when predicting
-        self.unseen_ = np.flatnonzero(np.all(np.isnan(X), axis=0)) if len(X) else np.empty(0, dtype=int)
+        X, y, sample_weight, groups = _usable_rows(X, y, sample_weight, groups, self.seed)
+        # a feature without a value in any row that carries weight (no training declared a schedule) has nothing
+        # to learn, and scikit-learn's binning cannot take a column without values: it is set to 0, here and
+        # when predicting
+        # when it holds out 10 % of more than 10,000 rows for early stopping, the bins are found on the rest:
+        # a column with a few values could lose them all there, so such a column needs MIN_VALUES of them
+        need = MIN_VALUES if len(y) > EARLY_STOPPING_ROWS else 1
+        self.unseen_ = np.flatnonzero(np.isfinite(X).sum(axis=0) < need)
         X = self._seen(X)
         if self.method == "quantile_gbm":
             self.models_ = [self._gbm(loss="quantile", quantile=float(q)).fit(X, y, sample_weight=sample_weight)
@@ -340,11 +381,10 @@ class FinalAccuracyForecaster(RegressorMixin, BaseEstimator):
         self.models_ = [model]
 
     def _seen(self, X: np.ndarray) -> np.ndarray:
+        X = np.where(np.isinf(X), np.nan, np.asarray(X, dtype=float))  # an infinite feature is missing, as in fit
         unseen = getattr(self, "unseen_", None)
-        if unseen is None or not len(unseen):
-            return X
-        X = np.array(X, dtype=float)
-        X[:, unseen] = 0.0
+        if unseen is not None and len(unseen):
+            X[:, unseen] = 0.0
         return X
 
     def predict_quantiles(self, X: np.ndarray) -> np.ndarray:

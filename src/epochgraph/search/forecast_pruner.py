@@ -52,6 +52,7 @@ from epochgraph.search.trial_attrs import (
     trial_history,
     with_reported_values,
 )
+from epochgraph.search.undecided import undecided
 
 log = logging.getLogger("epochgraph")
 COMBINE = ("and", "or")
@@ -475,11 +476,18 @@ class ForecastPruner(BasePruner):
             self.last_forecast[trial.number] = 0.0
             return True
         base = self.base.prune(study, trial) if self.base is not None else None
-        p = self.prob_beat_best(study, trial, history, recalibrated=False)  # also with nothing to veto: recorded
-        if p is not None:
-            self.last_forecast[trial.number] = float(self.recalibration()(p))
-            if not self.trusted_at(study, int(trial.last_step)):
-                p = None  # the study has not shown that this epoch ranks the end: no prune from the forecast
+        try:
+            p = self.prob_beat_best(study, trial, history, recalibrated=False)  # also with nothing to veto: recorded
+            if p is not None:
+                self.last_forecast[trial.number] = float(self.recalibration()(p))
+                if not self.trusted_at(study, int(trial.last_step)):
+                    p = None  # the study has not shown that this epoch ranks the end: no prune from the forecast
+        except Exception as err:  # a model that cannot be fitted or asked never stops the user's training
+            for made in (self.last_forecast, self.last_forecast_value, self.last_forecast_bound,
+                         self.last_forecast_upper):
+                made.pop(trial.number, None)
+            undecided(self, study, trial, err)
+            p = None
         if base is None:
             return p is not None and p < self.delta
         if p is None:  # no forecast (before min_epoch, no incumbent): "and" keeps the trial, "or" asks the base

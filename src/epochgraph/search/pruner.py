@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from epochgraph.forecast.predictor import FeatureSpec, LabelRule, SignaturePredictor, load_predictor
 from epochgraph.graph.centrality import CENTRALITIES
 from epochgraph.search.trial_attrs import diverged, trial_history
+from epochgraph.search.undecided import undecided
 
 
 class SignaturePruner(BasePruner):
@@ -123,7 +124,11 @@ class SignaturePruner(BasePruner):
         if history and diverged(history):
             self.last_forecast[trial.number] = 0.0
             return True
-        p = self.forecast(study, trial)
+        try:
+            p = self.forecast(study, trial)
+        except Exception as err:  # a model that cannot be fitted or asked never stops the user's training
+            undecided(self, study, trial, err)
+            return False
         if p is None:
             return False
         self.last_forecast[trial.number] = p

@@ -30,12 +30,14 @@ FORECAST_FINAL_ATTR = "forecast_final_val_acc"  # the forecast final val_acc (Fo
 FORECAST_METRICS = {"probability": "forecast/probability", "final": "forecast/final_val_acc",
                     "upper": "forecast/upper"}
 UPPER_ATTR = "forecast_upper_{:03d}"  # the upper quantile forecast at that epoch (ForecastPruner)
+UNDECIDED_ATTR = "forecast_undecided_{:03d}"  # why the pruner could not forecast at that epoch (kept the trial)
 SCHEDULE_ATTR = "lr_schedule"  # the LR of every epoch of the training, planned before it starts
 RECORDED_METRICS = (*CURVE_METRICS, "lr")  # the curve values an epoch's record holds (beside sig/...)
 
 __all__ = ["EPOCH_ATTR", "FORECAST_ATTR", "FORECAST_FINAL_ATTR", "FORECAST_METRICS", "RECORDED_METRICS",
-           "SCHEDULE_ATTR", "UPPER_ATTR", "diverged", "encode_value", "epoch_records", "planned_schedule",
-           "stored_attr", "store_attr", "trial_attr", "trial_history", "with_reported_values"]
+           "SCHEDULE_ATTR", "UNDECIDED_ATTR", "UPPER_ATTR", "diverged", "encode_value", "epoch_records",
+           "planned_schedule", "stored_attr", "store_attr", "trial_attr", "trial_history",
+           "with_reported_values"]
 
 
 NONFINITE_VALUES = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
