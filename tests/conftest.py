@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -7,6 +9,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+# One cache folder for the session (`epochgraph.paths.cache_dir`), empty at its start, shared by every test, worker
+# and subprocess (they inherit the environment): the warm start is learnt and the empty MLflow store migrated once
+# per session, not once per process, and nothing is read from or left in the user's own cache.
+os.environ.setdefault("EPOCHGRAPH_CACHE_DIR", tempfile.mkdtemp(prefix="epochgraph-test-cache-"))
 
 
 def compose_train(overrides: list[str], tracking_uri: str | None = None) -> DictConfig:

@@ -1,4 +1,4 @@
-"""Where the project's files are: the Hydra configs and the committed benchmark results.
+"""Where the project's files are: the Hydra configs, the committed benchmark results, and the cache.
 
 Commands run from any folder (a Hydra job changes into its run directory), so paths the product reads
 from the checkout, such as the committed population tables a warm start names, resolve against it.
@@ -6,6 +6,7 @@ from the checkout, such as the committed population tables a warm start names, r
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -19,3 +20,17 @@ def project_path(path: str | Path) -> Path:
     if not p.exists() and not p.is_absolute() and (PROJECT_DIR / p).exists():
         return PROJECT_DIR / p
     return p
+
+
+CACHE_ENV = "EPOCHGRAPH_CACHE_DIR"
+
+
+def cache_dir() -> Path | None:
+    """Where results worth keeping between processes are kept (the warm start's, an empty MLflow schema):
+    ``$EPOCHGRAPH_CACHE_DIR``, else ``$XDG_CACHE_HOME/epochgraph``, else ``~/.cache/epochgraph``; None when
+    ``EPOCHGRAPH_CACHE_DIR`` is ``off``."""
+    chosen = os.environ.get(CACHE_ENV)
+    if chosen is not None:
+        return None if chosen.strip().lower() in ("", "off", "0", "none") else Path(chosen)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "epochgraph"

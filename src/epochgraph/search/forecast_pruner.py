@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +31,6 @@ from optuna.trial import FrozenTrial, TrialState
 from epochgraph.errors import EpochgraphError
 from epochgraph.forecast.forecaster import (
     CURVE_KEYS,
-    EPOCHS_KEY,
     SCHEDULE_KEY,
     FinalAccuracyForecaster,
     History,
@@ -43,7 +41,8 @@ from epochgraph.forecast.forecaster import (
 )
 from epochgraph.forecast.recalibration import Recalibration, fit_recalibration
 from epochgraph.forecast.registry import fit_forecaster, load_forecaster, log_forecaster  # noqa: F401 (importable here too)
-from epochgraph.paths import project_path
+from epochgraph.forecast.warm_cache import disk_cached, tables_digest
+from epochgraph.forecast.warm_start import warm_histories, warm_populations, warm_tables, with_plan  # noqa: F401
 from epochgraph.search.trial_attrs import (
     UPPER_ATTR,
     diverged,
@@ -66,64 +65,6 @@ def _as_list(value: str | Sequence[str] | None) -> list[str]:
     if value is None:
         return []
     return [value] if isinstance(value, str) else [str(v) for v in value]
-
-
-def warm_histories(sources: Sequence[str], experiments: Sequence[str] | None = None,
-                   exclude: Sequence[str] = ()) -> list[History]:
-    """The trainings of population tables ``sources`` (files, or folders of ``*.parquet``), those of
-    ``experiments`` only when given, never those of ``exclude``."""
-    return [h for _, h in warm_populations(sources, experiments, exclude)]
-
-
-def warm_populations(sources: Sequence[str], experiments: Sequence[str] | None = None,
-                     exclude: Sequence[str] = ()) -> list[tuple[str, History]]:
-    """`warm_histories` with the population (experiment) of each training."""
-    from epochgraph.forecast.population import from_table, read_table
-
-    paths: list[Path] = []
-    for src in sources:
-        p = project_path(src)  # the project's committed tables, wherever the command runs
-        if not p.exists():
-            raise EpochgraphError(f"pruner.warm_start names {src!r}, which does not exist; point it at a population "
-                                  f"table or a folder of them (bench/results/populations), or set pruner.warm_start=[]")
-        if p.is_dir():
-            paths += sorted(p.glob("*.parquet"))
-        else:
-            paths.append(p)
-    if not paths:
-        raise EpochgraphError(f"warm_start={list(sources)} holds no population table; point it at a .parquet "
-                              f"file or a folder of them (make bench exports bench/results/populations/)")
-    histories: list[tuple[str, History]] = []
-    for path in paths:
-        df = read_table(path)
-        keep = df["experiment"].isin(experiments) if experiments else np.ones(len(df), dtype=bool)
-        df = df[keep & ~df["experiment"].isin(list(exclude))]
-        if len(df):
-            for name in df["experiment"].unique():
-                histories += [(str(name), with_plan(r.history, r.params.get("trainer.epochs")))
-                              for r in from_table(df, [name])]
-    if not histories:
-        raise EpochgraphError(f"warm_start={list(sources)} with experiments={list(experiments or [])} and "
-                              f"exclude={list(exclude)} leaves no training; widen the selection")
-    return histories
-
-
-def with_plan(history: History, epochs: Any = None, schedule: Sequence[float] | None = None) -> dict[str, Any]:
-    """``history`` with its planned epochs T and LR schedule (`forecaster.EPOCHS_KEY`, `SCHEDULE_KEY`): the
-    schedule given, else the LR it logged at every epoch 1..T (a training that ran to its end), else none."""
-    out = dict(history)
-    try:
-        T = int(float(epochs)) if epochs is not None else None
-    except (TypeError, ValueError):
-        T = None
-    if T:
-        out[EPOCHS_KEY] = T
-    if schedule is None and T:
-        logged = [float(v) for v in (history.get("lr") or [])[:T] if v is not None]
-        schedule = logged if len(logged) == T and all(math.isfinite(v) and v > 0 for v in logged) else None
-    if schedule:
-        out[SCHEDULE_KEY] = list(schedule)
-    return out
 
 
 def describe_features(metrics: Sequence[str], declared: bool) -> str:
@@ -250,6 +191,10 @@ class ForecastPruner(BasePruner):
         tables = [s for s in sources if not s.startswith("models:/")]
         self._warm_tables = (tuple(tables), tuple(experiments or ()), tuple(exclude))
         warm = warm_populations(tables, experiments, exclude) if tables else []
+        # what the warm start's results on disk are keyed by: the tables' contents and the selection
+        self._warm_content = {"tables": tables_digest(warm_tables(tables)) if tables else None,
+                              "experiments": sorted(experiments or ()), "exclude": sorted(exclude),
+                              "source": self.source, "rows": self.warm_rows, "seed": self.seed}
         self._warm_histories = [h for _, h in warm]
         self._warm_names = [name for name, _ in warm]
         self._registered = []
@@ -260,15 +205,24 @@ class ForecastPruner(BasePruner):
                                       f"source={self.source!r}; set pruner.source={registered.source}")
             self._registered.append((uri, registered))
 
+    def _table_pairs(self) -> tuple[np.ndarray, ...]:
+        """``X, y, training`` of every pair of epochs of the warm tables, with the study's features (`_metrics`);
+        one computation per process."""
+        key = (self._warm_tables, self.source, self._metrics)
+        if key not in _WARM_CACHE:
+            _WARM_CACHE[key] = training_pairs(self._warm_histories, self.source, None, self._metrics)
+        return _WARM_CACHE[key]
+
     def _warm_pairs(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """The warm pairs of epochs with the study's features (`_metrics`); one computation per process."""
+        """The warm rows each refit takes (`warm_rows` of the warm pairs, a random subset), with the study's
+        features; kept on disk when they come from the tables alone (`epochgraph.forecast.warm_cache`)."""
+        if self._warm_histories and not self._registered:
+            return disk_cached("warm_rows", {**self._warm_content, "metrics": self._metrics},
+                               lambda: self._subset(*self._table_pairs()[:2]))
         parts_x, parts_y = [], []
         if self._warm_histories:
-            key = (self._warm_tables, self.source, self._metrics)
-            if key not in _WARM_CACHE:
-                _WARM_CACHE[key] = training_pairs(self._warm_histories, self.source, None, self._metrics)
-            parts_x.append(_WARM_CACHE[key][0])
-            parts_y.append(_WARM_CACHE[key][1])
+            parts_x.append(self._table_pairs()[0])
+            parts_y.append(self._table_pairs()[1])
         want = feature_names(self.source, self._metrics)
         for uri, registered in self._registered:
             if getattr(registered, "feature_names_", None) != want:
@@ -279,7 +233,13 @@ class ForecastPruner(BasePruner):
             parts_y.append(registered.train_y_)
         if not parts_x:
             return None
-        return np.vstack(parts_x), np.concatenate(parts_y)
+        return self._subset(np.vstack(parts_x), np.concatenate(parts_y))
+
+    def _subset(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if len(y) > self.warm_rows:
+            pick = np.random.default_rng(self.seed).choice(len(y), self.warm_rows, replace=False)
+            X, y = X[pick], y[pick]
+        return X, y
 
     def _history(self, trial: FrozenTrial, history: History | None = None) -> dict[str, Any]:
         """The trial's per-epoch history (val_acc completed from its intermediate values where its records lack
@@ -320,7 +280,7 @@ class ForecastPruner(BasePruner):
         if not len(y_own) and self._warm is not None:  # the warm prior alone: the same for every study
             key = (self._warm_key, repr(sorted(self._template().get_params().items())))
             if key not in _PRIOR_CACHE:
-                _PRIOR_CACHE[key] = self._template().fit(*self._warm_subset())
+                _PRIOR_CACHE[key] = self._fit_prior()
             self._model, self._fitted_on = _PRIOR_CACHE[key], n
             return self._model
         # the own rows' weight by repetition: scikit-learn's weighted binning is many times slower
@@ -335,11 +295,15 @@ class ForecastPruner(BasePruner):
         return model
 
     def _warm_subset(self) -> tuple[np.ndarray, np.ndarray]:
-        Xw, yw = self._warm
-        if len(yw) > self.warm_rows:
-            pick = np.random.default_rng(self.seed).choice(len(yw), self.warm_rows, replace=False)
-            Xw, yw = Xw[pick], yw[pick]
-        return Xw, yw
+        return self._warm
+
+    def _fit_prior(self) -> FinalAccuracyForecaster:
+        """The forecaster fitted on the warm rows alone (kept on disk when they come from the tables alone)."""
+        if self._registered:
+            return self._template().fit(*self._warm_subset())
+        params = repr(sorted(self._template().get_params().items()))
+        return disk_cached("warm_prior", {**self._warm_content, "metrics": self._metrics, "template": params},
+                           lambda: self._template().fit(*self._warm_subset()))
 
     def prob_beat_best(self, study: optuna.Study, trial: FrozenTrial, history: History | None = None,
                        recalibrated: bool = True) -> float | None:
@@ -368,9 +332,10 @@ class ForecastPruner(BasePruner):
             return Recalibration()
         key = (self._warm_key, self._metrics, repr(sorted(self._template().get_params().items())))
         if key not in _RECAL_CACHE:
-            pairs = _WARM_CACHE[(self._warm_tables, self.source, self._metrics)]
-            _RECAL_CACHE[key] = r = fit_recalibration(self._warm_histories, self._warm_names, pairs, self._template,
-                                                      self.source, self._metrics, rows=self.warm_rows, seed=self.seed)
+            _RECAL_CACHE[key] = r = disk_cached(
+                "recalibration", {**self._warm_content, "metrics": self._metrics, "template": key[2]},
+                lambda: fit_recalibration(self._warm_histories, self._warm_names, self._table_pairs(), self._template,
+                                          self.source, self._metrics, rows=self.warm_rows, seed=self.seed))
             log.info(f"forecast pruner: P(final >= best) recalibrated on {r.points} forecasts of trainings held "
                      f"out of the fit (logit slope {r.slope:.2f}, intercept {r.intercept:.2f}); the prune rule, the "
                      f"forecast's own P < {self.delta:g}, is a recalibrated P < {float(r(self.delta)):.3f}")

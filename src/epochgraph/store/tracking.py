@@ -203,9 +203,11 @@ def _last_write(path: Path) -> float:
 
 def _build_schema(path: Path) -> Path:
     """A complete MLflow schema in a new file beside ``path`` (no other process knows of it)."""
+    from epochgraph.store.schema_template import build_store
+
     built = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.new")  # a new name: MLflow caches stores by URI
-    try:
-        MlflowClient(tracking_uri=f"sqlite:///{built}").search_experiments(max_results=1)  # no WAL: all in the file
+    try:  # no WAL: all in the file
+        build_store(built, lambda p: MlflowClient(tracking_uri=f"sqlite:///{p}").search_experiments(max_results=1))
     except BaseException:
         built.unlink(missing_ok=True)
         raise
