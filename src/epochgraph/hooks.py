@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from torch import nn
 
@@ -16,7 +17,8 @@ class EpochState:
     entries (for example the graph stage adds ``sig/<centrality>/<aggregator>`` and ``time/graph_s``),
     and the MLflow logger, which runs last, logs all of them with ``step=epoch``.
     ``tags`` collects run tags the hooks want set (for example ``diverged``). A hook sets ``prune``
-    to stop the run after this epoch (the remaining hooks still see the epoch).
+    to stop the run after this epoch (the remaining hooks still see the epoch). ``checkpoint()``, where the
+    loop offers it, captures what the training resumes from exactly (`epochgraph.training.checkpoint`).
     """
 
     epoch: int
@@ -25,6 +27,7 @@ class EpochState:
     diverged: bool = False
     tags: dict[str, str] = field(default_factory=dict)
     prune: bool = False
+    checkpoint: Callable[[], Any] | None = None
 
 
 class EpochHook(Protocol):

@@ -15,6 +15,7 @@ from torch import nn
 from epochgraph.errors import EpochgraphError, choice_error
 from epochgraph.hooks import EpochHook, EpochState
 from epochgraph.models import build_from_config
+from epochgraph.training.checkpoint import Checkpoint
 from epochgraph.training.data import Splits, load_data
 from epochgraph.training.schedule import augment_batch, build_scheduler, is_per_batch
 
@@ -116,12 +117,15 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
     return max(1, math.ceil(n_train / batch_size))
 
 
-def train(cfg: Mapping[str, Any], hooks: Sequence[EpochHook] = (), splits: Splits | None = None) -> TrainResult:
+def train(cfg: Mapping[str, Any], hooks: Sequence[EpochHook] = (), splits: Splits | None = None,
+          resume: Checkpoint | None = None) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data`` for ``cfg.trainer.epochs`` epochs, calling ``hooks`` after each.
 
     A non-finite training loss stops the run: the epoch is reported with ``diverged=True`` (so the hooks
     can log it) and no further epoch runs. A hook that sets ``state.prune`` stops the run after that
-    epoch (``pruned_at_epoch``).
+    epoch (``pruned_at_epoch``); ``state.checkpoint()`` gives the hooks what to resume from.
+    ``resume``: a `Checkpoint` of this training (same config and seed) to go on from, its epochs not run again:
+    the weights at every later epoch are those of a training that never stopped.
     """
     trainer = cfg["trainer"]
     seed = int(cfg["seed"])
@@ -141,8 +145,13 @@ def train(cfg: Mapping[str, Any], hooks: Sequence[EpochHook] = (), splits: Split
     augment = bool(cfg["data"].get("augment", False))
     x, y = splits.x_train, splits.y_train
     result = TrainResult(epochs_run=0, diverged=False, model=model)
+    first = 1
+    if resume is not None:
+        resume.restore(model, optimizer, scheduler, gen)
+        result.history, result.epochs_run, first = [dict(h) for h in resume.history], resume.epoch, resume.epoch + 1
+        log.info("resumed after epoch %d of %d", resume.epoch, epochs)
 
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first, epochs + 1):
         start = time.perf_counter()
         model.train()
         loss_sum, correct, seen, diverged = 0.0, 0, 0, False
@@ -178,7 +187,10 @@ def train(cfg: Mapping[str, Any], hooks: Sequence[EpochHook] = (), splits: Split
             "time/epoch_s": train_time,
         }
         diverged = diverged or not math.isfinite(val_loss)
-        state = EpochState(epoch=epoch, model=model, metrics=metrics, diverged=diverged)
+        state = EpochState(epoch=epoch, model=model, metrics=metrics, diverged=diverged,
+                           # called by a hook, after this epoch joined the history
+                           checkpoint=lambda e=epoch: Checkpoint.capture(e, model, optimizer, scheduler, gen,
+                                                                         result.history))
         if diverged:
             state.metrics["diverged"] = 1.0
             state.tags["diverged"] = "true"

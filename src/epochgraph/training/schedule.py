@@ -25,8 +25,8 @@ SCHEDULES = ("none", "step", "cosine", "one_cycle")
 PER_BATCH = ("one_cycle",)
 
 
-def _setting(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    cfg = dict(cfg or {})
+def _setting(cfg: Mapping[str, Any] | str | None) -> dict[str, Any]:
+    cfg = {"name": cfg} if isinstance(cfg, str) else dict(cfg or {})  # optim.schedule=cosine: the name alone
     name = str(cfg.get("name", "none"))
     if name not in SCHEDULES:
         raise choice_error("learning-rate schedule", name, SCHEDULES, key="optim.schedule.name")
