@@ -111,3 +111,29 @@ def test_every_pruner_preset_composes_and_runs_one_trial(name, tmp_path, trackin
     storage = make_storage(cfg.storage)
     notes = storage.get_study_system_attrs(storage.get_study_id_from_name("s")).values()
     assert any(isinstance(v, str) and link in v for v in notes)
+
+
+def test_the_pruner_writes_its_forecast_into_the_trial_where_another_process_reads_it(tmp_path):
+    from epochgraph.search.epoch_report import record_forecast
+    from epochgraph.search.trial_attrs import FORECAST_ATTR, FORECAST_EPOCH_ATTR
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    pruner = SignaturePruner(bound=0.5, check_epochs=[2], n_startup_trials=6, min_per_class=2)
+    study = optuna.create_study(direction="maximize", pruner=pruner, storage=storage, study_name="s")
+    for tr in _study(4, 4).trials:
+        study.add_trial(tr)
+    trial = study.ask()
+    for key, value in _epoch_attrs(5.0, 2).items():
+        trial.set_user_attr(key, value)
+    trial.report(0.5, 1)
+    assert trial.should_prune() is False and record_forecast(trial, 1) == {}  # epoch 1: no forecast
+    trial.report(0.5, 2)
+    assert trial.should_prune() is True
+    # another process: a study loaded without the pruner that forecast, the trial rebuilt from the storage
+    other = optuna.trial.Trial(optuna.load_study(study_name="s", storage=storage), trial._trial_id)
+    shown = record_forecast(other, 2)
+    assert shown == {"forecast/probability": pytest.approx(pruner.last_forecast[trial.number])}
+    assert shown["forecast/probability"] < 0.5
+    frozen = study.trials[-1]
+    assert frozen.user_attrs[FORECAST_ATTR] == shown["forecast/probability"]
+    assert frozen.system_attrs[FORECAST_EPOCH_ATTR.format(2)] == {"probability": shown["forecast/probability"]}

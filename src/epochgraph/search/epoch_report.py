@@ -22,11 +22,9 @@ from typing import Any
 
 from epochgraph.search.trial_attrs import (
     EPOCH_ATTR,
-    FORECAST_ATTR,
-    FORECAST_FINAL_ATTR,
+    FORECAST_EPOCH_ATTR,
     FORECAST_METRICS,
     RECORDED_METRICS,
-    UPPER_ATTR,
     encode_value,
     store_attr,
     stored_attr,
@@ -133,23 +131,9 @@ def add_to_record(trial: Any, epoch: int, values: Mapping[str, float]) -> dict[s
 
 
 def record_forecast(trial: Any, epoch: int) -> dict[str, float]:
-    """Store in ``trial`` what its study's pruner forecast at the last ``should_prune()`` of epoch ``epoch``.
-
-    `epochgraph.ForecastPruner` decides from the `FrozenTrial` and keeps its forecasts per trial number; this
-    writes the latest into the trial's user attrs (``forecast_p_high``, ``forecast_final_val_acc`` and the
-    uncalibrated upper quantile ``forecast_upper_NNN`` its calibration reads back in other processes), each
-    forecast once, at the epoch it was made. Returns them as MLflow metrics for ``step=epoch``
-    (``forecast/probability``, ``forecast/final_val_acc``, ``forecast/upper``: the calibrated bound the
-    pruner compares with the best), empty for an epoch the pruner forecast nothing at.
-    """
-    pruner: Mapping[str, Any] | Any = getattr(getattr(trial, "study", None), "pruner", None)
-    number = getattr(trial, "number", None)
-    made = {name: getattr(pruner, attr, {}).pop(number, None) for name, attr in (
-        ("probability", "last_forecast"), ("final", "last_forecast_value"), ("upper", "last_forecast_bound"))}
-    for name, attr in (("probability", FORECAST_ATTR), ("final", FORECAST_FINAL_ATTR)):
-        if made[name] is not None:
-            trial.set_user_attr(attr, float(made[name]))
-    upper = getattr(pruner, "last_forecast_upper", {}).pop(number, None)
-    if upper is not None:  # kept for the pruner's calibration on this study's completed trials
-        store_attr(trial, UPPER_ATTR.format(int(epoch)), float(upper))
-    return {FORECAST_METRICS[name]: float(v) for name, v in made.items() if v is not None}
+    """What the study's pruner forecast at the last ``should_prune()`` of epoch ``epoch``, read from ``trial``
+    (the pruner wrote it there: `epochgraph.search.trial_attrs.write_forecast`), as MLflow metrics for
+    ``step=epoch`` (``forecast/probability``, ``forecast/final_val_acc``, ``forecast/upper``: the calibrated
+    bound the pruner compares with the best); empty for an epoch the pruner forecast nothing at."""
+    made = stored_attr(trial, FORECAST_EPOCH_ATTR.format(int(epoch))) or {}
+    return {FORECAST_METRICS[name]: float(v) for name, v in made.items() if name in FORECAST_METRICS and v is not None}

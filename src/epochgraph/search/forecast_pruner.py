@@ -50,6 +50,7 @@ from epochgraph.search.trial_attrs import (
     trial_attr,
     trial_history,
     with_reported_values,
+    write_forecast,
 )
 from epochgraph.search.undecided import undecided
 
@@ -170,9 +171,11 @@ class ForecastPruner(BasePruner):
         self._model: FinalAccuracyForecaster | None = None
         self._fitted_on = -1  # finished trials at the last fit (-1: never)
         self._histories: dict[int, History] = {}  # finished trial number -> history (they do not change)
-        self.last_forecast: dict[int, float] = {}  # trial number -> P(final >= best), for the job to record
+        # what the last call forecast for each trial (a replay's or a test's view): what the job, the callback
+        # and other workers read is what `prune` wrote into the trial itself (`write_forecast`)
+        self.last_forecast: dict[int, float] = {}  # trial number -> P(final >= best), recalibrated
         self.last_forecast_value: dict[int, float] = {}  # trial number -> forecast median final val_acc
-        self.last_forecast_upper: dict[int, float] = {}  # trial number -> uncalibrated upper quantile, for the job
+        self.last_forecast_upper: dict[int, float] = {}  # trial number -> uncalibrated upper quantile
         self.last_forecast_bound: dict[int, float] = {}  # trial number -> calibrated upper bound, as compared
         self._uppers: dict[int, dict[int, float]] = {}  # trial number -> epoch -> upper quantile forecast then
 
@@ -434,8 +437,18 @@ class ForecastPruner(BasePruner):
         return max(margin, 0.0)
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        for made in (self.last_forecast, self.last_forecast_value, self.last_forecast_bound):
-            made.pop(trial.number, None)  # what is recorded for this epoch is what this call forecasts
+        made = (self.last_forecast, self.last_forecast_value, self.last_forecast_bound, self.last_forecast_upper)
+        for forecasts in made:
+            forecasts.pop(trial.number, None)  # what is recorded for this epoch is what this call forecasts
+        decision = self._decide(study, trial)
+        n = trial.number
+        if trial.last_step is not None and (n in self.last_forecast or n in self.last_forecast_value):
+            write_forecast(study, trial, int(trial.last_step), {
+                "probability": self.last_forecast.get(n), "final": self.last_forecast_value.get(n),
+                "upper": self.last_forecast_bound.get(n)}, upper=self.last_forecast_upper.get(n))
+        return decision
+
+    def _decide(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         history = trial_history(trial)
         if history and diverged(history):
             self.last_forecast[trial.number] = 0.0

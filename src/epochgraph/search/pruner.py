@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from epochgraph.forecast.predictor import FeatureSpec, LabelRule, SignaturePredictor, load_predictor
 from epochgraph.graph.centrality import CENTRALITIES
-from epochgraph.search.trial_attrs import diverged, trial_history
+from epochgraph.search.trial_attrs import diverged, trial_history, write_forecast
 from epochgraph.search.undecided import undecided
 
 
@@ -81,7 +81,7 @@ class SignaturePruner(BasePruner):
         self.refit_every = int(refit_every)
         self._cache: dict[tuple[int, frozenset[int]], SignaturePredictor | None] = {}
         self._last_fit: dict[int, tuple[int, SignaturePredictor | None]] = {}  # t -> (n completed, predictor)
-        self.last_forecast: dict[int, float] = {}  # trial number -> last P(high), for the job to record
+        self.last_forecast: dict[int, float] = {}  # trial number -> the last call's P(high) (the trial has it too)
 
     def _online(self, study: optuna.Study, t: int) -> SignaturePredictor | None:
         done = [tr for tr in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -120,6 +120,14 @@ class SignaturePruner(BasePruner):
         return float(predictor.predict_proba_high([history])[0])
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        self.last_forecast.pop(trial.number, None)
+        decision = self._decide(study, trial)
+        p = self.last_forecast.get(trial.number)
+        if p is not None and trial.last_step is not None:  # into the trial, where the job reads it
+            write_forecast(study, trial, int(trial.last_step), {"probability": p})
+        return decision
+
+    def _decide(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         history = trial_history(trial)
         if history and diverged(history):
             self.last_forecast[trial.number] = 0.0

@@ -18,7 +18,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from optuna.trial import FrozenTrial
+import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from epochgraph.forecast.predictor import CURVE_METRICS
 from epochgraph.graph.signature import NONFINITE
@@ -30,14 +31,15 @@ FORECAST_FINAL_ATTR = "forecast_final_val_acc"  # the forecast final val_acc (Fo
 FORECAST_METRICS = {"probability": "forecast/probability", "final": "forecast/final_val_acc",
                     "upper": "forecast/upper"}
 UPPER_ATTR = "forecast_upper_{:03d}"  # the upper quantile forecast at that epoch (ForecastPruner)
+FORECAST_EPOCH_ATTR = "forecast_{:03d}"  # what the pruner forecast at that epoch ({name: value}, FORECAST_METRICS)
 UNDECIDED_ATTR = "forecast_undecided_{:03d}"  # why the pruner could not forecast at that epoch (kept the trial)
 SCHEDULE_ATTR = "lr_schedule"  # the LR of every epoch of the training, planned before it starts
 RECORDED_METRICS = (*CURVE_METRICS, "lr")  # the curve values an epoch's record holds (beside sig/...)
 
-__all__ = ["EPOCH_ATTR", "FORECAST_ATTR", "FORECAST_FINAL_ATTR", "FORECAST_METRICS", "RECORDED_METRICS",
-           "SCHEDULE_ATTR", "UNDECIDED_ATTR", "UPPER_ATTR", "diverged", "encode_value", "epoch_records",
-           "planned_schedule", "stored_attr", "store_attr", "trial_attr", "trial_history",
-           "with_reported_values"]
+__all__ = ["EPOCH_ATTR", "FORECAST_ATTR", "FORECAST_EPOCH_ATTR", "FORECAST_FINAL_ATTR", "FORECAST_METRICS",
+           "RECORDED_METRICS", "SCHEDULE_ATTR", "UNDECIDED_ATTR", "UPPER_ATTR", "diverged", "encode_value",
+           "epoch_records", "planned_schedule", "stored_attr", "store_attr", "trial_attr", "trial_history",
+           "with_reported_values", "write_forecast"]
 
 
 NONFINITE_VALUES = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -50,6 +52,32 @@ def store_attr(trial: Any, key: str, value: Any) -> None:
 
     if not set_system_attr(trial, key, value):
         trial.set_user_attr(key, value)
+
+
+def write_forecast(study: Any, trial: FrozenTrial, epoch: int, forecast: Mapping[str, float | None],
+                   upper: float | None = None) -> bool:
+    """A pruner writes what it forecast at ``epoch`` into the live ``trial`` it was asked about, through the
+    study's storage (as Optuna's SuccessiveHalving writes its rung), so that the job, the Lightning callback and
+    other workers read it from the trial, never from the pruner object: ``forecast`` ({``probability``,
+    ``final``, ``upper``}: `FORECAST_METRICS`' names) in the system attr ``forecast_NNN``, the last probability
+    and final in the user attrs people read (``forecast_p_high``, ``forecast_final_val_acc``), and ``upper``
+    (the uncalibrated upper quantile the pruner's calibration reads back) in ``forecast_upper_NNN``. False, and
+    nothing written, for a trial that is not a running trial of the study (built by hand, already finished)."""
+    trial_id = getattr(trial, "_trial_id", None)
+    if trial_id is None or trial_id < 0 or getattr(trial, "state", None) not in (None, TrialState.RUNNING):
+        return False
+    values = {k: float(v) for k, v in forecast.items() if v is not None}
+    storage = study._storage
+    try:
+        storage.set_trial_system_attr(trial_id, FORECAST_EPOCH_ATTR.format(int(epoch)), values)
+        if upper is not None:
+            storage.set_trial_system_attr(trial_id, UPPER_ATTR.format(int(epoch)), float(upper))
+        for name, attr in (("probability", FORECAST_ATTR), ("final", FORECAST_FINAL_ATTR)):
+            if name in values:
+                storage.set_trial_user_attr(trial_id, attr, values[name])
+    except (KeyError, RuntimeError, optuna.exceptions.OptunaError):  # unknown or finished meanwhile
+        return False
+    return True
 
 
 def stored_attr(trial: Any, key: str) -> Any:
