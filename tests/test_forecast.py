@@ -347,3 +347,21 @@ def test_min_progress_keeps_every_trial_for_that_share_of_its_epochs(tmp_path):
     assert pruner.prune(study, _trial(hopeless, 5)) is True
     with pytest.raises(ValueError, match="min_progress=1.0 must be in"):
         ForecastPruner(max_epoch=EPOCHS, min_progress=1.0)
+
+
+def test_a_trial_that_declares_its_own_length_is_forecast_to_its_own_end(tmp_path):
+    from epochgraph.search.trial_attrs import PLANNED_EPOCHS_ATTR
+
+    _table(tmp_path, population(40), "warm")
+    pruner = ForecastPruner(max_epoch=EPOCHS, warm_start=str(tmp_path), min_rank_corr=None)
+    study = _study(pruner, [curve(0.85, 0.6)])
+    long_run = curve(0.9, 0.2, tau=8.0, epochs=2 * EPOCHS)
+    at_max = _trial(long_run, EPOCHS)
+    # without a declared length the pruner's max_epoch is its end: nothing left to forecast at that step
+    assert pruner.prob_beat_best(study, at_max) is None
+    declared = _trial(long_run, EPOCHS)
+    declared.user_attrs[PLANNED_EPOCHS_ATTR] = 2 * EPOCHS  # as a trial without a storage keeps it
+    p = pruner.prob_beat_best(study, declared)
+    assert p is not None and 0 <= p <= 1
+    # halfway through its 20 epochs is forecast as halfway, not as an end at 10
+    assert pruner.last_forecast_value[declared.number] > long_run["val_acc"][EPOCHS - 1]

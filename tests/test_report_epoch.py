@@ -205,3 +205,17 @@ def test_intermediate_values_fill_only_the_epochs_without_a_record():
     history = with_reported_values(trial_history(trial), trial)
     # epoch 2 was recorded without val_acc: it stays missing (its reported 0.0 is no accuracy); epoch 3 has none
     assert history == {"val_acc": [0.3, None, 0.5], "val_loss": [1.9, 1.7]}
+
+
+def test_a_trial_declares_its_own_length_once_and_a_bad_one_is_one_line():
+    from epochgraph.search.trial_attrs import PLANNED_EPOCHS_ATTR, planned_epochs
+
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    report_epoch(trial, 1, val_acc=0.3, planned_epochs=40)
+    report_epoch(trial, 2, val_acc=0.4, planned_epochs=40)
+    assert planned_epochs(study.trials[0]) == 40
+    assert study.trials[0].system_attrs[PLANNED_EPOCHS_ATTR] == 40
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match=rf"^planned_epochs={bad!r} must be a positive integer"):
+            report_epoch(trial, 3, val_acc=0.4, planned_epochs=bad)

@@ -32,7 +32,7 @@ from epochgraph.forecast.predictor import CURVE_METRICS
 from epochgraph.forecast.records import RunRecord, trained_epochs
 from epochgraph.graph.signature import NONFINITE
 from epochgraph.paths import CONF_DIR
-from epochgraph.search.trial_attrs import EPOCH_ATTR, encode_value, store_attr
+from epochgraph.search.trial_attrs import EPOCH_ATTR, PLANNED_EPOCHS_ATTR, encode_value, store_attr
 
 PrunerFactory = Callable[[], optuna.pruners.BasePruner]
 METRICS = ("epochs_frac", "regret", "false_prune", "high_pruned", "pruned", "pruner_s")
@@ -50,6 +50,14 @@ def reported_keys(run: RunRecord) -> list[str]:
     return [key for key, values in run.history.items()
             if (key.startswith("sig/") or key == NONFINITE or key in CURVE_METRICS)
             and any(v is not None and math.isfinite(float(v)) for v in values)]
+
+
+def planned_length(run: RunRecord) -> int:
+    """The epochs ``run`` was planned for: its ``trainer.epochs`` where recorded, else the epochs it trained."""
+    try:
+        return max(1, int(float(run.params["trainer.epochs"])))
+    except (KeyError, TypeError, ValueError):
+        return run_length(run)
 
 
 def _epoch_attrs(run: RunRecord, i: int, keys: Sequence[str] | None = None) -> dict[str, float | str | None]:
@@ -80,6 +88,7 @@ def replay(runs: Sequence[RunRecord], order: Sequence[int], pruner: optuna.prune
         length = run_length(run)
         budget += length
         trial = study.ask()
+        store_attr(trial, PLANNED_EPOCHS_ATTR, planned_length(run))  # each recorded training its own length
         keys = reported_keys(run)
         for e in range(length):
             store_attr(trial, EPOCH_ATTR.format(e + 1), _epoch_attrs(run, e, keys))

@@ -24,6 +24,7 @@ from epochgraph.search.trial_attrs import (
     EPOCH_ATTR,
     FORECAST_EPOCH_ATTR,
     FORECAST_METRICS,
+    PLANNED_EPOCHS_ATTR,
     RECORDED_METRICS,
     encode_value,
     store_attr,
@@ -51,7 +52,7 @@ def _active_mlflow_run() -> Any:
     return mlflow.active_run() if mlflow is not None else None
 
 
-def report_epoch(trial: Any, epoch: int, *, val_acc: float, model: Any = None,
+def report_epoch(trial: Any, epoch: int, *, val_acc: float, model: Any = None, planned_epochs: int | None = None,
                  **metrics: float | None) -> dict[str, float | str]:
     """Record epoch ``epoch`` of a training in its Optuna ``trial`` and report ``val_acc`` to its pruner.
 
@@ -72,6 +73,9 @@ def report_epoch(trial: Any, epoch: int, *, val_acc: float, model: Any = None,
         val_acc: the validation accuracy after that epoch, in [0, 1]; a non-finite one is reported as 0.0
             (and recorded as it was: the run diverged).
         model: the network, whose signature is computed and recorded (``sig/<centrality>/<aggregator>``).
+        planned_epochs: the epochs this training is planned for, when trials of the study differ in length
+            (declared once, in the trial's ``planned_epochs``): the forecast pruner then compares the trial
+            with its own end; without it, with the pruner's ``max_epoch``.
         metrics: more values of the epoch: ``val_loss``, ``train_acc``, ``train_loss``, ``lr`` and
             ``sig/...`` keys are recorded for the pruners; every one is logged to MLflow. None = not measured.
 
@@ -79,6 +83,11 @@ def report_epoch(trial: Any, epoch: int, *, val_acc: float, model: Any = None,
         The epoch's record as stored in the trial.
     """
     epoch, values = epoch_values(epoch, val_acc, model, metrics)
+    if planned_epochs is not None:
+        if isinstance(planned_epochs, bool) or not isinstance(planned_epochs, numbers.Integral) or planned_epochs < 1:
+            raise ValueError(f"planned_epochs={planned_epochs!r} must be a positive integer (the training's epochs)")
+        if stored_attr(trial, PLANNED_EPOCHS_ATTR) != int(planned_epochs):
+            store_attr(trial, PLANNED_EPOCHS_ATTR, int(planned_epochs))
     record = record_epoch(trial, epoch, values)
     if _active_mlflow_run() is not None:
         import mlflow

@@ -46,6 +46,7 @@ from epochgraph.forecast.warm_start import warm_histories, warm_populations, war
 from epochgraph.search.trial_attrs import (
     UPPER_ATTR,
     diverged,
+    planned_epochs,
     planned_schedule,
     trial_attr,
     trial_history,
@@ -248,7 +249,11 @@ class ForecastPruner(BasePruner):
         """The trial's per-epoch history (val_acc completed from its intermediate values where its records lack
         it) with its planned epochs and the LR schedule it declared."""
         history = with_reported_values(trial_history(trial) if history is None else history, trial)
-        return with_plan(history, self.max_epoch, planned_schedule(trial))
+        return with_plan(history, self._planned(trial), planned_schedule(trial))
+
+    def _planned(self, trial: FrozenTrial) -> int:
+        """The trial's own planned epochs where it declared them (`planned_epochs`), else ``max_epoch``."""
+        return planned_epochs(trial) or self.max_epoch
 
     def _use_metrics(self, history: History) -> None:
         """Fix the features at the first forecast: the curve metrics the study reports, and only those."""
@@ -277,7 +282,7 @@ class ForecastPruner(BasePruner):
                                       and n >= max(self._fitted_on * self.refit_growth, self._fitted_on + 5))
         if not due:
             return self._model
-        X_own, y_own, _ = training_pairs(finished, self.source, self.max_epoch, self._metrics)
+        X_own, y_own, _ = training_pairs(finished, self.source, None, self._metrics)
         if self._warm is None and (n < self.min_trials or len(y_own) < 2):
             return None
         if not len(y_own) and self._warm is not None:  # the warm prior alone: the same for every study
@@ -349,7 +354,8 @@ class ForecastPruner(BasePruner):
         """P(the trial's final val_acc >= the best completed value) at its last epoch, or None when no
         forecast is due (before ``min_epoch``, at the last epoch, no completed trial, no forecaster)."""
         step = trial.last_step
-        if step is None or step < self.min_epoch or step >= self.max_epoch:
+        T = self._planned(trial)
+        if step is None or step < self.min_epoch or step >= T:
             return None
         values = [tr.value for tr in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                   if tr.value is not None and math.isfinite(tr.value)]
@@ -358,7 +364,7 @@ class ForecastPruner(BasePruner):
         model = self.forecaster(study)
         if model is None:
             return None
-        x = pair_features(history, step, self.max_epoch, self.source, self._metrics, self.max_epoch)[None, :]
+        x = pair_features(history, step, T, self.source, self._metrics, T)[None, :]
         now = float(x[0, 0])
         q = model.predict_quantiles(x)  # one prediction serves both the median and P(final >= best)
         upper = now + float(q[0, int(np.argmin(np.abs(model.levels_ - (1.0 - self.delta))))])  # level 1 - delta

@@ -24,7 +24,13 @@ from hydra.utils import instantiate
 from epochgraph.errors import EpochgraphError
 from epochgraph.hooks import EpochState
 from epochgraph.search.epoch_report import record_forecast, report_epoch
-from epochgraph.search.trial_attrs import FORECAST_ATTR, FORECAST_METRICS, SCHEDULE_ATTR, store_attr
+from epochgraph.search.trial_attrs import (
+    FORECAST_ATTR,
+    FORECAST_METRICS,
+    PLANNED_EPOCHS_ATTR,
+    SCHEDULE_ATTR,
+    store_attr,
+)
 from epochgraph.store import optuna_internals
 from epochgraph.store.storage import make_storage
 
@@ -72,6 +78,7 @@ class TrialReporter:
                                   f"start the sweep with -m hydra/sweeper=epochgraph") from None
         trial = optuna.trial.Trial(study, optuna_internals.trial_id(study, int(opt["trial_number"])))
         store_attr(trial, SCHEDULE_ATTR, declared_schedule(cfg))  # what a forecaster may expect of the LR
+        store_attr(trial, PLANNED_EPOCHS_ATTR, int(cfg["trainer"]["epochs"]))  # its own length: a sweep may search it
         return cls(study, trial)
 
     def close(self) -> None:

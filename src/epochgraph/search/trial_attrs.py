@@ -33,13 +33,14 @@ FORECAST_METRICS = {"probability": "forecast/probability", "final": "forecast/fi
 UPPER_ATTR = "forecast_upper_{:03d}"  # the upper quantile forecast at that epoch (ForecastPruner)
 FORECAST_EPOCH_ATTR = "forecast_{:03d}"  # what the pruner forecast at that epoch ({name: value}, FORECAST_METRICS)
 UNDECIDED_ATTR = "forecast_undecided_{:03d}"  # why the pruner could not forecast at that epoch (kept the trial)
+PLANNED_EPOCHS_ATTR = "planned_epochs"  # the epochs the training is planned for (its own T), declared at its start
 SCHEDULE_ATTR = "lr_schedule"  # the LR of every epoch of the training, planned before it starts
 RECORDED_METRICS = (*CURVE_METRICS, "lr")  # the curve values an epoch's record holds (beside sig/...)
 
 __all__ = ["EPOCH_ATTR", "FORECAST_ATTR", "FORECAST_EPOCH_ATTR", "FORECAST_FINAL_ATTR", "FORECAST_METRICS",
-           "RECORDED_METRICS", "SCHEDULE_ATTR", "UNDECIDED_ATTR", "UPPER_ATTR", "diverged", "encode_value",
-           "epoch_records", "planned_schedule", "stored_attr", "store_attr", "trial_attr", "trial_history",
-           "with_reported_values", "write_forecast"]
+           "PLANNED_EPOCHS_ATTR", "RECORDED_METRICS", "SCHEDULE_ATTR", "UNDECIDED_ATTR", "UPPER_ATTR",
+           "diverged", "encode_value", "epoch_records", "planned_epochs", "planned_schedule", "store_attr",
+           "stored_attr", "trial_attr", "trial_history", "with_reported_values", "write_forecast"]
 
 
 NONFINITE_VALUES = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -162,6 +163,18 @@ def diverged(history: Mapping[str, Sequence[float | None]]) -> bool:
     flags = history.get(NONFINITE) or []
     losses = list(history.get("train_loss") or []) + list(history.get("val_loss") or [])
     return any(f is not None and f > 0 for f in flags) or any(v is not None and not math.isfinite(v) for v in losses)
+
+
+def planned_epochs(trial: FrozenTrial) -> int | None:
+    """The epochs the trial declared it trains for (``planned_epochs``), or None if it did not: trials of one
+    study may differ in length (a sweep that searches ``trainer.epochs``), and a pruner compares each with its
+    own end, not with a common last step."""
+    value = trial_attr(trial, PLANNED_EPOCHS_ATTR)
+    try:
+        planned = int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+    return planned if planned and planned >= 1 else None
 
 
 def planned_schedule(trial: FrozenTrial) -> list[float] | None:
