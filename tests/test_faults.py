@@ -310,6 +310,7 @@ def test_opening_retries_while_the_schema_is_being_created_and_not_for_a_broken_
         return real(self, *args, **kwargs)
 
     slept = []
+    monkeypatch.setenv("EPOCHGRAPH_CACHE_DIR", "off")  # the schema built by MLflow's migrations, not copied
     monkeypatch.setattr(tracking.time, "sleep", slept.append)
     monkeypatch.setattr(MlflowClient, "search_experiments", mid_creation)
     assert tracking.get_client(f"sqlite:///{tmp_path}/a/mlflow.db") is not None

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from epochgraph.forecast import warm_cache
 from epochgraph.forecast.warm_cache import disk_cached
+from epochgraph.paths import CACHE_ENV
 from epochgraph.search import forecast_pruner
 from epochgraph.search.forecast_pruner import ForecastPruner
 from tests.test_forecast import EPOCHS, _study, _table, _trial, curve, population
@@ -13,7 +13,7 @@ from tests.test_forecast import EPOCHS, _study, _table, _trial, curve, populatio
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     folder = tmp_path / "cache"
-    monkeypatch.setenv(warm_cache.CACHE_ENV, str(folder))
+    monkeypatch.setenv(CACHE_ENV, str(folder))
     return folder
 
 
@@ -31,7 +31,7 @@ def test_a_result_is_computed_once_per_key_and_again_for_another(cache):
 
 
 def test_turned_off_it_computes_every_time(monkeypatch):
-    monkeypatch.setenv(warm_cache.CACHE_ENV, "off")
+    monkeypatch.setenv(CACHE_ENV, "off")
     calls = []
     for _ in range(2):
         disk_cached("thing", {"a": 1}, lambda: calls.append(1))
@@ -68,7 +68,7 @@ def test_a_new_process_forecasts_the_same_from_the_disk_without_reading_the_tabl
     assert again == first and not made
     # changed tables are read again, and learnt from again
     monkeypatch.undo()
-    monkeypatch.setenv(warm_cache.CACHE_ENV, str(cache))
+    monkeypatch.setenv(CACHE_ENV, str(cache))
     _table(tmp_path / "tables", population(30, seed=3), "b")
     _fresh_process(monkeypatch)
     changed = _forecast(tmp_path)
@@ -84,3 +84,26 @@ def test_an_unreadable_entry_is_made_again_and_said_in_one_line(cache, caplog):
     assert disk_cached("thing", {"a": 1}, lambda: [5]) == [4]  # the entry made again is read back
     (line,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert line.startswith("the cached thing in ") and line.endswith("; making it again")
+
+
+def test_a_new_mlflow_store_is_a_copy_of_an_empty_one_with_the_default_experiment_where_mlflow_puts_it(
+        cache, tmp_path, monkeypatch):
+    from epochgraph.store import schema_template
+    from epochgraph.store.tracking import get_client
+
+    migrated = []
+    real = schema_template.build_store
+    monkeypatch.setattr(schema_template, "build_store",
+                        lambda built, migrate: real(built, lambda p: migrated.append(p) or migrate(p)))
+    for name in ("a", "b"):
+        monkeypatch.chdir(tmp_path / name if (tmp_path / name).mkdir() is None else tmp_path)
+        client = get_client(f"sqlite:///{tmp_path / name / 'mlflow.db'}")
+        exp = client.get_experiment("0")
+        assert exp.artifact_location == str(tmp_path / name / "mlruns" / "0")
+        run = client.create_run(client.create_experiment(f"exp-{name}"))
+        client.log_metric(run.info.run_id, "val_acc", 0.5, step=1)
+    assert len(migrated) == 1  # the second store was copied from the first, still empty one
+    template = schema_template.template_path()
+    assert template.parent == cache and template.exists()
+    again = get_client(f"sqlite:///{tmp_path / 'c.db'}")
+    assert [e.name for e in again.search_experiments()] == ["Default"]  # nothing of a or b in it

@@ -32,10 +32,18 @@ from epochgraph.forecast.predictor import CURVE_METRICS
 from epochgraph.forecast.records import RunRecord, trained_epochs
 from epochgraph.graph.signature import NONFINITE
 from epochgraph.paths import CONF_DIR
-from epochgraph.search.trial_attrs import EPOCH_ATTR, PLANNED_EPOCHS_ATTR, encode_value, store_attr
+from epochgraph.search.trial_attrs import (
+    EPOCH_ATTR,
+    PAUSED_ATTR,
+    PLANNED_EPOCHS_ATTR,
+    RESUMED_BY_ATTR,
+    RESUMED_FROM_ATTR,
+    encode_value,
+    store_attr,
+)
 
 PrunerFactory = Callable[[], optuna.pruners.BasePruner]
-METRICS = ("epochs_frac", "regret", "false_prune", "high_pruned", "pruned", "pruner_s")
+METRICS = ("epochs_frac", "regret", "false_prune", "high_pruned", "pruned", "pruner_s", "best_done_frac", "resumed")
 
 
 def run_length(run: RunRecord) -> int:
@@ -78,41 +86,95 @@ def _light(run: RunRecord) -> RunRecord:
 
 def replay(runs: Sequence[RunRecord], order: Sequence[int], pruner: optuna.pruners.BasePruner,
            high_quantile: float = 0.5) -> dict[str, float]:
-    """Replay ``runs`` in ``order`` through ``pruner``; the metrics of the module docstring."""
+    """Replay ``runs`` in ``order`` through ``pruner``; the metrics of the module docstring.
+
+    A pruner that pauses (``pruner.pause`` and a ``should_resume(study, trial)``) is replayed as the sweeper runs
+    it: a pruned trial whose curve did not diverge is paused; before each new trial every paused one is asked
+    whether it should resume (the likeliest first), and once every trial started, each paused one is asked
+    once more. A resumed trial is a new trial that carries the paused one's epochs (its records and values)
+    and trains on from where it paused: no epoch counts twice."""
     study = optuna.create_study(direction="maximize", pruner=pruner, sampler=optuna.samplers.RandomSampler(0))
-    trained = budget = 0
-    prune_time = 0.0
-    completed, pruned = [], []
-    for i in order:
+    pausing = bool(getattr(pruner, "pause", False)) and hasattr(pruner, "should_resume")
+    finals = np.nan_to_num(np.array([r.final_acc for r in runs]))
+    best_run = int(max(order, key=lambda i: finals[i])) if len(order) else -1
+    clock = {"trained": 0, "pruner_s": 0.0, "best_done": math.nan}
+    budget = sum(run_length(runs[i]) for i in order)
+    completed, pruned, paused = [], [], {}  # paused: run index -> (its trial's number, the epoch it paused at)
+
+    def play(i: int, start: int = 0, resumes: int | None = None) -> None:
         run = runs[i]
         length = run_length(run)
-        budget += length
         trial = study.ask()
         store_attr(trial, PLANNED_EPOCHS_ATTR, planned_length(run))  # each recorded training its own length
+        if resumes is not None:
+            trial.set_user_attr(RESUMED_FROM_ATTR, resumes)
         keys = reported_keys(run)
         for e in range(length):
             store_attr(trial, EPOCH_ATTR.format(e + 1), _epoch_attrs(run, e, keys))
             value = run.history["val_acc"][e]
             trial.report(float(value) if value is not None and math.isfinite(value) else 0.0, e + 1)
-            start = time.perf_counter()
+            if e < start:  # carried over from the paused trial: trained once, before it paused
+                continue
+            begin = time.perf_counter()
             stop = trial.should_prune()
-            prune_time += time.perf_counter() - start
-            trained += 1
+            clock["pruner_s"] += time.perf_counter() - begin
+            clock["trained"] += 1
             if stop:
                 study.tell(trial, state=TrialState.PRUNED)
-                pruned.append(i)
-                break
-        else:
-            study.tell(trial, run.final_acc if math.isfinite(run.final_acc) else 0.0)
-            completed.append(i)
-    finals = np.nan_to_num(np.array([r.final_acc for r in runs]))
-    high = finals >= np.quantile(finals, high_quantile)
+                if pausing and not _diverged_at(run, e):
+                    store_attr(trial, PAUSED_ATTR, e + 1)
+                    paused[i] = (trial.number, e + 1)
+                else:
+                    pruned.append(i)
+                return
+        study.tell(trial, run.final_acc if math.isfinite(run.final_acc) else 0.0)
+        completed.append(i)
+        if i == best_run:
+            clock["best_done"] = clock["trained"]
+
+    def promote(candidates: Sequence[int]) -> bool:
+        """Resume the first of ``candidates`` (paused runs) the pruner says should resume; whether one did."""
+        for i in candidates:
+            number, epoch = paused[i]
+            frozen = study.trials[number]
+            if pruner.should_resume(study, frozen):
+                del paused[i]
+                study._storage.set_trial_system_attr(frozen._trial_id, RESUMED_BY_ATTR, len(study.trials))
+                play(i, start=epoch, resumes=number)
+                return True
+        return False
+
+    for i in order:
+        while pausing and paused and promote(_likeliest(paused, runs)):
+            pass
+        play(i)
+    if pausing:  # the budget is spent: every paused trial is asked once more
+        for i in _likeliest(paused, runs):
+            if i in paused:
+                promote([i])
+    pruned += list(paused)
+    high = finals >= np.quantile(finals[list(order)], high_quantile) if len(order) else finals > 0
     best_found = max((finals[i] for i in completed), default=0.0)
     n_high_pruned = int(sum(high[i] for i in pruned))
-    return {"epochs_frac": trained / budget, "regret": float(finals.max() - best_found),
+    return {"epochs_frac": clock["trained"] / budget, "regret": float(max(finals[list(order)]) - best_found),
             "false_prune": n_high_pruned / len(pruned) if pruned else 0.0,
-            "high_pruned": n_high_pruned / max(1, int(high.sum())), "pruned": float(len(pruned)),
-            "pruner_s": prune_time}
+            "high_pruned": n_high_pruned / max(1, int(sum(high[i] for i in order))), "pruned": float(len(pruned)),
+            "pruner_s": clock["pruner_s"], "best_done_frac": clock["best_done"] / budget,
+            "resumed": float(sum(1 for t in study.trials if RESUMED_FROM_ATTR in t.user_attrs))}
+
+
+def _likeliest(paused: Mapping[int, tuple[int, int]], runs: Sequence[RunRecord]) -> list[int]:
+    """The paused runs, latest pause first (the order of asking; each is asked with the study as it is)."""
+    return sorted(paused, key=lambda i: -paused[i][1])
+
+
+def _diverged_at(run: RunRecord, e: int) -> bool:
+    """Whether ``run``'s curve was non-finite by epoch ``e + 1`` (a diverged training is stopped for good)."""
+    for key in ("val_acc", "val_loss", "train_loss"):
+        values = run.history.get(key) or []
+        if any(v is not None and not math.isfinite(float(v)) for v in values[:e + 1]):
+            return True
+    return any(v is not None and float(v) > 0 for v in (run.history.get(NONFINITE) or [])[:e + 1])
 
 
 def _replay_order(runs: Sequence[RunRecord], order: Sequence[int], factory: PrunerFactory,

@@ -119,6 +119,15 @@ def feature_names(source: str = "curve", metrics: Sequence[str] | None = None) -
             "log_lr_now_vs_first", "log_lr_s_vs_now", "share_after_drop", "to_next_drop_frac"]
 
 
+def describe_features(metrics: Sequence[str], declared: bool) -> str:
+    """One line saying what a forecast reads (logged once per pruner)."""
+    missing = [m for m in CURVE_KEYS if m not in metrics]
+    reads = ", ".join(metrics) + (f" (the study reports no {', '.join(missing)})" if missing else "")
+    schedule = ("the LR schedule each trial declared" if declared
+                else "no LR schedule (none declared: its features are missing, the forecast is wider)")
+    return f"forecast pruner: forecasting from {reads}, the horizon relative to the trial's epochs, and {schedule}"
+
+
 class _Curves:
     """One training's per-epoch arrays (``[n]`` each), read once for all of its pairs.
 

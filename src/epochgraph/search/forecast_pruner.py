@@ -17,6 +17,7 @@ prunes when either says so (the forecast prunes earlier than the base pruner).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -30,10 +31,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from epochgraph.errors import EpochgraphError
 from epochgraph.forecast.forecaster import (
-    CURVE_KEYS,
     SCHEDULE_KEY,
     FinalAccuracyForecaster,
     History,
+    describe_features,
     feature_names,
     pair_features,
     reported_metrics,
@@ -44,6 +45,7 @@ from epochgraph.forecast.registry import fit_forecaster, load_forecaster, log_fo
 from epochgraph.forecast.warm_cache import disk_cached, tables_digest
 from epochgraph.forecast.warm_start import warm_histories, warm_populations, warm_tables, with_plan  # noqa: F401
 from epochgraph.search.trial_attrs import (
+    RESUMED_BY_ATTR,
     UPPER_ATTR,
     diverged,
     planned_epochs,
@@ -67,15 +69,6 @@ def _as_list(value: str | Sequence[str] | None) -> list[str]:
     if value is None:
         return []
     return [value] if isinstance(value, str) else [str(v) for v in value]
-
-
-def describe_features(metrics: Sequence[str], declared: bool) -> str:
-    """One line saying what a forecast reads (logged once per pruner)."""
-    missing = [m for m in CURVE_KEYS if m not in metrics]
-    reads = ", ".join(metrics) + (f" (the study reports no {', '.join(missing)})" if missing else "")
-    schedule = ("the LR schedule each trial declared" if declared
-                else "no LR schedule (none declared: its features are missing, the forecast is wider)")
-    return f"forecast pruner: forecasting from {reads}, the horizon relative to the trial's epochs, and {schedule}"
 
 
 class ForecastPruner(BasePruner):
@@ -116,6 +109,8 @@ class ForecastPruner(BasePruner):
             forecast by a forecaster fitted without it (the identity without warm tables). The prune rule
             does not change: the forecast's own P < ``delta``, i.e. its calibrated upper bound (quantile
             1 - ``delta``) below the best; the recalibrated P is what is recorded and shown.
+        pause: a prune is a pause, which `should_resume` may undo: the forecast prunes without waiting for the
+            rank check (a wrong pause costs the epochs a resume repeats none of; a wrong prune loses the trial).
         seed: the forecaster's and the subsample's random state.
     """
 
@@ -127,7 +122,7 @@ class ForecastPruner(BasePruner):
                  base: BasePruner | None = None, combine: str = "and", calibrate: bool = True,
                  min_rank_corr: float | None = 0.5, min_complete: int = 6, rank_z: float = 2.326,
                  rank_top: float = 1.0, min_progress: float = 0.0, recalibrate: bool = True,
-                 seed: int = 0) -> None:
+                 pause: bool = False, seed: int = 0) -> None:
         if int(max_epoch) < 2:
             raise ValueError(f"max_epoch={max_epoch} must be >= 2 (the training's last epoch, trainer.epochs)")
         if not 0 < delta < 1:
@@ -160,7 +155,7 @@ class ForecastPruner(BasePruner):
         if not 0 <= min_progress < 1:
             raise ValueError(f"min_progress={min_progress} must be in [0, 1): the share of max_epoch trained before "
                              f"the forecast may prune (0: from min_epoch)")
-        self.min_progress, self.recalibrate = float(min_progress), bool(recalibrate)
+        self.min_progress, self.recalibrate, self.pause = float(min_progress), bool(recalibrate), bool(pause)
         self._recalibration: Recalibration | None = None
         self._ranks: tuple[int, dict[int, float]] = (-1, {})  # completed trials -> {step: Spearman rho}
         self.warm_start = _as_list(warm_start)
@@ -269,7 +264,9 @@ class ForecastPruner(BasePruner):
 
     def _finished(self, study: optuna.Study) -> list[History]:
         for tr in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-            if tr.number not in self._histories:
+            if RESUMED_BY_ATTR in tr.system_attrs:  # its epochs go on in the trial that resumed it
+                self._histories.pop(tr.number, None)
+            elif tr.number not in self._histories:
                 self._histories[tr.number] = self._history(tr)
         return list(self._histories.values())
 
@@ -442,6 +439,24 @@ class ForecastPruner(BasePruner):
         # residuals understate how far a pruned late bloomer would have climbed
         return max(margin, 0.0)
 
+    def should_resume(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        """Whether a paused trial (pruned with ``pause``; ``trial`` as it was paused) should go on: its forecast
+        from the epoch it paused at, with the forecaster refitted and calibrated on the study as it is now,
+        gives it P(final >= best) >= ``delta`` again. What turns the evidence: more completed trials whose
+        forecasts at that epoch fell short (the calibration margin widens where early epochs mislead), a refit
+        that learnt late bloomers, a best that did not rise. The probability is written into the trial
+        (``resume_p_NNN``, NNN: the number of completed trials it was asked at)."""
+        try:
+            p = self.prob_beat_best(study, trial, recalibrated=False)
+        except Exception as err:  # as in prune: the trial stays paused, and the study goes on
+            undecided(self, study, trial, err)
+            return False
+        if p is not None:
+            done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+            with contextlib.suppress(Exception):  # a storage that no longer takes it: the decision stands
+                study._storage.set_trial_system_attr(trial._trial_id, f"resume_p_{done:03d}", float(p))
+        return p is not None and p >= self.delta
+
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         made = (self.last_forecast, self.last_forecast_value, self.last_forecast_bound, self.last_forecast_upper)
         for forecasts in made:
@@ -464,7 +479,7 @@ class ForecastPruner(BasePruner):
             p = self.prob_beat_best(study, trial, history, recalibrated=False)  # also with nothing to veto: recorded
             if p is not None:
                 self.last_forecast[trial.number] = float(self.recalibration()(p))
-                if not self.trusted_at(study, int(trial.last_step)):
+                if not self.pause and not self.trusted_at(study, int(trial.last_step)):
                     p = None  # the study has not shown that this epoch ranks the end: no prune from the forecast
         except Exception as err:  # a model that cannot be fitted or asked never stops the user's training
             for made in (self.last_forecast, self.last_forecast_value, self.last_forecast_bound,

@@ -33,14 +33,18 @@ FORECAST_METRICS = {"probability": "forecast/probability", "final": "forecast/fi
 UPPER_ATTR = "forecast_upper_{:03d}"  # the upper quantile forecast at that epoch (ForecastPruner)
 FORECAST_EPOCH_ATTR = "forecast_{:03d}"  # what the pruner forecast at that epoch ({name: value}, FORECAST_METRICS)
 UNDECIDED_ATTR = "forecast_undecided_{:03d}"  # why the pruner could not forecast at that epoch (kept the trial)
+PAUSED_ATTR = "paused_at_epoch"  # a pruned trial that may resume: the epoch its checkpoint holds
+RESUMED_FROM_ATTR = "resumed_from"  # a trial that goes on from a paused one: that trial's number (user attr)
+RESUMED_BY_ATTR = "resumed_by"  # a paused trial that was resumed: the number of the trial that goes on with it
 PLANNED_EPOCHS_ATTR = "planned_epochs"  # the epochs the training is planned for (its own T), declared at its start
 SCHEDULE_ATTR = "lr_schedule"  # the LR of every epoch of the training, planned before it starts
 RECORDED_METRICS = (*CURVE_METRICS, "lr")  # the curve values an epoch's record holds (beside sig/...)
 
 __all__ = ["EPOCH_ATTR", "FORECAST_ATTR", "FORECAST_EPOCH_ATTR", "FORECAST_FINAL_ATTR", "FORECAST_METRICS",
-           "PLANNED_EPOCHS_ATTR", "RECORDED_METRICS", "SCHEDULE_ATTR", "UNDECIDED_ATTR", "UPPER_ATTR",
-           "diverged", "encode_value", "epoch_records", "planned_epochs", "planned_schedule", "store_attr",
-           "stored_attr", "trial_attr", "trial_history", "with_reported_values", "write_forecast"]
+           "PAUSED_ATTR", "PLANNED_EPOCHS_ATTR", "RECORDED_METRICS", "RESUMED_BY_ATTR", "RESUMED_FROM_ATTR",
+           "SCHEDULE_ATTR", "UNDECIDED_ATTR", "UPPER_ATTR", "diverged", "encode_value", "epoch_records",
+           "planned_epochs", "planned_schedule", "store_attr", "stored_attr", "trial_attr", "trial_history",
+           "with_reported_values", "write_forecast"]
 
 
 NONFINITE_VALUES = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
