@@ -13,11 +13,13 @@ setup:
 run: setup
 	$(PY) -m epochgraph.cli.train +experiment=pruned_sweep
 
+# the suite on TEST_WORKERS processes (pytest-xdist; each test gets a free one as it goes), the 20 slowest listed
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=20
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow"
 
 ui: setup
 	@mkdir -p mlruns/artifacts

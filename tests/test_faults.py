@@ -370,7 +370,7 @@ def test_interrupted_sweep_ends_its_trial_at_once_and_resumes_it(tmp_path):
     proc.send_signal(signal.SIGINT)  # Ctrl-C
     _wait_or_kill(proc)
     err = log.read_text()
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == (
         "epochgraph: interrupted (Ctrl-C); trial 0: FAIL, re-queued with the same parameters; the sweep's MLflow "

@@ -36,9 +36,9 @@ from epochgraph.search.trial_attrs import (
     EPOCH_ATTR,
     PAUSED_ATTR,
     PLANNED_EPOCHS_ATTR,
-    RESUMED_BY_ATTR,
     RESUMED_FROM_ATTR,
     encode_value,
+    mark_resumed,
     store_attr,
 )
 
@@ -120,12 +120,12 @@ def replay(runs: Sequence[RunRecord], order: Sequence[int], pruner: optuna.prune
             clock["pruner_s"] += time.perf_counter() - begin
             clock["trained"] += 1
             if stop:
-                study.tell(trial, state=TrialState.PRUNED)
                 if pausing and not _diverged_at(run, e):
                     store_attr(trial, PAUSED_ATTR, e + 1)
                     paused[i] = (trial.number, e + 1)
                 else:
                     pruned.append(i)
+                study.tell(trial, state=TrialState.PRUNED)
                 return
         study.tell(trial, run.final_acc if math.isfinite(run.final_acc) else 0.0)
         completed.append(i)
@@ -139,7 +139,7 @@ def replay(runs: Sequence[RunRecord], order: Sequence[int], pruner: optuna.prune
             frozen = study.trials[number]
             if pruner.should_resume(study, frozen):
                 del paused[i]
-                study._storage.set_trial_system_attr(frozen._trial_id, RESUMED_BY_ATTR, len(study.trials))
+                mark_resumed(study, number, len(study.trials))
                 play(i, start=epoch, resumes=number)
                 return True
         return False

@@ -17,7 +17,6 @@ prunes when either says so (the forecast prunes earlier than the base pruner).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -45,11 +44,11 @@ from epochgraph.forecast.registry import fit_forecaster, load_forecaster, log_fo
 from epochgraph.forecast.warm_cache import disk_cached, tables_digest
 from epochgraph.forecast.warm_start import warm_histories, warm_populations, warm_tables, with_plan  # noqa: F401
 from epochgraph.search.trial_attrs import (
-    RESUMED_BY_ATTR,
     UPPER_ATTR,
     diverged,
     planned_epochs,
     planned_schedule,
+    resumed_trials,
     trial_attr,
     trial_history,
     with_reported_values,
@@ -122,7 +121,7 @@ class ForecastPruner(BasePruner):
                  base: BasePruner | None = None, combine: str = "and", calibrate: bool = True,
                  min_rank_corr: float | None = 0.5, min_complete: int = 6, rank_z: float = 2.326,
                  rank_top: float = 1.0, min_progress: float = 0.0, recalibrate: bool = True,
-                 pause: bool = False, seed: int = 0) -> None:
+                 pause: bool = False, promote_eta: float = 3.0, seed: int = 0) -> None:
         if int(max_epoch) < 2:
             raise ValueError(f"max_epoch={max_epoch} must be >= 2 (the training's last epoch, trainer.epochs)")
         if not 0 < delta < 1:
@@ -156,6 +155,7 @@ class ForecastPruner(BasePruner):
             raise ValueError(f"min_progress={min_progress} must be in [0, 1): the share of max_epoch trained before "
                              f"the forecast may prune (0: from min_epoch)")
         self.min_progress, self.recalibrate, self.pause = float(min_progress), bool(recalibrate), bool(pause)
+        self.promote_eta = float(promote_eta)
         self._recalibration: Recalibration | None = None
         self._ranks: tuple[int, dict[int, float]] = (-1, {})  # completed trials -> {step: Spearman rho}
         self.warm_start = _as_list(warm_start)
@@ -263,8 +263,9 @@ class ForecastPruner(BasePruner):
     # --- the forecaster -------------------------------------------------------------------------------
 
     def _finished(self, study: optuna.Study) -> list[History]:
+        resumed = resumed_trials(study) if self.pause else {}
         for tr in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-            if RESUMED_BY_ATTR in tr.system_attrs:  # its epochs go on in the trial that resumed it
+            if tr.number in resumed:  # its epochs go on in the trial that resumed it
                 self._histories.pop(tr.number, None)
             elif tr.number not in self._histories:
                 self._histories[tr.number] = self._history(tr)
@@ -451,11 +452,17 @@ class ForecastPruner(BasePruner):
         except Exception as err:  # as in prune: the trial stays paused, and the study goes on
             undecided(self, study, trial, err)
             return False
-        if p is not None:
-            done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-            with contextlib.suppress(Exception):  # a storage that no longer takes it: the decision stands
-                study._storage.set_trial_system_attr(trial._trial_id, f"resume_p_{done:03d}", float(p))
-        return p is not None and p >= self.delta
+        if p is not None and p >= self.delta:
+            return True
+        step = trial.last_step
+        if step is None or self.trusted_at(study, int(step)):
+            return False  # the study shows that the epoch it paused at ranks the end: the pause stands
+        # the epoch does not (yet) rank the end: promote as promotion-type ASHA does, the top 1/promote_eta of
+        # the trials that reached that epoch
+        values = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False)
+                  if step in t.intermediate_values and t.number != trial.number]
+        ahead = sum(v > trial.intermediate_values.get(step, -math.inf) for v in values)
+        return ahead < (len(values) + 1) / self.promote_eta
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         made = (self.last_forecast, self.last_forecast_value, self.last_forecast_bound, self.last_forecast_upper)

@@ -35,7 +35,7 @@ FORECAST_EPOCH_ATTR = "forecast_{:03d}"  # what the pruner forecast at that epoc
 UNDECIDED_ATTR = "forecast_undecided_{:03d}"  # why the pruner could not forecast at that epoch (kept the trial)
 PAUSED_ATTR = "paused_at_epoch"  # a pruned trial that may resume: the epoch its checkpoint holds
 RESUMED_FROM_ATTR = "resumed_from"  # a trial that goes on from a paused one: that trial's number (user attr)
-RESUMED_BY_ATTR = "resumed_by"  # a paused trial that was resumed: the number of the trial that goes on with it
+RESUMED_BY_ATTR = "resumed_by_{:06d}"  # study system attr: paused trial NNN was resumed by the trial it holds
 PLANNED_EPOCHS_ATTR = "planned_epochs"  # the epochs the training is planned for (its own T), declared at its start
 SCHEDULE_ATTR = "lr_schedule"  # the LR of every epoch of the training, planned before it starts
 RECORDED_METRICS = (*CURVE_METRICS, "lr")  # the curve values an epoch's record holds (beside sig/...)
@@ -43,8 +43,8 @@ RECORDED_METRICS = (*CURVE_METRICS, "lr")  # the curve values an epoch's record 
 __all__ = ["EPOCH_ATTR", "FORECAST_ATTR", "FORECAST_EPOCH_ATTR", "FORECAST_FINAL_ATTR", "FORECAST_METRICS",
            "PAUSED_ATTR", "PLANNED_EPOCHS_ATTR", "RECORDED_METRICS", "RESUMED_BY_ATTR", "RESUMED_FROM_ATTR",
            "SCHEDULE_ATTR", "UNDECIDED_ATTR", "UPPER_ATTR", "diverged", "encode_value", "epoch_records",
-           "planned_epochs", "planned_schedule", "store_attr", "stored_attr", "trial_attr", "trial_history",
-           "with_reported_values", "write_forecast"]
+           "mark_resumed", "planned_epochs", "planned_schedule", "resumed_trials", "store_attr",
+           "stored_attr", "trial_attr", "trial_history", "with_reported_values", "write_forecast"]
 
 
 NONFINITE_VALUES = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -83,6 +83,19 @@ def write_forecast(study: Any, trial: FrozenTrial, epoch: int, forecast: Mapping
     except (KeyError, RuntimeError, optuna.exceptions.OptunaError):  # unknown or finished meanwhile
         return False
     return True
+
+
+def mark_resumed(study: Any, paused: int, by: int) -> None:
+    """Record that paused trial ``paused`` goes on as trial ``by``: in the study (a finished trial takes no
+    more attrs), as ``resumed_by_NNNNNN``; the resuming trial holds ``resumed_from`` itself."""
+    study._storage.set_study_system_attr(study._study_id, RESUMED_BY_ATTR.format(int(paused)), int(by))
+
+
+def resumed_trials(study: Any) -> dict[int, int]:
+    """``{paused trial: the trial that resumed it}`` of the study."""
+    prefix = RESUMED_BY_ATTR.split("{")[0]
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    return {int(k[len(prefix):]): int(v) for k, v in attrs.items() if k.startswith(prefix)}
 
 
 def stored_attr(trial: Any, key: str) -> Any:
