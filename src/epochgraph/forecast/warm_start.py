@@ -20,7 +20,7 @@ from epochgraph.forecast.forecaster import EPOCHS_KEY, SCHEDULE_KEY, History
 from epochgraph.forecast.warm_cache import disk_cached, tables_digest
 from epochgraph.paths import project_path
 
-__all__ = ["warm_histories", "warm_populations", "warm_tables", "with_plan"]
+__all__ = ["as_list", "warm_histories", "warm_populations", "warm_tables", "with_plan"]
 
 
 def warm_histories(sources: Sequence[str], experiments: Sequence[str] | None = None,
@@ -93,3 +93,10 @@ def with_plan(history: History, epochs: Any = None, schedule: Sequence[float] | 
     if schedule:
         out[SCHEDULE_KEY] = list(schedule)
     return out
+
+
+def as_list(value: str | Sequence[str] | None) -> list[str]:
+    """A source or a list of them as a list (None: none)."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]

@@ -42,7 +42,13 @@ from epochgraph.forecast.forecaster import (
 from epochgraph.forecast.recalibration import Recalibration, fit_recalibration
 from epochgraph.forecast.registry import fit_forecaster, load_forecaster, log_forecaster  # noqa: F401 (importable here too)
 from epochgraph.forecast.warm_cache import disk_cached, tables_digest
-from epochgraph.forecast.warm_start import warm_histories, warm_populations, warm_tables, with_plan  # noqa: F401
+from epochgraph.forecast.warm_start import (  # noqa: F401 (importable here too)
+    as_list,
+    warm_histories,
+    warm_populations,
+    warm_tables,
+    with_plan,
+)
 from epochgraph.search.trial_attrs import (
     UPPER_ATTR,
     diverged,
@@ -62,12 +68,6 @@ _WARM_CACHE: dict[Any, tuple[np.ndarray, ...]] = {}  # one read of the warm tabl
 _PRIOR_CACHE: dict[Any, FinalAccuracyForecaster] = {}  # the forecaster fitted on the warm pairs alone
 _RECAL_CACHE: dict[Any, Recalibration] = {}  # the recalibration of P learnt on the warm populations
 _THREADPOOLS: Any = None  # threadpoolctl's controller, made at the first forecast
-
-
-def _as_list(value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else [str(v) for v in value]
 
 
 class ForecastPruner(BasePruner):
@@ -158,7 +158,7 @@ class ForecastPruner(BasePruner):
         self.promote_eta = float(promote_eta)
         self._recalibration: Recalibration | None = None
         self._ranks: tuple[int, dict[int, float]] = (-1, {})  # completed trials -> {step: Spearman rho}
-        self.warm_start = _as_list(warm_start)
+        self.warm_start = as_list(warm_start)
         self._warm_key = (tuple(self.warm_start), tuple(warm_experiments or ()), tuple(warm_exclude or ()),
                           self.source, self.warm_rows, self.seed)
         self._load_warm(self.warm_start, warm_experiments, warm_exclude or [])
@@ -293,23 +293,20 @@ class ForecastPruner(BasePruner):
         reps = max(1, round(self.own_weight))
         xs, ys = [np.repeat(X_own, reps, axis=0)], [np.repeat(y_own, reps)]
         if self._warm is not None:
-            Xw, yw = self._warm_subset()
+            Xw, yw = self._warm
             xs.append(Xw)
             ys.append(yw)
         model = self._template().fit(np.vstack(xs), np.concatenate(ys))
         self._model, self._fitted_on = model, n
         return model
 
-    def _warm_subset(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._warm
-
     def _fit_prior(self) -> FinalAccuracyForecaster:
         """The forecaster fitted on the warm rows alone (kept on disk when they come from the tables alone)."""
         if self._registered:
-            return self._template().fit(*self._warm_subset())
+            return self._template().fit(*self._warm)
         params = repr(sorted(self._template().get_params().items()))
         return disk_cached("warm_prior", {**self._warm_content, "metrics": self._metrics, "template": params},
-                           lambda: self._template().fit(*self._warm_subset()))
+                           lambda: self._template().fit(*self._warm))
 
     def prob_beat_best(self, study: optuna.Study, trial: FrozenTrial, history: History | None = None,
                        recalibrated: bool = True) -> float | None:
