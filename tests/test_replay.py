@@ -137,3 +137,49 @@ def test_the_hindsight_cut_is_the_cheapest_single_cut_that_keeps_the_best():
     # a late bloomer that is last until the final epoch: no cut keeps it but keeping everything
     late = [*RUNS, _run("late", [0.05, 0.1, 0.95])]
     assert hindsight_cut(late, [np.arange(5)])["epochs_frac"] == 1.0
+
+
+def test_a_pausing_pruner_resumes_trials_without_training_an_epoch_twice():
+    from epochgraph.search.forecast_pruner import ForecastPruner
+    from epochgraph.search.trial_attrs import RESUMED_FROM_ATTR
+
+    class Scripted(ForecastPruner):
+        """Pauses every trial but the first at epoch 1; resumes paused trial n once the study holds n + 3."""
+
+        def __init__(self):
+            super().__init__(max_epoch=3, pause=True)
+
+        def prune(self, study, trial):
+            return trial.number > 0 and trial.last_step == 1 and RESUMED_FROM_ATTR not in trial.user_attrs
+
+        def should_resume(self, study, trial):
+            return len(study.trials) >= trial.number + 3
+
+    runs = [_run(f"r{i}", [0.1 * i, 0.1 * i + 0.05, 0.1 * i + 0.1]) for i in range(1, 5)]
+    res = replay(runs, [0, 1, 2, 3], Scripted())
+    # trial 0 runs 3 epochs; 1, 2, 3 pause at epoch 1 (too few trials before each new one to resume), and all
+    # three resume in the last pass as trials 4, 5, 6, each from epoch 2: every run trains its 3 epochs once
+    assert res["epochs_frac"] == 1.0 and res["regret"] == 0.0 and res["resumed"] == 3 and res["pruned"] == 0
+    assert res["best_done_frac"] == 1.0  # the best run (r4) completed last
+
+
+def test_a_diverged_trial_is_stopped_for_good_not_paused():
+    from epochgraph.search.forecast_pruner import ForecastPruner
+    from epochgraph.search.trial_attrs import diverged, trial_history
+
+    class Resumer(ForecastPruner):
+        """Stops only what diverged, and would resume anything paused."""
+
+        def __init__(self):
+            super().__init__(max_epoch=3, pause=True)
+
+        def prune(self, study, trial):
+            history = trial_history(trial)
+            return bool(history) and diverged(history)
+
+        def should_resume(self, study, trial):
+            return True
+
+    diverged = _run("nan", [0.1, 0.1, math.nan], nonfinite=[0.0, 1.0, 1.0])
+    res = replay([*RUNS, diverged], [4, 0, 1, 2, 3], Resumer())
+    assert res["pruned"] == 1 and res["resumed"] == 0
