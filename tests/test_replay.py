@@ -180,6 +180,6 @@ def test_a_diverged_trial_is_stopped_for_good_not_paused():
         def should_resume(self, study, trial):
             return True
 
-    diverged = _run("nan", [0.1, 0.1, math.nan], nonfinite=[0.0, 1.0, 1.0])
-    res = replay([*RUNS, diverged], [4, 0, 1, 2, 3], Resumer())
+    nan = _run("nan", [0.1, 0.1, math.nan], nonfinite=[0.0, 1.0, 1.0])
+    res = replay([*RUNS, nan], [4, 0, 1, 2, 3], Resumer())
     assert res["pruned"] == 1 and res["resumed"] == 0
