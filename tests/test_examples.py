@@ -26,6 +26,7 @@ def _run(script: str, tmp_path: Path) -> tuple[str, str, str]:
     return out.stdout, storage, tracking
 
 
+@pytest.mark.slow  # the example scripts run as a user runs them: real processes
 @pytest.mark.parametrize("script", ["optuna_forecast_pruner.py", "lightning_forecast_pruner.py"])
 def test_the_example_runs_and_records_every_epoch(script, tmp_path):
     stdout, storage, tracking = _run(script, tmp_path)
@@ -57,6 +58,7 @@ def test_the_example_runs_and_records_every_epoch(script, tmp_path):
             [t.system_attrs[EPOCH_ATTR.format(e)]["sig/degree/mean"] for e in sorted(t.intermediate_values)])
 
 
+@pytest.mark.slow
 def test_the_hydra_example_sweeps_a_user_network(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     tracking = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"

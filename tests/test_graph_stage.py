@@ -106,6 +106,7 @@ def _setup_import_check() -> str:
     return found.group(1)
 
 
+@pytest.mark.slow  # the setup check and a graph-stage run as real processes
 def test_no_gtk_warning_in_the_setup_check_nor_a_graph_stage_run(tmp_path):
     # -W always: the one warning dropped is dropped by epochgraph, not by a default filter
     check = subprocess.run([sys.executable, "-W", "always", "-c", _setup_import_check()], capture_output=True,
