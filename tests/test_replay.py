@@ -183,3 +183,18 @@ def test_a_diverged_trial_is_stopped_for_good_not_paused():
     nan = _run("nan", [0.1, 0.1, math.nan], nonfinite=[0.0, 1.0, 1.0])
     res = replay([*RUNS, nan], [4, 0, 1, 2, 3], Resumer())
     assert res["pruned"] == 1 and res["resumed"] == 0
+
+
+def test_orders_whose_best_trial_never_completed_aggregate_without_a_time_to_the_best():
+    class FirstOut(optuna.pruners.BasePruner):
+        """Prunes the study's first trial at its first epoch, nothing else."""
+
+        def prune(self, study, trial):
+            return trial.number == 0
+
+    # "best" first: pruned, the time to the best is unknown; "best" last: it completes after 10 of the 12 epochs
+    agg = replay_orders(RUNS, FirstOut, [[0, 1, 2, 3], [3, 2, 1, 0]])
+    per = [r["best_done_frac"] for r in agg["per_order"]]
+    assert math.isnan(per[0]) and per[1] == pytest.approx(10 / 12)
+    assert agg["best_done_frac"] == (pytest.approx(10 / 12), 0.0)
+    assert agg["regret"][0] == pytest.approx((0.9 - 0.8) / 2)  # lost in the first order only

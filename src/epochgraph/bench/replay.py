@@ -194,11 +194,18 @@ def replay_orders(runs: Sequence[RunRecord], factory: PrunerFactory, orders: Seq
         res = Parallel(n_jobs=n_jobs)(delayed(_replay_order)(runs, o, factory, high_quantile) for o in orders)
     else:
         res = [_replay_order(runs, o, factory, high_quantile) for o in orders]
-    out: dict[str, Any] = {k: (statistics.mean(r[k] for r in res), statistics.pstdev(r[k] for r in res))
-                           for k in METRICS}
+    # best_done_frac is NaN in an order whose best trial never completed: left out of its mean (NaN if all)
+    out: dict[str, Any] = {k: _mean_std([r[k] for r in res]) for k in METRICS}
     out["zero_regret_share"] = sum(r["regret"] == 0 for r in res) / len(res)
     out["per_order"] = res
     return out
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    finite = [float(v) for v in values if not math.isnan(float(v))]
+    if not finite:
+        return math.nan, math.nan
+    return statistics.mean(finite), statistics.pstdev(finite)
 
 
 def random_orders(n_runs: int, n_orders: int, seed: int = 0) -> list[np.ndarray]:
