@@ -2,6 +2,7 @@ import math
 import subprocess
 import sys
 
+import pytest
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
@@ -88,3 +89,34 @@ def test_run_names_put_the_outcome_first(tracking_uri):
     with tracking.mlflow_run(client, "names", run_name="trial-004") as run_id:
         pass
     assert client.get_run(run_id).info.run_name == "trial-004"  # a finished run keeps its name
+
+
+def test_a_locked_sqlite_store_is_written_again_and_other_errors_are_not(monkeypatch):
+    from epochgraph.store import storage
+
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    tries = []
+
+    def locked_twice():
+        tries.append(1)
+        if len(tries) <= 2:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "written"
+
+    assert storage.while_locked(locked_twice) == "written" and len(tries) == 3
+    with pytest.raises(ValueError, match="other"):
+        storage.while_locked(lambda: (_ for _ in ()).throw(ValueError("other")))
+
+
+def test_an_interrupted_run_that_cannot_be_closed_still_ends_with_the_interrupt(tracking_uri, monkeypatch, caplog):
+    from epochgraph.store import storage, tracking
+
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    client = tracking.get_client(tracking_uri)
+    monkeypatch.setattr(client, "set_terminated", lambda *a, **k: (_ for _ in ()).throw(
+        RuntimeError("(sqlite3.OperationalError) database is locked")))
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.mlflow_run(client, "exp", run_name="r"):
+            raise KeyboardInterrupt
+    assert any("could not be closed as KILLED: (sqlite3.OperationalError) database is locked" in r.getMessage()
+               for r in caplog.records)

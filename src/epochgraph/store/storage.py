@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import re
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -75,3 +77,16 @@ def make_storage(cfg: Mapping[str, Any]) -> optuna.storages.RDBStorage:
             first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
             raise EpochgraphError(f"cannot open the Optuna storage storage.url={redact(url)!r}: {first}; "
                                   f"check the URL (or EPOCHGRAPH_STORAGE_URL) and that the server is up") from None
+
+
+def while_locked(write: Any, attempts: int = 8) -> Any:
+    """``write()``, tried again while a SQLite store says "database is locked" (another writer, or one an
+    interrupt cut short that is being released), waiting 0.25 s, 0.5 s, ... between tries."""
+    for attempt in range(attempts):
+        try:
+            return write()
+        except Exception as err:
+            if "database is locked" not in str(err) or attempt == attempts - 1:
+                raise
+            gc.collect()  # a session an interrupt left behind, unreachable now: closed, its lock released
+            time.sleep(0.25 * 2 ** min(attempt, 4))

@@ -15,6 +15,7 @@ import os
 import re
 import tempfile
 import time
+import traceback
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -28,7 +29,7 @@ from safetensors.torch import save_file
 
 from epochgraph.errors import EpochgraphError, Terminated, note_interrupt, sigterm_as_exception
 from epochgraph.hooks import EpochState
-from epochgraph.store.storage import redact, sqlite_init_lock
+from epochgraph.store.storage import redact, sqlite_init_lock, while_locked
 
 log = logging.getLogger(__name__)
 
@@ -366,6 +367,9 @@ def mlflow_run(client: MlflowClient, experiment: str, *, run_name: str | None = 
     except (KeyboardInterrupt, Terminated) as err:
         status = "KILLED"
         note_interrupt(err, f"MLflow run {run_id} closed as KILLED")
+        # an interrupt that landed inside a write leaves that write's session (and, on SQLite, the database's
+        # write lock) alive in the frames it unwound through: free them before this run is closed
+        traceback.clear_frames(err.__traceback__)
         raise
     except BaseException as err:
         status = "FAILED"
@@ -376,7 +380,14 @@ def mlflow_run(client: MlflowClient, experiment: str, *, run_name: str | None = 
         if run_name and status != "FINISHED":  # the outcome shows in the runs table, before the name
             with contextlib.suppress(Exception):
                 client.update_run(run_id, name=outcome_run_name(run_name, status.lower()))
-        client.set_terminated(run_id, status=status)
+        try:
+            while_locked(lambda: client.set_terminated(run_id, status=status))
+        except Exception as err:
+            if status == "FINISHED":
+                raise
+            # the error or interrupt that ends the run stays what the user sees; the sweeper's stale-run
+            # check closes a run left RUNNING
+            log.warning("MLflow run %s could not be closed as %s: %s", run_id, status, str(err).splitlines()[0][:200])
 
 
 def log_config(client: MlflowClient, run_id: str, cfg: DictConfig | Mapping[str, Any]) -> None:
