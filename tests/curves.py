@@ -8,7 +8,10 @@ import numpy as np
 
 from epochgraph.forecast.records import RunRecord
 
-EXTERNAL = Path(__file__).resolve().parents[2] / "shared" / "external"
+# the development populations recorded elsewhere, as committed beside ours (their README: sources, licences)
+TABLES = Path(__file__).resolve().parents[1] / "bench" / "results" / "populations"
+EXTERNAL = [TABLES / f"{name}.parquet" for name in ("baker_metaqnn_cifar10", "baker_resnet_cifar10",
+                                                     "garbin_mlp_mnist_e50")]
 
 
 def synthetic_runs(n: int, epochs: int = 500, seed: int = 0) -> list[RunRecord]:
