@@ -37,6 +37,7 @@ from epochgraph.search.trial_attrs import (
     PAUSED_ATTR,
     PLANNED_EPOCHS_ATTR,
     RESUMED_FROM_ATTR,
+    diverged,
     encode_value,
     mark_resumed,
     store_attr,
@@ -169,12 +170,10 @@ def _likeliest(paused: Mapping[int, tuple[int, int]], runs: Sequence[RunRecord])
 
 
 def _diverged_at(run: RunRecord, e: int) -> bool:
-    """Whether ``run``'s curve was non-finite by epoch ``e + 1`` (a diverged training is stopped for good)."""
-    for key in ("val_acc", "val_loss", "train_loss"):
-        values = run.history.get(key) or []
-        if any(v is not None and not math.isfinite(float(v)) for v in values[:e + 1]):
-            return True
-    return any(v is not None and float(v) > 0 for v in (run.history.get(NONFINITE) or [])[:e + 1])
+    """Whether ``run`` had diverged by epoch ``e + 1`` as the pruners judge it (`trial_attrs.diverged`: weights or
+    a loss non-finite), or reported a non-finite val_acc: a diverged training is stopped for good."""
+    upto = {k: list(v[:e + 1]) for k, v in run.history.items() if k in ("val_acc", "val_loss", "train_loss", NONFINITE)}
+    return diverged(upto) or any(v is not None and not math.isfinite(float(v)) for v in upto.get("val_acc", []))
 
 
 def _replay_order(runs: Sequence[RunRecord], order: Sequence[int], factory: PrunerFactory,

@@ -49,11 +49,12 @@ def warm_tables(sources: Sequence[str]) -> list[Path]:
 
 
 def warm_populations(sources: Sequence[str], experiments: Sequence[str] | None = None,
-                     exclude: Sequence[str] = ()) -> list[tuple[str, History]]:
+                     exclude: Sequence[str] = (), digest: str | None = None) -> list[tuple[str, History]]:
     """`warm_histories` with the population (experiment) of each training (read once per machine and tables'
-    contents: `epochgraph.forecast.warm_cache`)."""
+    contents: `epochgraph.forecast.warm_cache`; ``digest``: the tables' `tables_digest`, when already taken)."""
     paths = warm_tables(sources)
-    key = {"tables": tables_digest(paths), "experiments": sorted(experiments or ()), "exclude": sorted(exclude)}
+    key = {"tables": digest or tables_digest(paths), "experiments": sorted(experiments or ()),
+           "exclude": sorted(exclude)}
     histories = disk_cached("warm_populations", key, lambda: _read_populations(paths, experiments, exclude))
     if not histories:
         raise EpochgraphError(f"warm_start={list(sources)} with experiments={list(experiments or [])} and "

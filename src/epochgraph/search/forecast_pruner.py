@@ -189,9 +189,10 @@ class ForecastPruner(BasePruner):
         pairs of epochs are made at the first forecast, for the metrics the study reports."""
         tables = [s for s in sources if not s.startswith("models:/")]
         self._warm_tables = (tuple(tables), tuple(experiments or ()), tuple(exclude))
-        warm = warm_populations(tables, experiments, exclude) if tables else []
+        digest = tables_digest(warm_tables(tables)) if tables else None  # the tables' contents, hashed once
+        warm = warm_populations(tables, experiments, exclude, digest) if tables else []
         # what the warm start's results on disk are keyed by: the tables' contents and the selection
-        self._warm_content = {"tables": tables_digest(warm_tables(tables)) if tables else None,
+        self._warm_content = {"tables": digest,
                               "experiments": sorted(experiments or ()), "exclude": sorted(exclude),
                               "source": self.source, "rows": self.warm_rows, "seed": self.seed}
         self._warm_histories = [h for _, h in warm]
@@ -462,9 +463,7 @@ class ForecastPruner(BasePruner):
         return ahead < (len(values) + 1) / self.promote_eta
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        made = (self.last_forecast, self.last_forecast_value, self.last_forecast_bound, self.last_forecast_upper)
-        for forecasts in made:
-            forecasts.pop(trial.number, None)  # what is recorded for this epoch is what this call forecasts
+        self._forget(trial.number)  # what is recorded for this epoch is what this call forecasts
         decision = self._decide(study, trial)
         n = trial.number
         if trial.last_step is not None and (n in self.last_forecast or n in self.last_forecast_value):
@@ -472,6 +471,10 @@ class ForecastPruner(BasePruner):
                 "probability": self.last_forecast.get(n), "final": self.last_forecast_value.get(n),
                 "upper": self.last_forecast_bound.get(n)}, upper=self.last_forecast_upper.get(n))
         return decision
+
+    def _forget(self, number: int) -> None:
+        for made in (self.last_forecast, self.last_forecast_value, self.last_forecast_bound, self.last_forecast_upper):
+            made.pop(number, None)
 
     def _decide(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         history = trial_history(trial)
@@ -486,9 +489,7 @@ class ForecastPruner(BasePruner):
                 if not self.pause and not self.trusted_at(study, int(trial.last_step)):
                     p = None  # the study has not shown that this epoch ranks the end: no prune from the forecast
         except Exception as err:  # a model that cannot be fitted or asked never stops the user's training
-            for made in (self.last_forecast, self.last_forecast_value, self.last_forecast_bound,
-                         self.last_forecast_upper):
-                made.pop(trial.number, None)
+            self._forget(trial.number)
             undecided(self, study, trial, err)
             p = None
         if base is None:
