@@ -141,7 +141,7 @@ def test_the_hindsight_cut_is_the_cheapest_single_cut_that_keeps_the_best():
 
 def test_a_pausing_pruner_resumes_trials_without_training_an_epoch_twice():
     from epochgraph.search.forecast_pruner import ForecastPruner
-    from epochgraph.search.trial_attrs import RESUMED_FROM_ATTR
+    from epochgraph.search.trial_attrs import RESUMED_FROM_ATTR, mark_paused
 
     class Scripted(ForecastPruner):
         """Pauses every trial but the first at epoch 1; resumes paused trial n once the study holds n + 3."""
@@ -150,7 +150,10 @@ def test_a_pausing_pruner_resumes_trials_without_training_an_epoch_twice():
             super().__init__(max_epoch=3, pause=True)
 
         def prune(self, study, trial):
-            return trial.number > 0 and trial.last_step == 1 and RESUMED_FROM_ATTR not in trial.user_attrs
+            stop = trial.number > 0 and trial.last_step == 1 and RESUMED_FROM_ATTR not in trial.user_attrs
+            if stop:  # a pause, written into the trial as the forecast pruner writes it
+                mark_paused(study, trial, 1)
+            return stop
 
         def should_resume(self, study, trial):
             return len(study.trials) >= trial.number + 3

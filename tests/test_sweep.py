@@ -206,3 +206,26 @@ def test_trial_seeds_differ_by_trial_and_by_seed():
     assert len(seeds) == 200
     with pytest.raises(ValueError, match="seed=-1 must be a non-negative integer"):
         TrialSeededSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed=-1)
+
+
+@pytest.mark.slow
+def test_a_sweep_pauses_trials_and_resumes_them_in_the_last_pass(tmp_path):
+    # tests.pausing.PauseOdd: trial 1 pauses after epoch 1 and may resume once 2 trials completed, which is
+    # only after the budget of 3 configurations is spent: the last pass resumes it as trial 3
+    proc, storage, tracking = _sweep(tmp_path, "hydra.sweeper.n_trials=3", "trainer.epochs=3", "pruner=none",
+                                     "pruner._target_=tests.pausing.PauseOdd", "+pruner.at=1", "+pruner.after=2")
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    S = optuna.trial.TrialState
+    assert [t.state for t in study.trials] == [S.COMPLETE, S.PRUNED, S.COMPLETE, S.COMPLETE]
+    assert study.trials[1].system_attrs["paused_at_epoch"] == 1 and study.trials[3].user_attrs["resumed_from"] == 1
+    assert study.trials[3].params == study.trials[1].params
+    assert sorted(study.trials[3].intermediate_values) == [1, 2, 3]
+    assert "trial   3 RESUMES trial 1 from epoch 1" in proc.stdout and "trial   1 PAUSED" in proc.stdout
+    client = MlflowClient(tracking)
+    runs = client.search_runs([client.get_experiment_by_name("pruned_sweep").experiment_id])
+    trials = sorted(r.info.run_name for r in runs if "trial" in r.data.tags)
+    assert trials == ["✓ trial-000", "✓ trial-001→003", "✓ trial-002"]  # one run per configuration
+    parent = next(r for r in runs if r.data.tags.get("epochgraph.role") == "sweep").data.metrics
+    assert (parent["trials_complete"], parent["trials_paused"], parent["trials_resumed"]) == (3, 0, 1)
+    assert parent["epochs_trained"] == 9 and parent["epochs_budget"] == 9 and parent["checkpoint_peak_bytes"] > 0
+    assert "3 complete, 0 pruned, 0 paused, 1 resumed" in proc.stdout and "MB at their peak" in proc.stdout

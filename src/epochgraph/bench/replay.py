@@ -37,10 +37,10 @@ from epochgraph.search.trial_attrs import (
     PAUSED_ATTR,
     PLANNED_EPOCHS_ATTR,
     RESUMED_FROM_ATTR,
-    diverged,
     encode_value,
     mark_resumed,
     store_attr,
+    stored_attr,
 )
 
 PrunerFactory = Callable[[], optuna.pruners.BasePruner]
@@ -121,8 +121,7 @@ def replay(runs: Sequence[RunRecord], order: Sequence[int], pruner: optuna.prune
             clock["pruner_s"] += time.perf_counter() - begin
             clock["trained"] += 1
             if stop:
-                if pausing and not _diverged_at(run, e):
-                    store_attr(trial, PAUSED_ATTR, e + 1)
+                if pausing and stored_attr(trial, PAUSED_ATTR) == e + 1:  # the pruner paused it, as in a sweep
                     paused[i] = (trial.number, e + 1)
                 else:
                     pruned.append(i)
@@ -167,13 +166,6 @@ def replay(runs: Sequence[RunRecord], order: Sequence[int], pruner: optuna.prune
 def _likeliest(paused: Mapping[int, tuple[int, int]], runs: Sequence[RunRecord]) -> list[int]:
     """The paused runs, latest pause first (the order of asking; each is asked with the study as it is)."""
     return sorted(paused, key=lambda i: -paused[i][1])
-
-
-def _diverged_at(run: RunRecord, e: int) -> bool:
-    """Whether ``run`` had diverged by epoch ``e + 1`` as the pruners judge it (`trial_attrs.diverged`: weights or
-    a loss non-finite), or reported a non-finite val_acc: a diverged training is stopped for good."""
-    upto = {k: list(v[:e + 1]) for k, v in run.history.items() if k in ("val_acc", "val_loss", "train_loss", NONFINITE)}
-    return diverged(upto) or any(v is not None and not math.isfinite(float(v)) for v in upto.get("val_acc", []))
 
 
 def _replay_order(runs: Sequence[RunRecord], order: Sequence[int], factory: PrunerFactory,

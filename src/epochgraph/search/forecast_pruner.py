@@ -52,6 +52,7 @@ from epochgraph.forecast.warm_start import (  # noqa: F401 (importable here too)
 from epochgraph.search.trial_attrs import (
     UPPER_ATTR,
     diverged,
+    mark_paused,
     planned_epochs,
     planned_schedule,
     resumed_trials,
@@ -470,6 +471,13 @@ class ForecastPruner(BasePruner):
             write_forecast(study, trial, int(trial.last_step), {
                 "probability": self.last_forecast.get(n), "final": self.last_forecast_value.get(n),
                 "upper": self.last_forecast_bound.get(n)}, upper=self.last_forecast_upper.get(n))
+        if decision and self.pause and trial.last_step is not None:
+            # a pause, written into the trial for the job (which saves a checkpoint) and the sweeper (which may
+            # resume it); a diverged training, or one whose val_acc is no longer finite, is stopped for good
+            history = trial_history(trial)
+            acc = [trial.intermediate_values.get(trial.last_step), *(history.get("val_acc") or [None])[-1:]]
+            hopeless = diverged(history) or any(v is not None and not math.isfinite(v) for v in acc)
+            mark_paused(study, trial, None if hopeless else int(trial.last_step))
         return decision
 
     def _forget(self, number: int) -> None:

@@ -9,22 +9,34 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from epochgraph.search.trial_attrs import FORECAST_FINAL_ATTR
+from epochgraph.search.trial_attrs import FORECAST_FINAL_ATTR, paused_epoch, planned_epochs, resumed_trials
 from epochgraph.store import tracking
 
 log = logging.getLogger("epochgraph")
-COLORS = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red"}
+COLORS = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "PAUSED": "tab:purple", "FAIL": "tab:red"}
 
 
-def summary(study: optuna.Study, epochs: int) -> dict[str, float]:
-    trials = study.get_trials(deepcopy=False)
+def _current(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Every trial but the paused ones another trial resumed: a resumed trial carries their epochs."""
+    resumed = resumed_trials(study)
+    return [t for t in study.get_trials(deepcopy=False) if t.number not in resumed]
+
+
+def summary(study: optuna.Study, epochs: int, checkpoint_peak_bytes: int | None = None) -> dict[str, float]:
+    """Counts by outcome (a paused trial that resumed counted once, as the trial that went on), the epochs trained
+    (each once) against every configuration's planned epochs, the best value, the forecasts of the pruned."""
+    trials = _current(study)
+    paused = {t.number for t in trials if paused_epoch(t) is not None}
     count = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     trained = sum(len(t.intermediate_values) for t in finished)
-    budget = epochs * len(finished)
-    out = {"trials_complete": count[TrialState.COMPLETE], "trials_pruned": count[TrialState.PRUNED],
+    budget = sum(planned_epochs(t) or epochs for t in finished)
+    out = {"trials_complete": count[TrialState.COMPLETE], "trials_pruned": count[TrialState.PRUNED] - len(paused),
+           "trials_paused": len(paused), "trials_resumed": len(resumed_trials(study)),
            "trials_failed": count[TrialState.FAIL], "epochs_trained": trained, "epochs_budget": budget,
            "epochs_saved_frac": 1 - trained / budget if budget else 0.0}
+    if checkpoint_peak_bytes is not None:
+        out["checkpoint_peak_bytes"] = int(checkpoint_peak_bytes)
     if count[TrialState.COMPLETE]:
         out["best_value"] = study.best_value
     forecasts = [t.user_attrs[FORECAST_FINAL_ATTR] for t in trials
@@ -44,18 +56,18 @@ def plot_curves(study: optuna.Study, path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     seen = set()
-    for t in study.get_trials(deepcopy=False):
+    for t in _current(study):
         if not t.intermediate_values:
             continue
         steps = sorted(t.intermediate_values)
-        state = t.state.name
+        state = "PAUSED" if paused_epoch(t) is not None else t.state.name
         ax.plot(steps, [t.intermediate_values[s] for s in steps], color=COLORS.get(state, "grey"), lw=1.1,
-                alpha=0.8, marker="o" if state == "PRUNED" else None, ms=3,
+                alpha=0.8, marker="o" if state in ("PRUNED", "PAUSED") else None, ms=3,
                 label=state.lower() if state not in seen else None)
         seen.add(state)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
-    ax.set_title(f"{study.study_name}: every trial, coloured by state")
+    ax.set_title(f"{study.study_name}: every trial, coloured by state (a resumed trial: one curve)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -66,10 +78,10 @@ def plot_curves(study: optuna.Study, path: Path) -> Path:
 
 
 def report(study: optuna.Study, client, parent_run_id: str, epochs: int, out_dir: Path, record: bool = True,
-           links: list[str] | None = None) -> dict[str, float]:
+           links: list[str] | None = None, checkpoint_peak_bytes: int | None = None) -> dict[str, float]:
     """Log the summary and the curve plot on the parent run (unless ``record`` is false: a rerun that
     trained nothing changes no run), and print them with ``links`` to the MLflow UI."""
-    s = summary(study, epochs)
+    s = summary(study, epochs, checkpoint_peak_bytes)
     png = plot_curves(study, out_dir / "sweep_curves.png")
     if record:
         tracking.log_metrics(client, parent_run_id, s, step=0)
@@ -80,10 +92,14 @@ def report(study: optuna.Study, client, parent_run_id: str, epochs: int, out_dir
         client.log_artifact(parent_run_id, str(png))
     lines = [
         f"Sweep {study.study_name}: {s['trials_complete']} complete, {s['trials_pruned']} pruned, "
-        f"{s['trials_failed']} failed",
+        + (f"{s['trials_paused']} paused, {s['trials_resumed']} resumed, " if s["trials_paused"] or s["trials_resumed"]
+           else "") + f"{s['trials_failed']} failed",
         f"Epochs trained {s['epochs_trained']} of {s['epochs_budget']} without pruning "
         f"({100 * s['epochs_saved_frac']:.0f}% saved)",
     ]
+    if s.get("checkpoint_peak_bytes"):
+        lines.append(f"Checkpoints of paused trials: {s['checkpoint_peak_bytes'] / 2**20:.1f} MB at their peak "
+                     f"(mlflow.keep_checkpoints=false deletes them once a trial's training ends)")
     if "pruned_with_forecast" in s:
         lines.append(f"Forecast final val_acc of the {s['pruned_with_forecast']} trials pruned by the forecast: "
                      f"median {s['pruned_forecast_median']:.4f}, highest {s['pruned_forecast_max']:.4f}")

@@ -24,11 +24,21 @@ from hydra.utils import instantiate
 from epochgraph.errors import EpochgraphError
 from epochgraph.hooks import EpochState
 from epochgraph.search.epoch_report import record_forecast, report_epoch
+from epochgraph.search.pause import (
+    carry_over,
+    discard_checkpoints,
+    load_checkpoint,
+    paused_here,
+    resumed_from,
+    save_checkpoint,
+)
 from epochgraph.search.trial_attrs import (
     FORECAST_ATTR,
     FORECAST_METRICS,
+    PAUSED_ATTR,
     PLANNED_EPOCHS_ATTR,
     SCHEDULE_ATTR,
+    mark_paused,
     store_attr,
 )
 from epochgraph.store import optuna_internals
@@ -61,9 +71,11 @@ def declared_schedule(cfg: Mapping[str, Any]) -> list[float]:
 class TrialReporter:
     """Epoch hook connecting a training to its Optuna trial (see the module docstring)."""
 
-    def __init__(self, study: optuna.Study, trial: optuna.trial.Trial) -> None:
-        self.study, self.trial = study, trial
+    def __init__(self, study: optuna.Study, trial: optuna.trial.Trial, client: Any = None) -> None:
+        self.study, self.trial, self.client = study, trial, client
         self.forecast: float | None = None
+        self.run_id: str | None = None
+        self.paused = False  # the pruner paused the trial (not stopped it for good) and its checkpoint is stored
         self._heartbeat = contextlib.ExitStack()
         self._heartbeat.enter_context(optuna_internals.heartbeat(study, trial))
 
@@ -79,7 +91,9 @@ class TrialReporter:
         trial = optuna.trial.Trial(study, optuna_internals.trial_id(study, int(opt["trial_number"])))
         store_attr(trial, SCHEDULE_ATTR, declared_schedule(cfg))  # what a forecaster may expect of the LR
         store_attr(trial, PLANNED_EPOCHS_ATTR, int(cfg["trainer"]["epochs"]))  # its own length: a sweep may search it
-        return cls(study, trial)
+        from epochgraph.store import tracking
+
+        return cls(study, trial, tracking.get_client(cfg["mlflow"]["tracking_uri"]))
 
     def close(self) -> None:
         self._heartbeat.close()
@@ -87,6 +101,7 @@ class TrialReporter:
     def on_run_start(self, run_id: str, url: str) -> None:
         """Link the trial to its MLflow run: user attrs ``mlflow_run_id`` and ``mlflow_run`` (the UI's page of
         the run), and an optuna-dashboard note on the trial with the link, clickable there."""
+        self.run_id = run_id
         self.trial.set_user_attr("mlflow_run_id", run_id)
         self.trial.set_user_attr("mlflow_run", url)
         from optuna_dashboard import save_note
@@ -105,6 +120,23 @@ class TrialReporter:
             state.tags[FORECAST_ATTR] = f"{forecast:.3f}"  # the last one, for filtering the runs table
         if prune:
             state.prune = True
+            if paused_here(self.trial, state.epoch) and state.checkpoint is not None:
+                self._save_checkpoint(state)
+
+    def _save_checkpoint(self, state: EpochState) -> None:
+        """The pruner paused the trial: store what it resumes from in its MLflow run; a checkpoint that cannot be
+        stored makes the pause a prune for good (said in one line), never a failed trial."""
+        try:
+            size = save_checkpoint(self.client, self.run_id, self.trial, state.checkpoint())
+        except Exception as err:
+            mark_paused(self.study, optuna_internals.frozen_trial(self.study, self.trial), None)
+            log.warning("trial %d: its checkpoint could not be stored (%s); pruned for good instead of paused",
+                        self.trial.number, str(err).splitlines()[0][:200])
+            return
+        self.paused = True
+        state.tags[PAUSED_ATTR] = str(state.epoch)
+        log.info("trial %d paused after epoch %d: checkpoint of %.1f MB stored in its MLflow run",
+                 self.trial.number, state.epoch, size / 2**20)
 
 
 def slurm_job() -> str | None:
@@ -117,29 +149,41 @@ def slurm_job() -> str | None:
 
 def run_trial(cfg) -> dict[str, Any]:
     """Train one sweep trial, logged as a nested MLflow run; returns the outcome for the sweeper."""
+    from epochgraph.store import tracking
     from epochgraph.training.job import run_job
 
     opt = cfg["optuna"]
     reporter = TrialReporter.connect(cfg)
-    number = reporter.trial.number
+    number, client = reporter.trial.number, reporter.client
+    paused = resumed_from(reporter.study, reporter.trial)
+    ckpt = load_checkpoint(client, paused) if paused is not None else None
+    run_id, first = None, number
     try:
         tags = {"trial": str(number), "study": str(opt["study_name"]), "sweep": str(opt["study_name"])}
+        if ckpt is not None:  # the paused trial's epochs become this trial's; its MLflow run goes on
+            carry_over(reporter.study, reporter.trial, paused)
+            run_id = paused.user_attrs.get("mlflow_run_id")
+            first = int(client.get_run(run_id).data.tags.get("first_trial", paused.number))
+            tags["resumed_from"] = str(paused.number)
+            log.info("trial %d resumes trial %d from its checkpoint of epoch %d", number, paused.number, ckpt.epoch)
+        else:
+            tags["first_trial"] = str(number)
         if slurm_job() is not None:  # which SLURM job trained it (squeue, scancel, its log)
             tags["slurm_job"] = slurm_job()
         job = run_job(cfg, extra_hooks=[reporter], parent_run_id=opt.get("parent_run_id"), tags=tags,
-                      run_name=f"trial-{number:03d}")
+                      run_name=tracking.trial_run_name(number, first), run_id=run_id, resume=ckpt)
     finally:
         reporter.close()
     res = job.result
     state = "PRUNED" if res.pruned_at_epoch is not None else "COMPLETE"
-    from epochgraph.store import tracking
-
-    client = tracking.get_client(cfg["mlflow"]["tracking_uri"])
-    tracking.set_tags(client, job.run_id, {"state": state})
+    tracking.set_tags(client, job.run_id, {"state": "PAUSED" if reporter.paused else state})
     # the outcome first in the run name: the runs table shows it without extra columns or filters
-    outcome = tracking.trial_outcome(pruned_at_epoch=res.pruned_at_epoch,
+    outcome = tracking.trial_outcome(pruned_at_epoch=res.pruned_at_epoch, paused=reporter.paused,
                                      diverged_at_epoch=res.epochs_run if res.diverged else None)
-    client.update_run(job.run_id, name=tracking.outcome_run_name(tracking.trial_run_name(number), outcome))
+    client.update_run(job.run_id, name=tracking.outcome_run_name(tracking.trial_run_name(number, first), outcome))
+    if not reporter.paused and not cfg["mlflow"].get("keep_checkpoints", False):
+        discard_checkpoints(client, job.run_id)  # its chain ended: nothing will resume from them
     value = res.history[-1]["val_acc"] if res.history else float("nan")
     return {"state": state, "value": value if math.isfinite(value) else 0.0, "epochs": res.epochs_run,
-            "run_id": job.run_id, "forecast": reporter.forecast, "diverged": res.diverged}
+            "run_id": job.run_id, "forecast": reporter.forecast, "diverged": res.diverged,
+            "paused": reporter.paused, "resumed_from": paused.number if ckpt is not None else None}

@@ -34,17 +34,20 @@ UPPER_ATTR = "forecast_upper_{:03d}"  # the upper quantile forecast at that epoc
 FORECAST_EPOCH_ATTR = "forecast_{:03d}"  # what the pruner forecast at that epoch ({name: value}, FORECAST_METRICS)
 UNDECIDED_ATTR = "forecast_undecided_{:03d}"  # why the pruner could not forecast at that epoch (kept the trial)
 PAUSED_ATTR = "paused_at_epoch"  # a pruned trial that may resume: the epoch its checkpoint holds
+CHECKPOINT_ATTR = "checkpoint"  # a paused trial's checkpoint: the artifact path in its MLflow run
+CHECKPOINT_BYTES_ATTR = "checkpoint_bytes"  # its size
 RESUMED_FROM_ATTR = "resumed_from"  # a trial that goes on from a paused one: that trial's number (user attr)
 RESUMED_BY_ATTR = "resumed_by_{:06d}"  # study system attr: paused trial NNN was resumed by the trial it holds
 PLANNED_EPOCHS_ATTR = "planned_epochs"  # the epochs the training is planned for (its own T), declared at its start
 SCHEDULE_ATTR = "lr_schedule"  # the LR of every epoch of the training, planned before it starts
 RECORDED_METRICS = (*CURVE_METRICS, "lr")  # the curve values an epoch's record holds (beside sig/...)
 
-__all__ = ["EPOCH_ATTR", "FORECAST_ATTR", "FORECAST_EPOCH_ATTR", "FORECAST_FINAL_ATTR", "FORECAST_METRICS",
-           "PAUSED_ATTR", "PLANNED_EPOCHS_ATTR", "RECORDED_METRICS", "RESUMED_BY_ATTR", "RESUMED_FROM_ATTR",
-           "SCHEDULE_ATTR", "UNDECIDED_ATTR", "UPPER_ATTR", "diverged", "encode_value", "epoch_records",
-           "mark_resumed", "planned_epochs", "planned_schedule", "resumed_trials", "store_attr",
-           "stored_attr", "trial_attr", "trial_history", "with_reported_values", "write_forecast"]
+__all__ = ["CHECKPOINT_ATTR", "CHECKPOINT_BYTES_ATTR", "EPOCH_ATTR", "FORECAST_ATTR", "FORECAST_EPOCH_ATTR",
+           "FORECAST_FINAL_ATTR", "FORECAST_METRICS", "PAUSED_ATTR", "PLANNED_EPOCHS_ATTR", "RECORDED_METRICS",
+           "RESUMED_BY_ATTR", "RESUMED_FROM_ATTR", "SCHEDULE_ATTR", "UNDECIDED_ATTR", "UPPER_ATTR", "diverged",
+           "encode_value", "epoch_records", "mark_paused", "mark_resumed", "paused_epoch", "planned_epochs",
+           "planned_schedule", "resumed_trials", "store_attr", "stored_attr", "trial_attr", "trial_history",
+           "with_reported_values", "write_forecast"]
 
 
 NONFINITE_VALUES = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -83,6 +86,31 @@ def write_forecast(study: Any, trial: FrozenTrial, epoch: int, forecast: Mapping
     except (KeyError, RuntimeError, optuna.exceptions.OptunaError):  # unknown or finished meanwhile
         return False
     return True
+
+
+def mark_paused(study: Any, trial: FrozenTrial, epoch: int | None) -> bool:
+    """A pruner that pauses writes it into the live ``trial`` it prunes (``paused_at_epoch``; None: stopped for
+    good after all), through the study's storage, so that the job saves a checkpoint and the sweeper, on any
+    worker, may resume it. False, nothing written, for a trial that is not a running trial of the study."""
+    trial_id = getattr(trial, "_trial_id", None)
+    if trial_id is None or trial_id < 0 or getattr(trial, "state", None) not in (None, TrialState.RUNNING):
+        return False
+    try:
+        study._storage.set_trial_system_attr(trial_id, PAUSED_ATTR, None if epoch is None else int(epoch))
+    except (KeyError, RuntimeError, optuna.exceptions.OptunaError):
+        return False
+    return True
+
+
+def paused_epoch(trial: FrozenTrial) -> int | None:
+    """The epoch a paused trial stopped at (its checkpoint's), or None: a trial pruned for good, or not pruned."""
+    if trial.state != TrialState.PRUNED:
+        return None
+    value = trial.system_attrs.get(PAUSED_ATTR, trial.user_attrs.get(PAUSED_ATTR))
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def mark_resumed(study: Any, paused: int, by: int) -> None:

@@ -49,14 +49,22 @@ def weights_artifact(epoch: int) -> str:
 # ``pruned_at_epoch``) stay for filtering and sorting.
 COMPLETE_MARK = "✓"
 PRUNED_MARK = "✂"
+PAUSED_MARK = "⏸"
 DIVERGED_MARK = "NaN"
+CHECKPOINT_DIR = "checkpoint"  # a paused trial's resumable state: checkpoint/epoch_NNN.pt
 
 
-def trial_outcome(*, pruned_at_epoch: int | None = None, diverged_at_epoch: int | None = None) -> str:
-    """The short outcome of a trial that ran to its end: ``✂@1`` (pruned after epoch 1), ``NaN@3`` (diverged
-    at epoch 3: a non-finite loss) or ``✓`` (complete)."""
+def checkpoint_artifact(epoch: int) -> str:
+    """Artifact path of the checkpoint a paused trial resumes from: ``checkpoint/epoch_004.pt``."""
+    return f"{CHECKPOINT_DIR}/epoch_{epoch:03d}.pt"
+
+
+def trial_outcome(*, pruned_at_epoch: int | None = None, diverged_at_epoch: int | None = None,
+                  paused: bool = False) -> str:
+    """The short outcome of a trial that ran to its end: ``✂@1`` (pruned after epoch 1), ``⏸@4`` (paused after
+    epoch 4: it may resume), ``NaN@3`` (diverged at epoch 3: a non-finite loss) or ``✓`` (complete)."""
     if pruned_at_epoch is not None:
-        return f"{PRUNED_MARK}@{pruned_at_epoch}"
+        return f"{PAUSED_MARK if paused else PRUNED_MARK}@{pruned_at_epoch}"
     if diverged_at_epoch is not None:
         return f"{DIVERGED_MARK}@{diverged_at_epoch}"
     return COMPLETE_MARK
@@ -68,9 +76,25 @@ def outcome_run_name(name: str, outcome: str) -> str:
     return f"{outcome} {name}"
 
 
-def trial_run_name(number: int) -> str:
-    """A trial's run name while it trains: ``trial-027`` (`outcome_run_name` puts its outcome first)."""
+def trial_run_name(number: int, first: int | None = None) -> str:
+    """A trial's run name while it trains: ``trial-027`` (`outcome_run_name` puts its outcome first); a trial
+    that resumed paused trial ``first``'s run, in that run: ``trial-005→027``."""
+    if first is not None and first != number:
+        return f"trial-{first:03d}→{number:03d}"
     return f"trial-{number:03d}"
+
+
+def delete_artifacts(client: MlflowClient, run_id: str, path: str) -> bool:
+    """Delete a run's artifacts under ``path`` (a checkpoint no longer needed); False, with one warning, where the
+    artifact store cannot delete."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    try:
+        get_artifact_repository(client.get_run(run_id).info.artifact_uri).delete_artifacts(path)
+        return True
+    except Exception as err:  # a store without deletion, or one unreachable now: the bytes stay, nothing breaks
+        log.warning("run %s: could not delete its %s artifacts (%s)", run_id, path, str(err).splitlines()[0][:160])
+        return False
 
 
 def resolve_tracking_uri(uri: str | None) -> str:

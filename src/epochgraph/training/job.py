@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from epochgraph.hooks import EpochHook
 from epochgraph.models import model_label
 from epochgraph.store import tracking
+from epochgraph.training.checkpoint import Checkpoint
 from epochgraph.training.loop import TrainResult, check_config, train
 
 log = logging.getLogger("epochgraph")
@@ -51,12 +53,15 @@ def keep_weights_epochs(cfg: Mapping[str, Any]) -> set[int] | None:
 
 
 def run_job(cfg: DictConfig, *, extra_hooks: Sequence[EpochHook] = (), parent_run_id: str | None = None,
-            tags: Mapping[str, str] | None = None, run_name: str | None = None) -> JobResult:
+            tags: Mapping[str, str] | None = None, run_name: str | None = None, run_id: str | None = None,
+            resume: Checkpoint | None = None) -> JobResult:
     """Train ``cfg`` with the graph stage and ``extra_hooks`` and log it all to a new MLflow run.
 
     The run ends FINISHED (a diverged training too: it is a result, tagged ``diverged=true``), FAILED
     on an error, KILLED on an interrupt. Exceptions raised by hooks (``optuna.TrialPruned``) propagate
-    after the run is closed.
+    after the run is closed. With ``resume`` (a `Checkpoint` of this training) and ``run_id`` (the run that
+    logged its first epochs), the training goes on in that run, reopened: one curve, each epoch logged once,
+    tag ``resumed_from_epoch``.
     """
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     splits = check_config(plain)
@@ -64,9 +69,13 @@ def run_job(cfg: DictConfig, *, extra_hooks: Sequence[EpochHook] = (), parent_ru
     client = tracking.get_client(cfg["mlflow"]["tracking_uri"])
     all_tags = {"model": model_label(cfg["model"]), "dataset": str(cfg["data"]["name"]), **(tags or {})}
     name = run_name or cfg["mlflow"].get("run_name")
+    if resume is not None:
+        all_tags["resumed_from_epoch"] = str(resume.epoch)
+    reopen = run_id
     with tracking.mlflow_run(client, cfg["mlflow"]["experiment"], run_name=name, tags=all_tags,
-                             parent_run_id=parent_run_id) as run_id:
-        tracking.log_config(client, run_id, cfg)
+                             parent_run_id=parent_run_id, run_id=reopen) as run_id:
+        if reopen is None:  # a reopened run has its params and config already
+            tracking.log_config(client, run_id, cfg)
         logger = tracking.MlflowEpochLogger(client, run_id, bool(cfg["mlflow"].get("log_weights", True)),
                                             keep_weights_epochs(cfg))
         # the logger runs last so that it sees the metrics and tags the other hooks added; the
@@ -81,7 +90,7 @@ def run_job(cfg: DictConfig, *, extra_hooks: Sequence[EpochHook] = (), parent_ru
             start = getattr(hook, "on_run_start", None)
             if start is not None:
                 start(run_id, url)
-        result = train(plain, hooks=hooks, splits=splits)
+        result = train(plain, hooks=hooks, splits=splits, resume=resume)
         final = {"test_acc": result.test_acc, "test_loss": result.test_loss, "epochs_run": result.epochs_run,
                  "weights_bytes": logger.weights_bytes}
         if logger.skipped_epochs:
@@ -95,6 +104,11 @@ def run_job(cfg: DictConfig, *, extra_hooks: Sequence[EpochHook] = (), parent_ru
         end_tags = {"diverged": str(result.diverged).lower()}
         if result.pruned_at_epoch is not None:
             end_tags.update(pruned="true", pruned_at_epoch=str(result.pruned_at_epoch))
+        elif reopen is not None:  # paused before, complete now: the run is a whole training again
+            end_tags["pruned"] = "false"
+            for stale in ("pruned_at_epoch", "paused_at_epoch"):
+                with contextlib.suppress(Exception):
+                    client.delete_tag(run_id, stale)
         tracking.set_tags(client, run_id, end_tags)
         log.info("test_acc %.4f after %d epochs%s", result.test_acc, result.epochs_run,
                  " (diverged)" if result.diverged else "")

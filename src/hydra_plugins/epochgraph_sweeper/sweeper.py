@@ -26,7 +26,7 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from epochgraph.errors import EpochgraphError, JobKilled, Terminated, note_interrupt
 from epochgraph.store import optuna_internals
@@ -200,6 +200,7 @@ class EpochgraphSweeper(Sweeper):
         self.study_name, self.sampler_cfg, self.max_failure_rate = study_name, sampler, max_failure_rate
         self.job_idx = 0
         self._interrupted = ""  # what an interrupt left behind, for the last line
+        self._peak_checkpoint = 0  # the most bytes the paused trials' checkpoints held at once
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
@@ -212,7 +213,7 @@ class EpochgraphSweeper(Sweeper):
         report_errors(self._sweep)(arguments)
 
     def _sweep(self, arguments: list[str]) -> None:
-        from epochgraph.search import sweep_report
+        from epochgraph.search import pause, sweep_report
         from epochgraph.search.trial import build_pruner
         from epochgraph.store import tracking
         from epochgraph.store.storage import make_storage, redact
@@ -259,7 +260,8 @@ class EpochgraphSweeper(Sweeper):
                 log.info("runs as they finish: %s", tracking.runs_url(client.tracking_uri, exp_id))
                 self._loop(study, space, fixed, parent_id, client, experiment)
                 sweep_report.report(study, client, parent_id, int(cfg.trainer.epochs), Path(cfg.hydra.sweep.dir),
-                                    links=self._links(client, exp_id, parent_id))
+                                    links=self._links(client, exp_id, parent_id),
+                                    checkpoint_peak_bytes=self._peak_checkpoint if pause.pauses(pruner) else None)
         except (KeyboardInterrupt, Terminated) as err:
             note_interrupt(err, f"{self._interrupted} the sweep's MLflow runs closed as KILLED; run the same "
                                 f"command again to resume study {name!r}")
@@ -299,7 +301,11 @@ class EpochgraphSweeper(Sweeper):
 
     @staticmethod
     def _finished(study: optuna.Study) -> int:
-        return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        """Finished configurations: complete or pruned trials, a paused one that another resumed counted once."""
+        from epochgraph.search.trial_attrs import resumed_trials
+
+        return (len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+                - len(resumed_trials(study)))
 
     def _fail_stale(self, study: optuna.Study, client, experiment: str) -> None:
         """Fail the trials whose worker stopped beating (re-queued up to ``storage.max_retry``) and close
@@ -329,6 +335,18 @@ class EpochgraphSweeper(Sweeper):
                    for n in failed]
         return "; ".join(outcome) + ";"
 
+    def _resumable(self, study: optuna.Study, candidates: list[FrozenTrial]) -> list[FrozenTrial]:
+        """The ``candidates`` (paused trials) the pruner says should resume, at most ``n_jobs``: asked one by one,
+        the likeliest first, so that a batch holds no more than it launches."""
+        from epochgraph.search import pause
+
+        out: list[FrozenTrial] = []
+        for trial in candidates:
+            if len(out) >= self.n_jobs:
+                break
+            out += pause.resumable(study, [trial])
+        return out
+
     def _wait_message(self, study: optuna.Study, running: list[int]) -> str:
         storage = optuna_internals.rdb_storage(study)
         grace = getattr(storage, "grace_period", None) or 2 * (getattr(storage, "heartbeat_interval", None) or 0)
@@ -351,16 +369,31 @@ class EpochgraphSweeper(Sweeper):
         stale ones and closing their MLflow runs, so several sweep processes can work one study and a restarted
         sweep neither re-runs nor overshoots. An interrupt ends the trials it stopped FAIL at once.
         """
+        from epochgraph.search import pause
+        from epochgraph.search.trial_attrs import paused_epoch
+
         self._interrupted = ""
         waited_for: list[int] = []
+        asked_last: set[int] = set()  # paused trials asked in the last pass, once the budget is spent
+        pausing = pause.pauses(study.pruner)
         while True:
             counts = {s: len(study.get_trials(deepcopy=False, states=(s,)))
                       for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)}
-            finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+            # a paused trial that was resumed goes on as another trial: one configuration, counted once
+            finished = self._finished(study)
             to_go = self.n_trials - finished - counts[TrialState.RUNNING]
-            if finished >= self.n_trials:
-                return
-            if to_go <= 0:
+            resumes: list[FrozenTrial] = []
+            if pausing:
+                self._peak_checkpoint = max(self._peak_checkpoint, pause.checkpoint_bytes(study))
+                if finished < self.n_trials:  # promotion first: a paused trial that should go on before a new one
+                    resumes = self._resumable(study, pause.paused_trials(study))
+                elif not counts[TrialState.RUNNING]:  # the budget is spent: each paused trial is asked once more
+                    last = [t for t in pause.paused_trials(study) if t.number not in asked_last]
+                    asked_last.update(t.number for t in last)
+                    resumes = self._resumable(study, last)
+            if finished >= self.n_trials and not resumes and not (pausing and counts[TrialState.RUNNING]):
+                return  # (a sweep that pauses waits for the running trials: their pauses may still resume)
+            if to_go <= 0 and not resumes:
                 running = sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
                 if running != waited_for:
                     log.info(self._wait_message(study, running))
@@ -369,9 +402,13 @@ class EpochgraphSweeper(Sweeper):
                 time.sleep(2.0)
                 continue
             waited_for = []
+            resumes = resumes[:self.n_jobs]
+            batch = [pause.resume(study, t) for t in resumes]
+            for paused, trial in zip(resumes, batch):
+                log.info("trial %3d RESUMES trial %d from epoch %d", trial.number, paused.number, paused_epoch(paused))
             with warnings.catch_warnings():  # heartbeats are meant for study.optimize; our jobs beat
                 warnings.simplefilter("ignore", UserWarning)
-                batch = [study.ask(space) for _ in range(min(self.n_jobs, to_go))]
+                batch += [study.ask(space) for _ in range(min(self.n_jobs - len(batch), max(to_go, 0)))]
             overrides = [
                 tuple(f"{k}={v}" for k, v in {**t.params, **fixed}.items())
                 + (f"optuna.study_name={study.study_name}", f"optuna.trial_number={t.number}",
@@ -393,7 +430,8 @@ class EpochgraphSweeper(Sweeper):
                     else:
                         study.tell(trial.number, out["value"], skip_if_finished=True)
                     fc = f"  forecast P {out['forecast']:.2f}" if out.get("forecast") is not None else ""
-                    log.info("trial %3d %-8s val_acc %.4f after %d epochs%s", trial.number, out["state"],
+                    word = "PAUSED" if out.get("paused") else out["state"]
+                    log.info("trial %3d %-8s val_acc %.4f after %d epochs%s", trial.number, word,
                              out["value"], out["epochs"], fc)
                 elif ret.status == JobStatus.FAILED and isinstance(ret._return_value, JobKilled):
                     # its job was killed (scancel, a lost node): as for a dead worker, FAIL, re-queue, close its run

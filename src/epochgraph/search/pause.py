@@ -1,0 +1,171 @@
+"""Pause, don't kill: a pruned trial keeps a checkpoint and may resume when the study's evidence turns.
+
+Optuna's pruning is final. A pruner that pauses (`ForecastPruner` with ``pause``) writes ``paused_at_epoch``
+into the trial it prunes (`epochgraph.search.trial_attrs.mark_paused`); the job then stores a resumable
+checkpoint of that epoch (model, optimizer, LR scheduler, RNG states: `epochgraph.training.checkpoint`) as an
+artifact of the trial's MLflow run (`save_checkpoint`), and the trial ends PRUNED. Before a new trial is asked,
+the sweeper asks the pruner whether a paused trial should go on instead (`resumable`, from what the trials
+carry in the storage, so on any worker); a resumed trial is a new Optuna trial with the paused one's
+parameters and the user attr ``resumed_from`` (`resume`), and its job carries the paused trial's epochs over
+(`carry_over`: records and intermediate values) and trains on from the checkpoint in the same MLflow run.
+A checkpoint that is missing or unreadable restarts the training from scratch, with one warning.
+
+A trial whose chain completed, or was stopped for good, has its checkpoint deleted (`discard_checkpoints`)
+unless ``mlflow.keep_checkpoints``; `checkpoint_bytes` is what the paused trials hold now.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from epochgraph.search.trial_attrs import (
+    CHECKPOINT_ATTR,
+    CHECKPOINT_BYTES_ATTR,
+    EPOCH_ATTR,
+    FORECAST_EPOCH_ATTR,
+    PAUSED_ATTR,
+    RESUMED_FROM_ATTR,
+    UPPER_ATTR,
+    mark_resumed,
+    paused_epoch,
+    resumed_trials,
+    store_attr,
+)
+
+log = logging.getLogger("epochgraph")
+_CARRIED = tuple(a.split("{")[0] for a in (EPOCH_ATTR, FORECAST_EPOCH_ATTR, UPPER_ATTR))  # per-epoch attrs
+
+__all__ = ["carry_over", "checkpoint_bytes", "discard_checkpoints", "load_checkpoint", "paused_trials", "pauses",
+           "resumable", "resume", "resumed_from", "save_checkpoint"]
+
+
+def pauses(pruner: Any) -> bool:
+    """Whether ``pruner`` pauses the trials it prunes and can say when one should resume."""
+    return bool(getattr(pruner, "pause", False)) and callable(getattr(pruner, "should_resume", None))
+
+
+def paused_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The study's paused trials that no trial resumed yet, the latest pause first (the order of asking)."""
+    resumed = resumed_trials(study)
+    out = [t for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+           if paused_epoch(t) is not None and t.number not in resumed]
+    return sorted(out, key=lambda t: (-int(paused_epoch(t) or 0), t.number))
+
+
+def resumable(study: optuna.Study, candidates: list[FrozenTrial] | None = None) -> list[FrozenTrial]:
+    """The paused trials (``candidates``, default all) the study's pruner says should resume now."""
+    if not pauses(study.pruner):
+        return []
+    return [t for t in (paused_trials(study) if candidates is None else candidates)
+            if study.pruner.should_resume(study, t)]
+
+
+def resume(study: optuna.Study, paused: FrozenTrial) -> optuna.trial.Trial:
+    """A new RUNNING trial that goes on from ``paused``: its parameters, the user attr ``resumed_from``; the
+    study records ``resumed_by`` for the paused one. The job (`carry_over`) brings the epochs over."""
+    template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, values=None,
+                           datetime_start=datetime.datetime.now(), datetime_complete=None, params=dict(paused.params),
+                           distributions=dict(paused.distributions),
+                           user_attrs={RESUMED_FROM_ATTR: paused.number}, system_attrs={}, intermediate_values={},
+                           trial_id=-1)
+    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+    trial = optuna.trial.Trial(study, trial_id)
+    mark_resumed(study, paused.number, trial.number)
+    return trial
+
+
+def resumed_from(study: optuna.Study, trial: optuna.trial.Trial) -> FrozenTrial | None:
+    """The paused trial ``trial`` goes on from (its user attr ``resumed_from``; a retried trial inherits it)."""
+    number = trial.user_attrs.get(RESUMED_FROM_ATTR)
+    if number is None:
+        return None
+    from epochgraph.store.optuna_internals import trial_id
+
+    paused = study._storage.get_trial(trial_id(study, int(number)))
+    return paused if paused_epoch(paused) is not None else None
+
+
+def carry_over(study: optuna.Study, trial: optuna.trial.Trial, paused: FrozenTrial) -> int:
+    """Bring the epochs ``paused`` trained into ``trial``: their records and forecasts (system attrs) and
+    intermediate values, up to the epoch it paused at; returns that epoch. Epochs ``trial`` holds already (a
+    retried trial) are not written twice."""
+    upto = int(paused_epoch(paused) or 0)
+    have = dict(study._storage.get_trial(trial._trial_id).intermediate_values)
+    for key, value in paused.system_attrs.items():
+        if key.startswith(_CARRIED) and key.rsplit("_", 1)[-1].isdigit() and int(key.rsplit("_", 1)[-1]) <= upto:
+            store_attr(trial, key, value)
+    for step, value in sorted(paused.intermediate_values.items()):
+        if step <= upto and step not in have:
+            trial.report(value, step)
+    return upto
+
+
+def save_checkpoint(client: Any, run_id: str, trial: optuna.trial.Trial, checkpoint: Any) -> int:
+    """Store ``checkpoint`` (`Checkpoint`) as ``checkpoint/epoch_NNN.pt`` of the run, delete the run's earlier
+    one (a chain paused twice keeps its latest) and write its path and size into the trial; returns its bytes."""
+    from epochgraph.store import tracking
+
+    path = tracking.checkpoint_artifact(checkpoint.epoch)
+    old = [f.path for f in client.list_artifacts(run_id, tracking.CHECKPOINT_DIR) if f.path != path]
+    with tempfile.TemporaryDirectory() as tmp:
+        local = checkpoint.save(Path(tmp, Path(path).name))
+        size = local.stat().st_size
+        client.log_artifact(run_id, str(local), artifact_path=tracking.CHECKPOINT_DIR)
+    for stale in old:
+        tracking.delete_artifacts(client, run_id, stale)
+    store_attr(trial, CHECKPOINT_ATTR, f"runs:/{run_id}/{path}")
+    store_attr(trial, CHECKPOINT_BYTES_ATTR, int(size))
+    return size
+
+
+def load_checkpoint(client: Any, paused: FrozenTrial) -> Any:
+    """The `Checkpoint` ``paused`` stored, or None with one warning (missing, unreadable, of another epoch): its
+    resumed trial then trains from scratch."""
+    from epochgraph.errors import EpochgraphError
+    from epochgraph.training.checkpoint import Checkpoint
+
+    uri, epoch = paused.system_attrs.get(CHECKPOINT_ATTR), paused_epoch(paused)
+    why = f"trial {paused.number} paused at epoch {epoch} left no checkpoint"
+    if uri:
+        try:
+            run_id, path = str(uri)[len("runs:/"):].split("/", 1)
+            with tempfile.TemporaryDirectory() as tmp:
+                ckpt = Checkpoint.load(client.download_artifacts(run_id, path, tmp))
+            if ckpt.epoch == epoch:
+                return ckpt
+            why = f"the checkpoint {uri} holds epoch {ckpt.epoch}, not {epoch}"
+        except EpochgraphError as err:
+            why = str(err)
+        except Exception as err:  # MLflow's own errors for a missing artifact or an unreachable store
+            why = f"checkpoint {uri} is missing ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+    log.warning("resuming trial %d: %s; it trains from scratch instead (its paused run stays as it was)",
+                paused.number, why)
+    return None
+
+
+def checkpoint_bytes(study: optuna.Study) -> int:
+    """Bytes of the checkpoints the study's paused trials hold now (those not resumed)."""
+    return sum(int(t.system_attrs.get(CHECKPOINT_BYTES_ATTR) or 0) for t in paused_trials(study))
+
+
+def discard_checkpoints(client: Any, run_id: str) -> bool:
+    """Delete a run's checkpoints (its trial completed or was stopped for good); whether there were any."""
+    from epochgraph.store import tracking
+
+    if not client.list_artifacts(run_id, tracking.CHECKPOINT_DIR):
+        return False
+    return tracking.delete_artifacts(client, run_id, tracking.CHECKPOINT_DIR)
+
+
+def paused_here(trial: optuna.trial.Trial, epoch: int) -> bool:
+    """Whether the pruner paused the live ``trial`` at ``epoch`` (rather than stopping it for good)."""
+    from epochgraph.search.trial_attrs import stored_attr
+
+    return stored_attr(trial, PAUSED_ATTR) == int(epoch)

@@ -1,0 +1,27 @@
+"""A pruner that pauses on a fixed plan, for testing the pause/resume machinery apart from any forecast."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+from epochgraph.search.trial_attrs import RESUMED_FROM_ATTR, mark_paused
+
+
+class PauseOdd(optuna.pruners.BasePruner):
+    """Pauses every odd-numbered trial (even: ``parity=0``) that is not a resumption after epoch ``at``; a paused trial should resume
+    once ``after`` trials completed. Writes its pauses into the trial, as `ForecastPruner` does."""
+
+    pause = True
+
+    def __init__(self, at: int = 1, after: int = 1, parity: int = 1) -> None:
+        self.at, self.after, self.parity = int(at), int(after), int(parity)
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        if trial.number % 2 == self.parity and trial.last_step == self.at and RESUMED_FROM_ATTR not in trial.user_attrs:
+            mark_paused(study, trial, self.at)
+            return True
+        return False
+
+    def should_resume(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= self.after
