@@ -9,8 +9,8 @@ from epochgraph.search.trial_attrs import RESUMED_FROM_ATTR, mark_paused
 
 
 class PauseOdd(optuna.pruners.BasePruner):
-    """Pauses every odd-numbered trial (even: ``parity=0``) that is not a resumption after epoch ``at``; a paused trial should resume
-    once ``after`` trials completed. Writes its pauses into the trial, as `ForecastPruner` does."""
+    """Pauses every odd-numbered trial (even: ``parity=0``) that is not a resumption after epoch ``at``; a paused
+    trial should resume once ``after`` trials completed. Writes its pauses into the trial, as `ForecastPruner` does."""
 
     pause = True
 
