@@ -230,8 +230,8 @@ def test_the_signature_pruner_keeps_the_trial_when_its_classifier_cannot_be_fitt
 def test_the_shipped_forecast_pruner_replays_val_acc_only_curves_without_raising():
     # the development populations recorded elsewhere with val_acc alone kept, and 500-epoch trainings; as
     # shipped (warm start from the committed tables, recalibration, rank check); no draw may raise
-    from epochgraph.bench.replay import pruner_factory, random_orders, replay
     from epochgraph.forecast.population import from_table, read_table
+    from epochgraph.search.replay import pruner_factory, random_orders, replay
     from tests.curves import EXTERNAL, synthetic_runs, val_acc_only
 
     draws = [(synthetic_runs(4, 500, seed=3), 500)]

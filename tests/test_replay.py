@@ -5,10 +5,10 @@ import math
 import optuna
 import pytest
 
-from epochgraph.bench.replay import pruner_factory, random_orders, replay, replay_orders, run_length
 from epochgraph.errors import EpochgraphError
 from epochgraph.forecast.records import RunRecord
 from epochgraph.graph.signature import NONFINITE
+from epochgraph.search.replay import pruner_factory, random_orders, replay, replay_orders, run_length
 
 
 def _run(run_id: str, curve: list[float], nonfinite: list[float] | None = None) -> RunRecord:

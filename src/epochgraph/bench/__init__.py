@@ -6,7 +6,7 @@ from epochgraph._lazy import lazy_exports
 _EXPORTS = {
     "run_steps": "epochgraph.bench.benchmark",
     "settings": "epochgraph.bench.benchmark",
-    "replay_orders": "epochgraph.bench.replay",
+    "replay_orders": "epochgraph.search.replay",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

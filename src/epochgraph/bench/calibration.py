@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from epochgraph.bench.draws import draw_studies
-from epochgraph.bench.replay import _epoch_attrs, pruner_factory, reported_keys, run_length
 from epochgraph.forecast.forecaster import FinalAccuracyForecaster
 from epochgraph.forecast.records import RunRecord
+from epochgraph.search.replay import _epoch_attrs, pruner_factory, reported_keys, run_length
 from epochgraph.search.trial_attrs import EPOCH_ATTR, store_attr
 from epochgraph.store import optuna_internals
 

@@ -1,7 +1,7 @@
 """Studies drawn from a population: what a user running a study of N trials would have saved and lost.
 
 A population's recorded trainings are the pool; each draw is a study of ``study_size`` trials drawn at
-random (without replacement, in random order) and replayed through a pruner (`epochgraph.bench.replay`).
+random (without replacement, in random order) and replayed through a pruner (`epochgraph.search.replay`).
 Per setting, over the draws: the epochs trained (share of the draw's epochs), the regret in accuracy
 points (the draw's best final val_acc minus the best among the trials that ran to the end), the share of
 draws that kept the best trial, and the share with regret <= 0.1 pp. Our populations and the curves
@@ -26,40 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from epochgraph.bench.replay import PrunerFactory, pruner_factory, replay, run_length
 from epochgraph.forecast.records import RunRecord
+from epochgraph.search.replay import PrunerFactory, pruner_factory, run_length
+from epochgraph.search.score_pruners import SAFE_REGRET_PP, draw_studies, plot, score  # noqa: F401 (the draws step's)
 
-SAFE_KEEP, SAFE_REGRET_PP = 0.9, 0.1  # "safe": keeps the best in 90 % of draws, or mean regret <= 0.1 pp
-
-
-def draw_studies(n_runs: int, size: int, n_draws: int, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.choice(n_runs, size=min(size, n_runs), replace=False) for _ in range(n_draws)]
-
-
-def _one(runs: Sequence[RunRecord], draw: np.ndarray, factory: PrunerFactory) -> dict[str, float]:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sub = [runs[i] for i in draw]
-    return replay(sub, list(range(len(sub))), factory())
-
-
-def score(runs: Sequence[RunRecord], factory: PrunerFactory, draws: Sequence[np.ndarray],
-          n_jobs: int = 1) -> dict[str, Any]:
-    """One setting over ``draws``: epochs, regret (pp), kept-best share, share with regret <= 0.1 pp."""
-    if n_jobs > 1:
-        from joblib import Parallel, delayed
-
-        res = Parallel(n_jobs=n_jobs)(delayed(_one)(runs, d, factory) for d in draws)
-    else:
-        res = [_one(runs, d, factory) for d in draws]
-    epochs = np.array([r["epochs_frac"] for r in res])
-    regret = np.array([r["regret"] for r in res]) * 100
-    return {"epochs_frac": [float(epochs.mean()), float(epochs.std())],
-            "regret_pp": [float(regret.mean()), float(regret.std())],
-            "kept_best": float(np.mean(regret == 0)), "regret_le_0.1pp": float(np.mean(regret <= SAFE_REGRET_PP)),
-            "regret_per_draw": regret.tolist()}
+SAFE_KEEP = 0.9  # "safe": keeps the best in 90 % of draws, or mean regret <= SAFE_REGRET_PP
 
 
 def hindsight_cut(runs: Sequence[RunRecord], draws: Sequence[np.ndarray]) -> dict[str, float]:
@@ -113,7 +84,7 @@ def fingerprint(tables: str | Path) -> str:
 
     root = Path(epochgraph.__file__).parent
     h = hashlib.sha256()
-    for path in sorted([*root.glob("search/*.py"), *root.glob("forecast/*.py"), root / "bench" / "replay.py",
+    for path in sorted([*root.glob("search/*.py"), *root.glob("forecast/*.py"),
                         *Path(tables).glob("*.parquet")]):
         h.update(path.name.encode() + path.read_bytes())
     return h.hexdigest()[:16]
@@ -234,41 +205,6 @@ def ours_table(results: Sequence[Mapping[str, Any]]) -> str:
             f"{c['epochs_frac']:.2f} (t={c['t']:.0f}, k={c['k']:.0f})" for c in cuts) + " | reference | "
             f"{np.mean([c['epochs_frac'] for c in cuts]):.2f} | 0 |")
     return "\n".join(rows) + "\n"
-
-
-def plot(results: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = min(4, len(results))
-    rows = math.ceil(len(results) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.2 * rows), squeeze=False)
-    for ax, res in zip(axes.flat, results):
-        for name, r in res["settings"].items():
-            ours, shipped = name.startswith("forecast"), name == "forecast"
-            color = ("tab:red" if shipped else "lightcoral") if ours else (
-                "tab:green" if name.startswith("top") else "tab:blue")
-            ax.errorbar(r["epochs_frac"][0], r["regret_pp"][0], xerr=r["epochs_frac"][1], yerr=r["regret_pp"][1],
-                        fmt="*" if ours else "o", ms=13 if shipped else (8 if ours else 5), capsize=2, color=color,
-                        zorder=3 if shipped else 2)
-            if shipped or name in ("median", "successive_halving", "patient"):
-                ax.annotate(name, (r["epochs_frac"][0], r["regret_pp"][0]), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")
-        ax.axhline(SAFE_REGRET_PP, color="grey", lw=0.6, ls="--")
-        ax.set_title(f"{res['population']} ({res['draws']} studies of {res['study_size']})", fontsize=9)
-        ax.set_xlabel("share of the epochs trained")
-        ax.set_ylabel("regret (accuracy points), mean ± std")
-        ax.set_xlim(0, 1.02)
-    for ax in list(axes.flat)[len(results):]:
-        ax.axis("off")
-    fig.suptitle("Studies drawn from each population: ours (red star: shipped; light: the other settings) against "
-                 "Optuna's pruners (blue) and top-k (green); dashed: 0.1 pp")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def draws_all(b: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from epochgraph.bench.replay import run_length
 from epochgraph.paths import CONF_DIR
+from epochgraph.search.replay import run_length
 
 
 def forecast_scores(b: Mapping[str, Any]) -> pd.DataFrame:

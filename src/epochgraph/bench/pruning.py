@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from epochgraph.bench.replay import PrunerFactory, pruner_factory, random_orders, replay_orders, run_length
 from epochgraph.forecast.records import RunRecord
+from epochgraph.search.replay import PrunerFactory, pruner_factory, random_orders, replay_orders, run_length
 
 KINDS = ("signature", "hybrid", "curve")  # the SignaturePruner's feature sources, as setting-name prefixes
 

@@ -174,3 +174,34 @@ def from_table(df: pd.DataFrame, experiments: Sequence[str] | None = None) -> li
     if not records:
         raise EpochgraphError("the population table holds no runs; record some with 'make bench'")
     return records
+
+
+def export_experiment(tracking_uri: str, experiment: str | Sequence[str], output: str | Path,
+                      population: str | None = None) -> Path:
+    """Write the trainings of an MLflow experiment (or several, pooled) that ran to their end as a population
+    table (``epochgraph-export``): a sweep's complete trials, resumed ones included; pruned and paused trials
+    are left out (a population holds final accuracies) and counted in the line printed."""
+    from epochgraph.forecast.records import experiment_names, load_runs
+    from epochgraph.store import tracking
+
+    client = tracking.get_client(tracking_uri)
+    names = experiment_names(experiment)
+    ids = []
+    for name in names:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            known = sorted(e.name for e in client.search_experiments())
+            raise EpochgraphError(f"unknown MLflow experiment {name!r} in {tracking_uri}; existing: "
+                                  f"{', '.join(known) or 'none'} (set experiment=<name>)")
+        ids.append(exp.experiment_id)
+    finished = client.search_runs(ids, "attributes.status = 'FINISHED'", max_results=50000)
+    trainings = [r for r in finished if r.data.tags.get("epochgraph.role") != "sweep"]
+    left_out = sum(r.data.tags.get("pruned") == "true" for r in trainings)
+    epochs = max((int(float(r.data.params.get("trainer.epochs", 0) or 0)) for r in trainings), default=0)
+    epochs = max(epochs, max((int(r.data.metrics.get("epochs_run", 0)) for r in trainings), default=0), 1)
+    runs = load_runs(client, names, epochs, extra_metrics=EXTRA_METRICS)
+    df = to_table(runs, population or "+".join(names))
+    path = write_table(df, output)
+    print(f"{path}: {len(runs)} trainings of {'+'.join(names)} (up to {epochs} epochs) as population "
+          f"{population or '+'.join(names)!r}; {left_out} pruned or paused trials left out", flush=True)
+    return path

@@ -49,6 +49,7 @@ from epochgraph.forecast.warm_start import (  # noqa: F401 (importable here too)
     warm_tables,
     with_plan,
 )
+from epochgraph.search.pause import promoted, stops_for_good
 from epochgraph.search.trial_attrs import (
     UPPER_ATTR,
     diverged,
@@ -442,10 +443,10 @@ class ForecastPruner(BasePruner):
     def should_resume(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         """Whether a paused trial (pruned with ``pause``; ``trial`` as it was paused) should go on: its forecast
         from the epoch it paused at, with the forecaster refitted and calibrated on the study as it is now,
-        gives it P(final >= best) >= ``delta`` again. What turns the evidence: more completed trials whose
-        forecasts at that epoch fell short (the calibration margin widens where early epochs mislead), a refit
-        that learnt late bloomers, a best that did not rise. The probability is written into the trial
-        (``resume_p_NNN``, NNN: the number of completed trials it was asked at)."""
+        gives it P(final >= best) >= ``delta`` again (what turns the evidence: completed trials whose forecasts
+        at that epoch fell short widen the calibration margin, a refit that learnt late bloomers, a best that
+        did not rise); or, where the study has not shown that the epoch ranks the end, it is among the top
+        1/``promote_eta`` of the trials at that epoch (`epochgraph.search.pause.promoted`)."""
         try:
             p = self.prob_beat_best(study, trial, recalibrated=False)
         except Exception as err:  # as in prune: the trial stays paused, and the study goes on
@@ -453,15 +454,8 @@ class ForecastPruner(BasePruner):
             return False
         if p is not None and p >= self.delta:
             return True
-        step = trial.last_step
-        if step is None or self.trusted_at(study, int(step)):
-            return False  # the study shows that the epoch it paused at ranks the end: the pause stands
-        # the epoch does not (yet) rank the end: promote as promotion-type ASHA does, the top 1/promote_eta of
-        # the trials that reached that epoch
-        values = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False)
-                  if step in t.intermediate_values and t.number != trial.number]
-        ahead = sum(v > trial.intermediate_values.get(step, -math.inf) for v in values)
-        return ahead < (len(values) + 1) / self.promote_eta
+        step = trial.last_step  # a trusted epoch ranks the end: the pause stands
+        return step is not None and not self.trusted_at(study, int(step)) and promoted(study, trial, self.promote_eta)
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         self._forget(trial.number)  # what is recorded for this epoch is what this call forecasts
@@ -471,13 +465,8 @@ class ForecastPruner(BasePruner):
             write_forecast(study, trial, int(trial.last_step), {
                 "probability": self.last_forecast.get(n), "final": self.last_forecast_value.get(n),
                 "upper": self.last_forecast_bound.get(n)}, upper=self.last_forecast_upper.get(n))
-        if decision and self.pause and trial.last_step is not None:
-            # a pause, written into the trial for the job (which saves a checkpoint) and the sweeper (which may
-            # resume it); a diverged training, or one whose val_acc is no longer finite, is stopped for good
-            history = trial_history(trial)
-            acc = [trial.intermediate_values.get(trial.last_step), *(history.get("val_acc") or [None])[-1:]]
-            hopeless = diverged(history) or any(v is not None and not math.isfinite(v) for v in acc)
-            mark_paused(study, trial, None if hopeless else int(trial.last_step))
+        if decision and self.pause and trial.last_step is not None:  # for the job (a checkpoint), the sweeper
+            mark_paused(study, trial, None if stops_for_good(trial) else int(trial.last_step))
         return decision
 
     def _forget(self, number: int) -> None:

@@ -40,10 +40,12 @@ from epochgraph.search.trial_attrs import (
 )
 
 log = logging.getLogger("epochgraph")
+CHECKPOINT_DIR = "checkpoint"  # a paused trial's resumable state in its MLflow run: checkpoint/epoch_NNN.pt
 _CARRIED = tuple(a.split("{")[0] for a in (EPOCH_ATTR, FORECAST_EPOCH_ATTR, UPPER_ATTR))  # per-epoch attrs
 
-__all__ = ["carry_over", "checkpoint_bytes", "discard_checkpoints", "load_checkpoint", "paused_trials", "pauses",
-           "resumable", "resume", "resumed_from", "save_checkpoint"]
+__all__ = ["CHECKPOINT_DIR", "carry_over", "checkpoint_artifact", "checkpoint_bytes", "delete_artifacts",
+           "discard_checkpoints", "load_checkpoint", "paused_here", "paused_trials", "pauses", "promoted", "resumable",
+           "resume", "resumed_from", "save_checkpoint", "stops_for_good"]
 
 
 def pauses(pruner: Any) -> bool:
@@ -107,19 +109,23 @@ def carry_over(study: optuna.Study, trial: optuna.trial.Trial, paused: FrozenTri
     return upto
 
 
+def checkpoint_artifact(epoch: int) -> str:
+    """Artifact path of the checkpoint a paused trial resumes from: ``checkpoint/epoch_004.pt``."""
+    return f"{CHECKPOINT_DIR}/epoch_{epoch:03d}.pt"
+
+
 def save_checkpoint(client: Any, run_id: str, trial: optuna.trial.Trial, checkpoint: Any) -> int:
     """Store ``checkpoint`` (`Checkpoint`) as ``checkpoint/epoch_NNN.pt`` of the run, delete the run's earlier
     one (a chain paused twice keeps its latest) and write its path and size into the trial; returns its bytes."""
-    from epochgraph.store import tracking
 
-    path = tracking.checkpoint_artifact(checkpoint.epoch)
-    old = [f.path for f in client.list_artifacts(run_id, tracking.CHECKPOINT_DIR) if f.path != path]
+    path = checkpoint_artifact(checkpoint.epoch)
+    old = [f.path for f in client.list_artifacts(run_id, CHECKPOINT_DIR) if f.path != path]
     with tempfile.TemporaryDirectory() as tmp:
         local = checkpoint.save(Path(tmp, Path(path).name))
         size = local.stat().st_size
-        client.log_artifact(run_id, str(local), artifact_path=tracking.CHECKPOINT_DIR)
+        client.log_artifact(run_id, str(local), artifact_path=CHECKPOINT_DIR)
     for stale in old:
-        tracking.delete_artifacts(client, run_id, stale)
+        delete_artifacts(client, run_id, stale)
     store_attr(trial, CHECKPOINT_ATTR, f"runs:/{run_id}/{path}")
     store_attr(trial, CHECKPOINT_BYTES_ATTR, int(size))
     return size
@@ -157,11 +163,48 @@ def checkpoint_bytes(study: optuna.Study) -> int:
 
 def discard_checkpoints(client: Any, run_id: str) -> bool:
     """Delete a run's checkpoints (its trial completed or was stopped for good); whether there were any."""
-    from epochgraph.store import tracking
-
-    if not client.list_artifacts(run_id, tracking.CHECKPOINT_DIR):
+    if not client.list_artifacts(run_id, CHECKPOINT_DIR):
         return False
-    return tracking.delete_artifacts(client, run_id, tracking.CHECKPOINT_DIR)
+    return delete_artifacts(client, run_id, CHECKPOINT_DIR)
+
+
+def delete_artifacts(client: Any, run_id: str, path: str) -> bool:
+    """Delete a run's artifacts under ``path`` (a checkpoint no longer needed); False, with one warning, where the
+    artifact store cannot delete."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    try:
+        get_artifact_repository(client.get_run(run_id).info.artifact_uri).delete_artifacts(path)
+        return True
+    except Exception as err:  # a store without deletion, or one unreachable now: the bytes stay, nothing breaks
+        log.warning("run %s: could not delete its %s artifacts (%s)", run_id, path, str(err).splitlines()[0][:160])
+        return False
+
+
+def stops_for_good(trial: FrozenTrial) -> bool:
+    """Whether a trial a pausing pruner stops is stopped for good, not paused: its training diverged (non-finite
+    weights or loss) or its val_acc is no longer finite: no checkpoint, nothing to resume."""
+    import math
+
+    from epochgraph.search.trial_attrs import diverged, trial_history
+
+    history = trial_history(trial)
+    acc = [trial.intermediate_values.get(trial.last_step), *(history.get("val_acc") or [None])[-1:]]
+    return diverged(history) or any(v is not None and not math.isfinite(v) for v in acc)
+
+
+def promoted(study: optuna.Study, trial: FrozenTrial, eta: float) -> bool:
+    """Whether paused ``trial`` is among the top 1/``eta`` of the study's trials that reached the epoch it paused
+    at (by val_acc there), as promotion-type ASHA promotes from a rung."""
+    import math
+
+    step = trial.last_step
+    if step is None:
+        return False
+    values = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False)
+              if step in t.intermediate_values and t.number != trial.number]
+    ahead = sum(v > trial.intermediate_values.get(step, -math.inf) for v in values)
+    return ahead < (len(values) + 1) / eta
 
 
 def paused_here(trial: optuna.trial.Trial, epoch: int) -> bool:

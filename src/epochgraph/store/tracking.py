@@ -51,12 +51,6 @@ COMPLETE_MARK = "✓"
 PRUNED_MARK = "✂"
 PAUSED_MARK = "⏸"
 DIVERGED_MARK = "NaN"
-CHECKPOINT_DIR = "checkpoint"  # a paused trial's resumable state: checkpoint/epoch_NNN.pt
-
-
-def checkpoint_artifact(epoch: int) -> str:
-    """Artifact path of the checkpoint a paused trial resumes from: ``checkpoint/epoch_004.pt``."""
-    return f"{CHECKPOINT_DIR}/epoch_{epoch:03d}.pt"
 
 
 def trial_outcome(*, pruned_at_epoch: int | None = None, diverged_at_epoch: int | None = None,
@@ -82,19 +76,6 @@ def trial_run_name(number: int, first: int | None = None) -> str:
     if first is not None and first != number:
         return f"trial-{first:03d}→{number:03d}"
     return f"trial-{number:03d}"
-
-
-def delete_artifacts(client: MlflowClient, run_id: str, path: str) -> bool:
-    """Delete a run's artifacts under ``path`` (a checkpoint no longer needed); False, with one warning, where the
-    artifact store cannot delete."""
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-    try:
-        get_artifact_repository(client.get_run(run_id).info.artifact_uri).delete_artifacts(path)
-        return True
-    except Exception as err:  # a store without deletion, or one unreachable now: the bytes stay, nothing breaks
-        log.warning("run %s: could not delete its %s artifacts (%s)", run_id, path, str(err).splitlines()[0][:160])
-        return False
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
