@@ -23,5 +23,5 @@ class PauseOdd(optuna.pruners.BasePruner):
             return True
         return False
 
-    def should_resume(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+    def should_resume(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, last_pass: bool = False) -> bool:
         return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= self.after

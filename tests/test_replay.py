@@ -155,7 +155,7 @@ def test_a_pausing_pruner_resumes_trials_without_training_an_epoch_twice():
                 mark_paused(study, trial, 1)
             return stop
 
-        def should_resume(self, study, trial):
+        def should_resume(self, study, trial, last_pass=False):
             return len(study.trials) >= trial.number + 3
 
     runs = [_run(f"r{i}", [0.1 * i, 0.1 * i + 0.05, 0.1 * i + 0.1]) for i in range(1, 5)]
@@ -180,7 +180,7 @@ def test_a_diverged_trial_is_stopped_for_good_not_paused():
             history = trial_history(trial)
             return bool(history) and diverged(history)
 
-        def should_resume(self, study, trial):
+        def should_resume(self, study, trial, last_pass=False):
             return True
 
     nan = _run("nan", [0.1, 0.1, math.nan], nonfinite=[0.0, 1.0, 1.0])

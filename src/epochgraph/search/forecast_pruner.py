@@ -440,13 +440,14 @@ class ForecastPruner(BasePruner):
         # residuals understate how far a pruned late bloomer would have climbed
         return max(margin, 0.0)
 
-    def should_resume(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+    def should_resume(self, study: optuna.Study, trial: FrozenTrial, last_pass: bool = False) -> bool:
         """Whether a paused trial (pruned with ``pause``; ``trial`` as it was paused) should go on: its forecast
         from the epoch it paused at, with the forecaster refitted and calibrated on the study as it is now,
         gives it P(final >= best) >= ``delta`` again (what turns the evidence: completed trials whose forecasts
         at that epoch fell short widen the calibration margin, a refit that learnt late bloomers, a best that
-        did not rise); or, where the study has not shown that the epoch ranks the end, it is among the top
-        1/``promote_eta`` of the trials at that epoch (`epochgraph.search.pause.promoted`)."""
+        did not rise); or, where the study has not shown that the epoch ranks the end (`trusted_at`), it is among
+        the top 1/``promote_eta`` of the trials at that epoch (`epochgraph.search.pause.promoted`), or the budget
+        is spent (``last_pass``): a pause the study's evidence never backed is undone before the study ends."""
         try:
             p = self.prob_beat_best(study, trial, recalibrated=False)
         except Exception as err:  # as in prune: the trial stays paused, and the study goes on
@@ -455,7 +456,9 @@ class ForecastPruner(BasePruner):
         if p is not None and p >= self.delta:
             return True
         step = trial.last_step  # a trusted epoch ranks the end: the pause stands
-        return step is not None and not self.trusted_at(study, int(step)) and promoted(study, trial, self.promote_eta)
+        if step is None or self.trusted_at(study, int(step)):
+            return False
+        return last_pass or promoted(study, trial, self.promote_eta)
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         self._forget(trial.number)  # what is recorded for this epoch is what this call forecasts

@@ -61,12 +61,14 @@ def paused_trials(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(out, key=lambda t: (-int(paused_epoch(t) or 0), t.number))
 
 
-def resumable(study: optuna.Study, candidates: list[FrozenTrial] | None = None) -> list[FrozenTrial]:
-    """The paused trials (``candidates``, default all) the study's pruner says should resume now."""
+def resumable(study: optuna.Study, candidates: list[FrozenTrial] | None = None,
+              last_pass: bool = False) -> list[FrozenTrial]:
+    """The paused trials (``candidates``, default all) the study's pruner says should resume now (``last_pass``:
+    the study's budget of new trials is spent)."""
     if not pauses(study.pruner):
         return []
     return [t for t in (paused_trials(study) if candidates is None else candidates)
-            if study.pruner.should_resume(study, t)]
+            if study.pruner.should_resume(study, t, last_pass=last_pass)]
 
 
 def resume(study: optuna.Study, paused: FrozenTrial) -> optuna.trial.Trial:

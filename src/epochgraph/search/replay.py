@@ -32,6 +32,7 @@ from epochgraph.forecast.predictor import CURVE_METRICS
 from epochgraph.forecast.records import RunRecord, trained_epochs
 from epochgraph.graph.signature import NONFINITE
 from epochgraph.paths import CONF_DIR
+from epochgraph.search.pause import pauses
 from epochgraph.search.trial_attrs import (
     EPOCH_ATTR,
     PAUSED_ATTR,
@@ -89,13 +90,14 @@ def replay(runs: Sequence[RunRecord], order: Sequence[int], pruner: optuna.prune
            high_quantile: float = 0.5) -> dict[str, float]:
     """Replay ``runs`` in ``order`` through ``pruner``; the metrics of the module docstring.
 
-    A pruner that pauses (``pruner.pause`` and a ``should_resume(study, trial)``) is replayed as the sweeper runs
-    it: a pruned trial whose curve did not diverge is paused; before each new trial every paused one is asked
-    whether it should resume (the likeliest first), and once every trial started, each paused one is asked
-    once more. A resumed trial is a new trial that carries the paused one's epochs (its records and values)
-    and trains on from where it paused: no epoch counts twice."""
+    A pruner that pauses (``pruner.pause`` and a ``should_resume(study, trial, last_pass)``) is replayed as the
+    sweeper runs it: a trial the pruner marked paused keeps its place; before each new trial every paused one
+    is asked whether it should resume (the likeliest first), and once every trial started, each paused trial
+    is asked once more (``last_pass``), a trial paused again after resuming included. A resumed trial is a new
+    trial that carries the paused one's epochs (its records and values) and trains on from where it paused:
+    no epoch counts twice."""
     study = optuna.create_study(direction="maximize", pruner=pruner, sampler=optuna.samplers.RandomSampler(0))
-    pausing = bool(getattr(pruner, "pause", False)) and hasattr(pruner, "should_resume")
+    pausing = pauses(pruner)
     finals = np.nan_to_num(np.array([r.final_acc for r in runs]))
     best_run = int(max(order, key=lambda i: finals[i])) if len(order) else -1
     clock = {"trained": 0, "pruner_s": 0.0, "best_done": math.nan}
@@ -132,12 +134,12 @@ def replay(runs: Sequence[RunRecord], order: Sequence[int], pruner: optuna.prune
         if i == best_run:
             clock["best_done"] = clock["trained"]
 
-    def promote(candidates: Sequence[int]) -> bool:
+    def promote(candidates: Sequence[int], last_pass: bool = False) -> bool:
         """Resume the first of ``candidates`` (paused runs) the pruner says should resume; whether one did."""
         for i in candidates:
             number, epoch = paused[i]
             frozen = study.trials[number]
-            if pruner.should_resume(study, frozen):
+            if pruner.should_resume(study, frozen, last_pass=last_pass):
                 del paused[i]
                 mark_resumed(study, number, len(study.trials))
                 play(i, start=epoch, resumes=number)
@@ -148,10 +150,12 @@ def replay(runs: Sequence[RunRecord], order: Sequence[int], pruner: optuna.prune
         while pausing and paused and promote(_likeliest(paused, runs)):
             pass
         play(i)
-    if pausing:  # the budget is spent: every paused trial is asked once more
-        for i in _likeliest(paused, runs):
+    asked: set[int] = set()  # the budget is spent: every paused trial (by trial number) is asked once more
+    while pausing and (last := [i for i in _likeliest(paused, runs) if paused[i][0] not in asked]):
+        asked.update(paused[i][0] for i in last)
+        for i in last:
             if i in paused:
-                promote([i])
+                promote([i], last_pass=True)
     pruned += list(paused)
     high = finals >= np.quantile(finals[list(order)], high_quantile) if len(order) else finals > 0
     best_found = max((finals[i] for i in completed), default=0.0)

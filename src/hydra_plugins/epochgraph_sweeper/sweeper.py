@@ -335,7 +335,8 @@ class EpochgraphSweeper(Sweeper):
                    for n in failed]
         return "; ".join(outcome) + ";"
 
-    def _resumable(self, study: optuna.Study, candidates: list[FrozenTrial]) -> list[FrozenTrial]:
+    def _resumable(self, study: optuna.Study, candidates: list[FrozenTrial], last_pass: bool = False
+                   ) -> list[FrozenTrial]:
         """The ``candidates`` (paused trials) the pruner says should resume, at most ``n_jobs``: asked one by one,
         the likeliest first, so that a batch holds no more than it launches."""
         from epochgraph.search import pause
@@ -344,7 +345,7 @@ class EpochgraphSweeper(Sweeper):
         for trial in candidates:
             if len(out) >= self.n_jobs:
                 break
-            out += pause.resumable(study, [trial])
+            out += pause.resumable(study, [trial], last_pass)
         return out
 
     def _wait_message(self, study: optuna.Study, running: list[int]) -> str:
@@ -390,7 +391,7 @@ class EpochgraphSweeper(Sweeper):
                 elif not counts[TrialState.RUNNING]:  # the budget is spent: each paused trial is asked once more
                     last = [t for t in pause.paused_trials(study) if t.number not in asked_last]
                     asked_last.update(t.number for t in last)
-                    resumes = self._resumable(study, last)
+                    resumes = self._resumable(study, last, last_pass=True)
             if finished >= self.n_trials and not resumes and not (pausing and counts[TrialState.RUNNING]):
                 return  # (a sweep that pauses waits for the running trials: their pauses may still resume)
             if to_go <= 0 and not resumes:
