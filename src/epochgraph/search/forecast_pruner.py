@@ -49,7 +49,7 @@ from epochgraph.forecast.warm_start import (  # noqa: F401 (importable here too)
     warm_tables,
     with_plan,
 )
-from epochgraph.search.pause import promoted, stops_for_good
+from epochgraph.search.pause import could_lead, promoted, stops_for_good
 from epochgraph.search.trial_attrs import (
     UPPER_ATTR,
     diverged,
@@ -123,7 +123,7 @@ class ForecastPruner(BasePruner):
                  base: BasePruner | None = None, combine: str = "and", calibrate: bool = True,
                  min_rank_corr: float | None = 0.5, min_complete: int = 6, rank_z: float = 2.326,
                  rank_top: float = 1.0, min_progress: float = 0.0, recalibrate: bool = True,
-                 pause: bool = False, promote_eta: float = 3.0, seed: int = 0) -> None:
+                 pause: bool = False, promote_eta: float = 3.0, resume_top: int = 3, seed: int = 0) -> None:
         if int(max_epoch) < 2:
             raise ValueError(f"max_epoch={max_epoch} must be >= 2 (the training's last epoch, trainer.epochs)")
         if not 0 < delta < 1:
@@ -157,7 +157,7 @@ class ForecastPruner(BasePruner):
             raise ValueError(f"min_progress={min_progress} must be in [0, 1): the share of max_epoch trained before "
                              f"the forecast may prune (0: from min_epoch)")
         self.min_progress, self.recalibrate, self.pause = float(min_progress), bool(recalibrate), bool(pause)
-        self.promote_eta = float(promote_eta)
+        self.promote_eta, self.resume_top = float(promote_eta), int(resume_top)
         self._recalibration: Recalibration | None = None
         self._ranks: tuple[int, dict[int, float]] = (-1, {})  # completed trials -> {step: Spearman rho}
         self.warm_start = as_list(warm_start)
@@ -446,8 +446,10 @@ class ForecastPruner(BasePruner):
         gives it P(final >= best) >= ``delta`` again (what turns the evidence: completed trials whose forecasts
         at that epoch fell short widen the calibration margin, a refit that learnt late bloomers, a best that
         did not rise); or, where the study has not shown that the epoch ranks the end (`trusted_at`), it is among
-        the top 1/``promote_eta`` of the trials at that epoch (`epochgraph.search.pause.promoted`), or the budget
-        is spent (``last_pass``): a pause the study's evidence never backed is undone before the study ends."""
+        the top 1/``promote_eta`` of the trials at that epoch (`epochgraph.search.pause.promoted`); once the budget
+        is spent (``last_pass``), where it stands at that epoch no lower than one of the ``resume_top`` best
+        completed trials stood there (`epochgraph.search.pause.could_lead`; 0: every such pause resumes): the
+        study's own winners show how far down a winner may sit at that epoch."""
         try:
             p = self.prob_beat_best(study, trial, recalibrated=False)
         except Exception as err:  # as in prune: the trial stays paused, and the study goes on
@@ -458,7 +460,9 @@ class ForecastPruner(BasePruner):
         step = trial.last_step  # a trusted epoch ranks the end: the pause stands
         if step is None or self.trusted_at(study, int(step)):
             return False
-        return last_pass or promoted(study, trial, self.promote_eta)
+        if last_pass:
+            return self.resume_top <= 0 or could_lead(study, trial, self.resume_top)
+        return promoted(study, trial, self.promote_eta)
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         self._forget(trial.number)  # what is recorded for this epoch is what this call forecasts

@@ -43,7 +43,7 @@ log = logging.getLogger("epochgraph")
 CHECKPOINT_DIR = "checkpoint"  # a paused trial's resumable state in its MLflow run: checkpoint/epoch_NNN.pt
 _CARRIED = tuple(a.split("{")[0] for a in (EPOCH_ATTR, FORECAST_EPOCH_ATTR, UPPER_ATTR))  # per-epoch attrs
 
-__all__ = ["CHECKPOINT_DIR", "carry_over", "checkpoint_artifact", "checkpoint_bytes", "delete_artifacts",
+__all__ = ["CHECKPOINT_DIR", "carry_over", "checkpoint_artifact", "checkpoint_bytes", "could_lead", "delete_artifacts",
            "discard_checkpoints", "load_checkpoint", "paused_here", "paused_trials", "pauses", "promoted", "resumable",
            "resume", "resumed_from", "save_checkpoint", "stops_for_good"]
 
@@ -207,6 +207,30 @@ def promoted(study: optuna.Study, trial: FrozenTrial, eta: float) -> bool:
               if step in t.intermediate_values and t.number != trial.number]
     ahead = sum(v > trial.intermediate_values.get(step, -math.inf) for v in values)
     return ahead < (len(values) + 1) / eta
+
+
+def could_lead(study: optuna.Study, trial: FrozenTrial, top: int) -> bool:
+    """Whether paused ``trial`` stands, at the epoch it paused at, no lower than one of the study's ``top`` best
+    completed trials stood there (the share of the trials that reached that epoch ahead of it): where early
+    epochs rank the end, the winners led there and only leaders resume; where they mislead, the winners sat
+    low, and so may a paused trial that could still win."""
+    import math
+
+    step = trial.last_step
+    if step is None or step not in trial.intermediate_values:
+        return False
+    at_step = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False)
+               if step in t.intermediate_values and math.isfinite(t.intermediate_values[step])]
+
+    def ahead(v: float) -> float:
+        return sum(x > v for x in at_step) / max(1, len(at_step))
+
+    done = sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                   if t.value is not None and math.isfinite(t.value) and step in t.intermediate_values),
+                  key=lambda t: t.value, reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)[:top]
+    if not done:
+        return True  # no winner to learn from: the pause was never backed
+    return ahead(trial.intermediate_values[step]) <= max(ahead(t.intermediate_values[step]) for t in done) + 1e-12
 
 
 def paused_here(trial: optuna.trial.Trial, epoch: int) -> bool:
