@@ -1,4 +1,4 @@
-"""A pruner that pauses on a fixed plan, for testing the pause/resume machinery apart from any forecast."""
+"""Pruners on a fixed plan, for testing the pause, resume and retry machinery apart from any forecast."""
 
 from __future__ import annotations
 
@@ -25,3 +25,11 @@ class PauseOdd(optuna.pruners.BasePruner):
 
     def should_resume(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, last_pass: bool = False) -> bool:
         return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) >= self.after
+
+
+class PruneRetries(optuna.pruners.BasePruner):
+    """Prunes a trial that Optuna's retry callback re-queued (system attr ``failed_trial``) after its first epoch:
+    a test that kills a long trial to see it retried needs the retry to run in a new job, not to run long."""
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return "failed_trial" in trial.system_attrs and (trial.last_step or 0) >= 1

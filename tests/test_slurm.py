@@ -101,8 +101,11 @@ def test_scancel_fails_the_trial_requeues_it_and_closes_its_run(cluster, tmp_pat
     # were not: idle, a tiny epoch takes 0.6 s and the whole trial ended before the cancel)
     log = tmp_path / "sweep.log"
     with open(log, "w") as out:
+        # the retry (a new SLURM job) is pruned after its first epoch (tests.pausing.PruneRetries): it need not
+        # train LONG epochs again
         proc = subprocess.Popen(_sweep_cmd(tmp_path, "hydra.sweeper.n_trials=1", f"trainer.epochs={LONG}",
-                                           "pruner=none", "storage.max_retry=1", "mlflow.keep_weights=[1]"),
+                                           "pruner=none", "pruner._target_=tests.pausing.PruneRetries",
+                                           "storage.max_retry=1", "mlflow.keep_weights=[1]"),
                                 stdout=out, stderr=subprocess.STDOUT, env=cluster, start_new_session=True)
     try:
         run = _wait_for_training_trial(tmp_path, proc, log, 0)
@@ -118,7 +121,7 @@ def test_scancel_fails_the_trial_requeues_it_and_closes_its_run(cluster, tmp_pat
     assert f"trial   0: SLURM job {job} ended CANCELLED without an outcome" in said
     assert "trial 0: FAIL, re-queued with the same parameters" in said
     study = _study(tmp_path)
-    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    assert [t.state.name for t in study.trials] == ["FAIL", "PRUNED"]
     assert study.trials[1].params == study.trials[0].params
     assert study.trials[1].system_attrs["failed_trial"] == 0  # Optuna's retry of trial 0
     runs = {int(r.data.tags["trial"]): r for r in _trial_runs(tmp_path)}
@@ -136,6 +139,6 @@ def test_scancel_fails_the_trial_requeues_it_and_closes_its_run(cluster, tmp_pat
     assert (f"epochgraph: terminated (SIGTERM); MLflow run {killed.info.run_id} closed as KILLED; the sweep fails "
             "this trial and re-queues it") in err
     assert "Traceback" not in err
-    assert (retried.info.status, retried.data.tags["state"]) == ("FINISHED", "COMPLETE")
+    assert (retried.info.status, retried.data.tags["state"]) == ("FINISHED", "PRUNED")
     assert retried.data.tags["slurm_job"] != job
-    assert retried.data.metrics["epochs_run"] == LONG
+    assert retried.data.metrics["epochs_run"] == 1  # it trained in its own job, until its pruner stopped it

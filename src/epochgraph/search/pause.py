@@ -43,9 +43,9 @@ log = logging.getLogger("epochgraph")
 CHECKPOINT_DIR = "checkpoint"  # a paused trial's resumable state in its MLflow run: checkpoint/epoch_NNN.pt
 _CARRIED = tuple(a.split("{")[0] for a in (EPOCH_ATTR, FORECAST_EPOCH_ATTR, UPPER_ATTR))  # per-epoch attrs
 
-__all__ = ["CHECKPOINT_DIR", "carry_over", "checkpoint_artifact", "checkpoint_bytes", "could_lead", "delete_artifacts",
-           "discard_checkpoints", "load_checkpoint", "paused_here", "paused_trials", "pauses", "promoted", "resumable",
-           "resume", "resumed_from", "save_checkpoint", "stops_for_good"]
+__all__ = ["CHECKPOINT_DIR", "by_standing", "carry_over", "checkpoint_artifact", "checkpoint_bytes", "could_lead",
+           "delete_artifacts", "discard_checkpoints", "load_checkpoint", "paused_here", "paused_trials", "pauses",
+           "promoted", "resumable", "resume", "resumed_from", "save_checkpoint", "standing", "stops_for_good"]
 
 
 def pauses(pruner: Any) -> bool:
@@ -231,6 +231,24 @@ def could_lead(study: optuna.Study, trial: FrozenTrial, top: int) -> bool:
     if not done:
         return True  # no winner to learn from: the pause was never backed
     return ahead(trial.intermediate_values[step]) <= max(ahead(t.intermediate_values[step]) for t in done) + 1e-12
+
+
+def standing(study: optuna.Study, trial: FrozenTrial) -> float:
+    """The share of the study's trials that stood ahead of ``trial`` at its last epoch (0: it led)."""
+    import math
+
+    step = trial.last_step
+    if step is None:
+        return 1.0
+    mine = trial.intermediate_values[step]
+    at_step = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False)
+               if step in t.intermediate_values and math.isfinite(t.intermediate_values[step])]
+    return sum(x > mine for x in at_step) / max(1, len(at_step))
+
+
+def by_standing(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """``trials`` (paused ones), the best placed at the epoch it paused at first, then the latest pause."""
+    return sorted(trials, key=lambda t: (standing(study, t), -(t.last_step or 0), t.number))
 
 
 def paused_here(trial: optuna.trial.Trial, epoch: int) -> bool:

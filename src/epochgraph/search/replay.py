@@ -32,7 +32,7 @@ from epochgraph.forecast.predictor import CURVE_METRICS
 from epochgraph.forecast.records import RunRecord, trained_epochs
 from epochgraph.graph.signature import NONFINITE
 from epochgraph.paths import CONF_DIR
-from epochgraph.search.pause import pauses
+from epochgraph.search.pause import by_standing, pauses
 from epochgraph.search.trial_attrs import (
     EPOCH_ATTR,
     PAUSED_ATTR,
@@ -93,7 +93,7 @@ def replay(runs: Sequence[RunRecord], order: Sequence[int], pruner: optuna.prune
     A pruner that pauses (``pruner.pause`` and a ``should_resume(study, trial, last_pass)``) is replayed as the
     sweeper runs it: a trial the pruner marked paused keeps its place; before each new trial every paused one
     is asked whether it should resume (the likeliest first), and once every trial started, each paused trial
-    is asked once more (``last_pass``), a trial paused again after resuming included. A resumed trial is a new
+    is asked again (``last_pass``), the best placed first, until none should resume. A resumed trial is a new
     trial that carries the paused one's epochs (its records and values) and trains on from where it paused:
     no epoch counts twice."""
     study = optuna.create_study(direction="maximize", pruner=pruner, sampler=optuna.samplers.RandomSampler(0))
@@ -150,12 +150,13 @@ def replay(runs: Sequence[RunRecord], order: Sequence[int], pruner: optuna.prune
         while pausing and paused and promote(_likeliest(paused, runs)):
             pass
         play(i)
-    asked: set[int] = set()  # the budget is spent: every paused trial (by trial number) is asked once more
-    while pausing and (last := [i for i in _likeliest(paused, runs) if paused[i][0] not in asked]):
-        asked.update(paused[i][0] for i in last)
-        for i in last:
-            if i in paused:
-                promote([i], last_pass=True)
+    # the budget is spent: the paused trials are asked again, the best placed first, until none should resume (each
+    # one resumed changes the study: what it finishes at is evidence for the others)
+    while pausing and paused:
+        order = {study.trials[paused[i][0]].number: i for i in paused}
+        if not promote([order[t.number] for t in by_standing(study, [study.trials[n] for n in order])],
+                       last_pass=True):
+            break
     pruned += list(paused)
     high = finals >= np.quantile(finals[list(order)], high_quantile) if len(order) else finals > 0
     best_found = max((finals[i] for i in completed), default=0.0)

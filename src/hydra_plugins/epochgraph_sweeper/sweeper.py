@@ -375,7 +375,6 @@ class EpochgraphSweeper(Sweeper):
 
         self._interrupted = ""
         waited_for: list[int] = []
-        asked_last: set[int] = set()  # paused trials asked in the last pass, once the budget is spent
         pausing = pause.pauses(study.pruner)
         while True:
             counts = {s: len(study.get_trials(deepcopy=False, states=(s,)))
@@ -388,10 +387,11 @@ class EpochgraphSweeper(Sweeper):
                 self._peak_checkpoint = max(self._peak_checkpoint, pause.checkpoint_bytes(study))
                 if finished < self.n_trials:  # promotion first: a paused trial that should go on before a new one
                     resumes = self._resumable(study, pause.paused_trials(study))
-                elif not counts[TrialState.RUNNING]:  # the budget is spent: each paused trial is asked once more
-                    last = [t for t in pause.paused_trials(study) if t.number not in asked_last]
-                    asked_last.update(t.number for t in last)
-                    resumes = self._resumable(study, last, last_pass=True)
+                elif not counts[TrialState.RUNNING]:
+                    # the budget is spent: the paused trials are asked again, the best placed at their epoch first,
+                    # until none should resume (what each resumed one finishes at is evidence for the others)
+                    resumes = self._resumable(study, pause.by_standing(study, pause.paused_trials(study)),
+                                              last_pass=True)
             if finished >= self.n_trials and not resumes and not (pausing and counts[TrialState.RUNNING]):
                 return  # (a sweep that pauses waits for the running trials: their pauses may still resume)
             if to_go <= 0 and not resumes:
