@@ -201,3 +201,32 @@ def test_orders_whose_best_trial_never_completed_aggregate_without_a_time_to_the
     assert math.isnan(per[0]) and per[1] == pytest.approx(10 / 12)
     assert agg["best_done_frac"] == (pytest.approx(10 / 12), 0.0)
     assert agg["regret"][0] == pytest.approx((0.9 - 0.8) / 2)  # lost in the first order only
+
+
+def test_the_last_pass_resumes_the_best_placed_first_and_scores_the_whole_order():
+    from epochgraph.search.forecast_pruner import ForecastPruner
+    from epochgraph.search.trial_attrs import RESUMED_FROM_ATTR, mark_paused
+
+    class PauseAllButFirst(ForecastPruner):
+        """Pauses every trial but the first at epoch 1; resumes only in the last pass."""
+
+        def __init__(self):
+            super().__init__(max_epoch=3, pause=True)
+            self.asked = []
+
+        def prune(self, study, trial):
+            stop = trial.number > 0 and trial.last_step == 1 and RESUMED_FROM_ATTR not in trial.user_attrs
+            if stop:
+                mark_paused(study, trial, 1)
+            return stop
+
+        def should_resume(self, study, trial, last_pass=False):
+            if last_pass:
+                self.asked.append(trial.number)
+            return last_pass
+
+    runs = [_run(f"r{i}", [v, v + 0.05, v + 0.1]) for i, v in enumerate([0.5, 0.2, 0.4, 0.3])]
+    pruner = PauseAllButFirst()
+    res = replay(runs, [0, 1, 2, 3], pruner)
+    # the paused trials 1, 2, 3 stood at 0.2, 0.4, 0.3 at epoch 1: asked and resumed 2, then 3, then 1
+    assert pruner.asked == [2, 3, 1] and res["resumed"] == 3 and res["epochs_frac"] == 1.0 and res["regret"] == 0

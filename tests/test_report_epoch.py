@@ -219,3 +219,23 @@ def test_a_trial_declares_its_own_length_once_and_a_bad_one_is_one_line():
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match=rf"^planned_epochs={bad!r} must be a positive integer"):
             report_epoch(trial, 3, val_acc=0.4, planned_epochs=bad)
+
+
+def test_forecasts_of_an_accuracy_are_shown_within_0_and_1_and_summaries_to_4_significant_digits():
+    import optuna
+
+    from epochgraph.search.sweep_report import shown
+    from epochgraph.search.trial_attrs import FORECAST_EPOCH_ATTR, UPPER_ATTR, write_forecast
+
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    frozen = study._storage.get_trial(trial._trial_id)
+    assert write_forecast(study, frozen, 1, {"probability": 0.2, "final": 1.07, "upper": 1.05}, upper=1.02,
+                          accuracy=True)
+    attrs = study._storage.get_trial(trial._trial_id).system_attrs
+    assert attrs[FORECAST_EPOCH_ATTR.format(1)] == {"probability": 0.2, "final": 1.0, "upper": 1.0}
+    assert attrs[UPPER_ATTR.format(1)] == 1.02  # what the calibration reads back stays as forecast
+    assert write_forecast(study, frozen, 2, {"final": -0.1}, accuracy=True)
+    assert study._storage.get_trial(trial._trial_id).system_attrs[FORECAST_EPOCH_ATTR.format(2)] == {"final": 0.0}
+    assert shown(0.45999999999999996) == 0.46 and shown(2.309716819160651e-05) == 2.31e-05 and shown(7) == 7
+    assert shown("sgd") == "sgd" and shown(float("nan")) != shown(float("nan"))  # NaN passes through

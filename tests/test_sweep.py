@@ -32,6 +32,7 @@ def test_pruned_trials_are_recorded_in_optuna_and_mlflow(tmp_path):
     study = optuna.load_study(study_name="tiny", storage=storage)
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.PRUNED] * 3
+    assert study.metric_names == ["val_acc"]  # optuna-dashboard's name for the objective
     assert all(sorted(t.intermediate_values) == [1, 2] for t in study.trials)  # pruned after epoch 2
     client = MlflowClient(tracking)
     exp = client.get_experiment_by_name("pruned_sweep")
@@ -44,13 +45,16 @@ def test_pruned_trials_are_recorded_in_optuna_and_mlflow(tmp_path):
         assert r.info.status == "FINISHED"
         assert r.data.tags["pruned"] == "true" and r.data.tags["pruned_at_epoch"] == "2"
         assert r.data.tags["state"] == "PRUNED"
+        # a pruned trial's last value is not a final one: its own name, not sorted among the finals
+        assert "final_val_acc" not in r.data.metrics and "last_val_acc" in r.data.metrics
         assert study.trials[int(r.data.tags["trial"])].user_attrs["mlflow_run_id"] == r.info.run_id
     p = parent[0]
     assert p.info.status == "FINISHED"
     assert (p.data.tags["pruner"], p.data.tags["sampler"], p.data.tags["sweep"]) == ("threshold", "TPESampler", "tiny")
     assert {r.data.tags["sweep"] for r in trials} == {"tiny"}
     assert p.data.metrics["trials_pruned"] == 3 and p.data.metrics["epochs_trained"] == 6
-    assert p.data.metrics["epochs_budget"] == 9 and abs(p.data.metrics["epochs_saved_frac"] - 1 / 3) < 1e-9
+    # shown to people to 4 significant digits (0.3333, not 0.33333333333333337)
+    assert p.data.metrics["epochs_budget"] == 9 and p.data.metrics["epochs_saved_frac"] == 0.3333
     assert "sweep_curves.png" in [f.path for f in client.list_artifacts(p.info.run_id)]
     assert "3 pruned" in proc.stdout and "make ui" in proc.stdout
     # the outcome comes first in the run name, so the default runs table shows it

@@ -49,7 +49,7 @@ from epochgraph.forecast.warm_start import (  # noqa: F401 (importable here too)
     warm_tables,
     with_plan,
 )
-from epochgraph.search.pause import could_lead, promoted, stops_for_good
+from epochgraph.search.pause import should_resume, stops_for_good
 from epochgraph.search.trial_attrs import (
     UPPER_ATTR,
     diverged,
@@ -112,6 +112,7 @@ class ForecastPruner(BasePruner):
             1 - ``delta``) below the best; the recalibrated P is what is recorded and shown.
         pause: a prune is a pause, which `should_resume` may undo: the forecast prunes without waiting for the
             rank check (a wrong pause costs the epochs a resume repeats none of; a wrong prune loses the trial).
+        promote_eta, resume_top: when a paused trial resumes (`epochgraph.search.pause.should_resume`).
         seed: the forecaster's and the subsample's random state.
     """
 
@@ -441,28 +442,8 @@ class ForecastPruner(BasePruner):
         return max(margin, 0.0)
 
     def should_resume(self, study: optuna.Study, trial: FrozenTrial, last_pass: bool = False) -> bool:
-        """Whether a paused trial (pruned with ``pause``; ``trial`` as it was paused) should go on: its forecast
-        from the epoch it paused at, with the forecaster refitted and calibrated on the study as it is now,
-        gives it P(final >= best) >= ``delta`` again (what turns the evidence: completed trials whose forecasts
-        at that epoch fell short widen the calibration margin, a refit that learnt late bloomers, a best that
-        did not rise); or, where the study has not shown that the epoch ranks the end (`trusted_at`), it is among
-        the top 1/``promote_eta`` of the trials at that epoch (`epochgraph.search.pause.promoted`); once the budget
-        is spent (``last_pass``), where it stands at that epoch no lower than one of the ``resume_top`` best
-        completed trials stood there (`epochgraph.search.pause.could_lead`; 0: every such pause resumes): the
-        study's own winners show how far down a winner may sit at that epoch."""
-        try:
-            p = self.prob_beat_best(study, trial, recalibrated=False)
-        except Exception as err:  # as in prune: the trial stays paused, and the study goes on
-            undecided(self, study, trial, err)
-            return False
-        if p is not None and p >= self.delta:
-            return True
-        step = trial.last_step  # a trusted epoch ranks the end: the pause stands
-        if step is None or self.trusted_at(study, int(step)):
-            return False
-        if last_pass:
-            return self.resume_top <= 0 or could_lead(study, trial, self.resume_top)
-        return promoted(study, trial, self.promote_eta)
+        """Whether paused ``trial`` should go on now (`epochgraph.search.pause.should_resume`: this pruner's rule)."""
+        return should_resume(self, study, trial, last_pass)
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         self._forget(trial.number)  # what is recorded for this epoch is what this call forecasts
@@ -471,7 +452,7 @@ class ForecastPruner(BasePruner):
         if trial.last_step is not None and (n in self.last_forecast or n in self.last_forecast_value):
             write_forecast(study, trial, int(trial.last_step), {
                 "probability": self.last_forecast.get(n), "final": self.last_forecast_value.get(n),
-                "upper": self.last_forecast_bound.get(n)}, upper=self.last_forecast_upper.get(n))
+                "upper": self.last_forecast_bound.get(n)}, upper=self.last_forecast_upper.get(n), accuracy=True)
         if decision and self.pause and trial.last_step is not None:  # for the job (a checkpoint), the sweeper
             mark_paused(study, trial, None if stops_for_good(trial) else int(trial.last_step))
         return decision

@@ -38,6 +38,7 @@ from epochgraph.search.trial_attrs import (
     resumed_trials,
     store_attr,
 )
+from epochgraph.search.undecided import undecided
 
 log = logging.getLogger("epochgraph")
 CHECKPOINT_DIR = "checkpoint"  # a paused trial's resumable state in its MLflow run: checkpoint/epoch_NNN.pt
@@ -45,7 +46,8 @@ _CARRIED = tuple(a.split("{")[0] for a in (EPOCH_ATTR, FORECAST_EPOCH_ATTR, UPPE
 
 __all__ = ["CHECKPOINT_DIR", "by_standing", "carry_over", "checkpoint_artifact", "checkpoint_bytes", "could_lead",
            "delete_artifacts", "discard_checkpoints", "load_checkpoint", "paused_here", "paused_trials", "pauses",
-           "promoted", "resumable", "resume", "resumed_from", "save_checkpoint", "standing", "stops_for_good"]
+           "promoted", "resumable", "resume", "resumed_from", "save_checkpoint", "should_resume", "standing",
+           "stops_for_good"]
 
 
 def pauses(pruner: Any) -> bool:
@@ -249,6 +251,30 @@ def standing(study: optuna.Study, trial: FrozenTrial) -> float:
 def by_standing(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """``trials`` (paused ones), the best placed at the epoch it paused at first, then the latest pause."""
     return sorted(trials, key=lambda t: (standing(study, t), -(t.last_step or 0), t.number))
+
+
+def should_resume(pruner: Any, study: optuna.Study, trial: FrozenTrial, last_pass: bool = False) -> bool:
+    """The `ForecastPruner`'s rule: whether paused ``trial`` (as it was paused) should go on. Its forecast from
+    the epoch it paused at, the forecaster refitted and calibrated on the study as it is now, gives it
+    P(final >= best) >= ``delta`` again (what turns the evidence: completed trials whose forecasts at that epoch
+    fell short widen the calibration margin, a refit that learnt late bloomers, a best that did not rise); or,
+    where the study has not shown that the epoch ranks the end (``pruner.trusted_at``), it is among the top
+    1/``promote_eta`` of the trials at that epoch (`promoted`), and once the budget is spent (``last_pass``),
+    where it stands there no lower than one of the ``resume_top`` best completed trials stood (`could_lead`;
+    ``resume_top=0``: every such pause resumes): the study's own winners show how far down a winner may sit."""
+    try:
+        p = pruner.prob_beat_best(study, trial, recalibrated=False)
+    except Exception as err:  # as in prune: the trial stays paused, and the study goes on
+        undecided(pruner, study, trial, err)
+        return False
+    if p is not None and p >= pruner.delta:
+        return True
+    step = trial.last_step  # a trusted epoch ranks the end: the pause stands
+    if step is None or pruner.trusted_at(study, int(step)):
+        return False
+    if last_pass:
+        return pruner.resume_top <= 0 or could_lead(study, trial, pruner.resume_top)
+    return promoted(study, trial, pruner.promote_eta)
 
 
 def paused_here(trial: optuna.trial.Trial, epoch: int) -> bool:

@@ -153,8 +153,8 @@ def replay(runs: Sequence[RunRecord], order: Sequence[int], pruner: optuna.prune
     # the budget is spent: the paused trials are asked again, the best placed first, until none should resume (each
     # one resumed changes the study: what it finishes at is evidence for the others)
     while pausing and paused:
-        order = {study.trials[paused[i][0]].number: i for i in paused}
-        if not promote([order[t.number] for t in by_standing(study, [study.trials[n] for n in order])],
+        run_of = {paused[i][0]: i for i in paused}  # trial number -> run index
+        if not promote([run_of[t.number] for t in by_standing(study, [study.trials[n] for n in run_of])],
                        last_pass=True):
             break
     pruned += list(paused)

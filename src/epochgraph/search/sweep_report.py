@@ -16,6 +16,14 @@ log = logging.getLogger("epochgraph")
 COLORS = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "PAUSED": "tab:purple", "FAIL": "tab:red"}
 
 
+def shown(value: object) -> object:
+    """A float to 4 significant digits, as the MLflow UI shows it to people (``0.45999999999999996`` -> 0.46);
+    anything else as it is."""
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.4g}")
+    return value
+
+
 def _current(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Every trial but the paused ones another trial resumed: a resumed trial carries their epochs."""
     resumed = resumed_trials(study)
@@ -84,10 +92,11 @@ def report(study: optuna.Study, client, parent_run_id: str, epochs: int, out_dir
     s = summary(study, epochs, checkpoint_peak_bytes)
     png = plot_curves(study, out_dir / "sweep_curves.png")
     if record:
-        tracking.log_metrics(client, parent_run_id, s, step=0)
+        # what people read in the UI, to 4 significant digits (the study holds the full values)
+        tracking.log_metrics(client, parent_run_id, {k: shown(v) for k, v in s.items()}, step=0)
         if s.get("trials_complete"):
             best = study.best_trial
-            tracking.set_tags(client, parent_run_id, {f"best.{k}": v for k, v in best.params.items()})
+            tracking.set_tags(client, parent_run_id, {f"best.{k}": shown(v) for k, v in best.params.items()})
             tracking.set_tags(client, parent_run_id, {"best.trial": best.number})
         client.log_artifact(parent_run_id, str(png))
     lines = [

@@ -63,18 +63,21 @@ def store_attr(trial: Any, key: str, value: Any) -> None:
 
 
 def write_forecast(study: Any, trial: FrozenTrial, epoch: int, forecast: Mapping[str, float | None],
-                   upper: float | None = None) -> bool:
+                   upper: float | None = None, accuracy: bool = False) -> bool:
     """A pruner writes what it forecast at ``epoch`` into the live ``trial`` it was asked about, through the
     study's storage (as Optuna's SuccessiveHalving writes its rung), so that the job, the Lightning callback and
     other workers read it from the trial, never from the pruner object: ``forecast`` ({``probability``,
     ``final``, ``upper``}: `FORECAST_METRICS`' names) in the system attr ``forecast_NNN``, the last probability
     and final in the user attrs people read (``forecast_p_high``, ``forecast_final_val_acc``), and ``upper``
     (the uncalibrated upper quantile the pruner's calibration reads back) in ``forecast_upper_NNN``. False, and
-    nothing written, for a trial that is not a running trial of the study (built by hand, already finished)."""
+    nothing written, for a trial that is not a running trial of the study (built by hand, already finished).
+    ``accuracy``: the forecast values are accuracies, clipped to [0, 1]."""
     trial_id = getattr(trial, "_trial_id", None)
     if trial_id is None or trial_id < 0 or getattr(trial, "state", None) not in (None, TrialState.RUNNING):
         return False
     values = {k: float(v) for k, v in forecast.items() if v is not None}
+    if accuracy:  # forecasts of an accuracy, as shown: within [0, 1] (the unclipped ``upper`` is what code reads)
+        values.update({k: min(max(values[k], 0.0), 1.0) for k in ("final", "upper") if k in values})
     storage = study._storage
     try:
         storage.set_trial_system_attr(trial_id, FORECAST_EPOCH_ATTR.format(int(epoch)), values)

@@ -98,8 +98,9 @@ def run_job(cfg: DictConfig, *, extra_hooks: Sequence[EpochHook] = (), parent_ru
             log.info("weights kept for %d epochs, %d skipped (mlflow.keep_weights): %.1f MB stored, %.1f MB saved",
                      logger.kept, logger.skipped_epochs, logger.weights_bytes / 2**20,
                      logger.weights_saved_bytes / 2**20)
-        if result.history:
-            final["final_val_acc"] = result.history[-1]["val_acc"]
+        if result.history:  # a pruned (or paused) trial's last value is not a final one: its own name
+            final["last_val_acc" if result.pruned_at_epoch is not None else "final_val_acc"] = \
+                result.history[-1]["val_acc"]
         tracking.log_metrics(client, run_id, final, step=result.epochs_run)
         end_tags = {"diverged": str(result.diverged).lower()}
         if result.pruned_at_epoch is not None:

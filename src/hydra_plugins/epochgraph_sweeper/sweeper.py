@@ -233,6 +233,10 @@ class EpochgraphSweeper(Sweeper):
         name = self.study_name or f"{cfg.mlflow.experiment}-sweep"
         study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
                                     direction=self.direction, load_if_exists=True)
+        if not study.metric_names:  # optuna-dashboard names the objective instead of "Objective 0"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(["val_acc"])
         experiment = str(cfg.mlflow.experiment)
         self._fail_stale(study, client, experiment)
         parent = study.user_attrs.get("mlflow_parent_run_id")
