@@ -164,3 +164,56 @@ def test_the_stem_is_adapted_to_grey_and_small_images():
     kept = build_from_config({"name": "torchvision", "arch": "resnet18", "small_stem": False}, in_channels=3,
                              image_size=32, num_classes=10)
     assert kept.conv1.stride == (2, 2) and isinstance(kept.maxpool, torch.nn.MaxPool2d)
+
+
+def test_a_plain_objective_with_a_small_or_untraceable_network_trains_to_its_end_with_its_curve_recorded():
+    import warnings
+
+    import torch
+    from torch import nn
+
+    from epochgraph import report_epoch
+    from epochgraph.search.trial_attrs import trial_history
+
+    class Tiny(nn.Module):  # 16 x 16 inputs: the size is told by its linear layer (256 = 4 channels x 8 x 8)
+        def __init__(self):
+            super().__init__()
+            self.conv, self.pool, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.MaxPool2d(2), nn.Linear(256, 3)
+
+        def forward(self, x):
+            return self.fc(self.pool(torch.relu(self.conv(x))).flatten(1))
+
+    class WithRnn(nn.Module):  # a GRU head: outside the rolled graph's rules
+        def __init__(self):
+            super().__init__()
+            self.conv, self.gru, self.fc = nn.Conv2d(1, 4, 3), nn.GRU(4, 8, batch_first=True), nn.Linear(8, 3)
+
+        def forward(self, x):
+            out, _ = self.gru(self.conv(x).mean(-1).transpose(1, 2))
+            return self.fc(out[:, -1])
+
+    x, y = torch.randn(24, 1, 16, 16), torch.randint(0, 3, (24,))
+
+    def objective(trial, net):
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        for epoch in (1, 2, 3):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+            report_epoch(trial, epoch, val_acc=float((net(x).argmax(1) == y).float().mean()), model=net)
+        return 0.5
+
+    for net, signed in ((Tiny(), True), (WithRnn(), False)):
+        study = optuna.create_study(direction="maximize")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            study.optimize(lambda t: objective(t, net), n_trials=1)
+        trial = study.trials[0]
+        assert trial.state == optuna.trial.TrialState.COMPLETE and sorted(trial.intermediate_values) == [1, 2, 3]
+        history = trial_history(trial)
+        assert len(history["val_acc"]) == 3
+        assert ("sig/degree/mean" in history) == signed
+        said = [str(w.message) for w in caught if "no graph signature" in str(w.message)]
+        assert len(said) == (0 if signed else 1), said  # one warning per model, not one per epoch
+        if not signed:
+            assert "WithRnn" in said[0] and "GRU" in said[0]

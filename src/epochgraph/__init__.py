@@ -29,6 +29,9 @@ _EXPORTS = {
     "TopKPruner": "epochgraph.search.topk_pruner",
     # search: what a training loop calls each epoch to feed them
     "report_epoch": "epochgraph.search.epoch_report",
+    # search: a study loop whose paused trials resume (your own objective)
+    "optimize": "epochgraph.search.optimize",
+    "resume_state": "epochgraph.search.optimize",
     # forecast: the forecaster and what it learns from
     "FinalAccuracyForecaster": "epochgraph.forecast.forecaster",
     "fit_forecaster": "epochgraph.forecast.registry",

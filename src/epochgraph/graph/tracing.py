@@ -386,6 +386,50 @@ def example_inputs_for(model: nn.Module) -> list[torch.Tensor]:
     return [torch.zeros(2, *shape, device=device, dtype=dtype) for shape in shapes]
 
 
+class _Stop(Exception):
+    """Raised by `_flattened_size`'s hook to end a forward at the layer that told the shape."""
+
+
+def _told_size(model: nn.Module, x: torch.Tensor) -> int | None:
+    """The square image size ``model`` accepts, as its own layers tell it: run ``x`` (a batch of images of size
+    s) until the first linear layer whose input width disagrees with its ``in_features``; its input is the
+    flattened feature map, whose area scales with s², so the size is s·sqrt(in_features / width). None when no
+    layer tells (the model runs on ``x``, or fails before any linear layer)."""
+    seen: dict[str, int] = {}
+
+    def hook(module: nn.Module, args: tuple) -> None:
+        width = args[0].shape[-1] if args and isinstance(args[0], torch.Tensor) else None
+        if width is not None and width != module.in_features:
+            seen["width"], seen["want"] = int(width), int(module.in_features)
+            raise _Stop
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, nn.Linear)]
+    try:
+        with torch.no_grad():
+            model(x)
+    except _Stop:
+        pass
+    except Exception:
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+    if not seen:
+        return None
+    size = x.shape[-1] * math.sqrt(seen["want"] / seen["width"])
+    return max(1, round(size))
+
+
+def _propagate(gm: fx.GraphModule, x: torch.Tensor) -> None:
+    """Shapes through the traced graph; a batch it does not accept raises (torch.fx prints the failing node's
+    traceback to stderr: kept from the user, who sees one line if no batch fits)."""
+    import contextlib
+    import io
+
+    with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+        ShapeProp(gm).propagate(x)
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
@@ -413,12 +457,22 @@ def trace_topology(model: nn.Module, example_input: torch.Tensor | None = None) 
         failure = None
         for x in tries:
             try:
-                with torch.no_grad():
-                    ShapeProp(gm).propagate(x)
+                _propagate(gm, x)
                 failure = None
                 break
             except Exception as err:
                 failure = err
+        if failure is not None and example_input is None and tries and tries[0].dim() >= 3:
+            # the model's own layers tell its input size where a feature map is flattened into a linear layer
+            told = _told_size(model, tries[0])
+            for size in sorted({told, told - 1, told + 1} - {None, 0}) if told else []:
+                x = torch.zeros(*tries[0].shape[:-2], size, size, device=tries[0].device, dtype=tries[0].dtype)
+                try:
+                    _propagate(gm, x)
+                    failure = None
+                    break
+                except Exception:
+                    tries = [*tries, x]
         if failure is not None:
             shapes = ", ".join(str(tuple(x.shape)) for x in tries)
             raise UntraceableModel(f"{name} does not run on an example input of shape {shapes} "

@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 import numbers
 import sys
+import warnings
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,7 +55,7 @@ def _active_mlflow_run() -> Any:
 
 
 def report_epoch(trial: Any, epoch: int, *, val_acc: float, model: Any = None, planned_epochs: int | None = None,
-                 **metrics: float | None) -> dict[str, float | str]:
+                 checkpoint: Any = None, example_input: Any = None, **metrics: float | None) -> dict[str, float | str]:
     """Record epoch ``epoch`` of a training in its Optuna ``trial`` and report ``val_acc`` to its pruner.
 
     It stores the epoch's curve values (val_acc, val_loss, train_acc, train_loss, lr: those given) and,
@@ -76,19 +78,28 @@ def report_epoch(trial: Any, epoch: int, *, val_acc: float, model: Any = None, p
         planned_epochs: the epochs this training is planned for, when trials of the study differ in length
             (declared once, in the trial's ``planned_epochs``): the forecast pruner then compares the trial
             with its own end; without it, with the pruner's ``max_epoch``.
+        example_input: a batch ``model`` accepts, where neither its layers nor its attributes tell its input size
+            (``example_input_shape``); a model whose signature cannot be computed still has its epoch recorded.
+        checkpoint: what the training resumes from after this epoch (e.g. ``{"model": net.state_dict(),
+            "optimizer": opt.state_dict(), "epoch": epoch}``): `epochgraph.optimize` saves it when the pruner
+            pauses the trial here, and `epochgraph.resume_state` gives it back to the trial that resumes it.
         metrics: more values of the epoch: ``val_loss``, ``train_acc``, ``train_loss``, ``lr`` and
             ``sig/...`` keys are recorded for the pruners; every one is logged to MLflow. None = not measured.
 
     Returns:
         The epoch's record as stored in the trial.
     """
-    epoch, values = epoch_values(epoch, val_acc, model, metrics)
+    epoch, values = epoch_values(epoch, val_acc, model, metrics, example_input)
     if planned_epochs is not None:
         if isinstance(planned_epochs, bool) or not isinstance(planned_epochs, numbers.Integral) or planned_epochs < 1:
             raise ValueError(f"planned_epochs={planned_epochs!r} must be a positive integer (the training's epochs)")
         if stored_attr(trial, PLANNED_EPOCHS_ATTR) != int(planned_epochs):
             store_attr(trial, PLANNED_EPOCHS_ATTR, int(planned_epochs))
     record = record_epoch(trial, epoch, values)
+    if checkpoint is not None:
+        from epochgraph.search.optimize import keep_checkpoint
+
+        keep_checkpoint(trial, epoch, checkpoint)
     if _active_mlflow_run() is not None:
         import mlflow
 
@@ -96,8 +107,8 @@ def report_epoch(trial: Any, epoch: int, *, val_acc: float, model: Any = None, p
     return record
 
 
-def epoch_values(epoch: Any, val_acc: Any, model: Any = None,
-                 metrics: Mapping[str, Any] | None = None) -> tuple[int, dict[str, float]]:
+def epoch_values(epoch: Any, val_acc: Any, model: Any = None, metrics: Mapping[str, Any] | None = None,
+                 example_input: Any = None) -> tuple[int, dict[str, float]]:
     """The checked epoch and ``{metric: value}`` of one epoch: val_acc, the metrics measured (None ones left
     out) and the model's signature when ``model`` is given. Bad input is a one-line ValueError / TypeError."""
     if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 1:
@@ -112,10 +123,32 @@ def epoch_values(epoch: Any, val_acc: Any, model: Any = None,
         if number is not None:
             values[key] = number
     if model is not None:
-        from epochgraph.graph.signature import graph_signature
-
-        values.update(graph_signature(model))
+        values.update(_signature(model, example_input))
     return int(epoch), values
+
+
+_UNSIGNED: weakref.WeakSet = weakref.WeakSet()  # models whose signature could not be computed (said once each)
+
+
+def _signature(model: Any, example_input: Any = None) -> dict[str, float]:
+    """The model's graph signature, or nothing (one warning per model) where it cannot be computed: a network
+    outside the rolled graph's rules must never stop the user's training; its curve is still recorded and
+    reported, and the pruners work from the curve."""
+    from epochgraph.graph.signature import graph_signature
+
+    try:
+        return graph_signature(model, example_input)
+    except Exception as err:
+        try:
+            first = model not in _UNSIGNED
+            _UNSIGNED.add(model)
+        except TypeError:  # not weak-referenceable: say it every time rather than never
+            first = True
+        if first:
+            text = str(err).splitlines()[0] if str(err) else type(err).__name__
+            warnings.warn(f"no graph signature for {type(model).__name__} ({text}); its epochs are recorded and "
+                          f"pruned from the learning curve alone", stacklevel=3)
+        return {}
 
 
 def record_epoch(trial: Any, epoch: int, values: Mapping[str, float]) -> dict[str, float | str]:
