@@ -207,7 +207,7 @@ def test_a_plain_objective_with_a_small_or_untraceable_network_trains_to_its_end
         study = optuna.create_study(direction="maximize")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            study.optimize(lambda t: objective(t, net), n_trials=1)
+            study.optimize(lambda t, net=net: objective(t, net), n_trials=1)
         trial = study.trials[0]
         assert trial.state == optuna.trial.TrialState.COMPLETE and sorted(trial.intermediate_values) == [1, 2, 3]
         history = trial_history(trial)

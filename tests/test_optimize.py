@@ -80,7 +80,8 @@ def test_paused_trials_of_a_plain_objective_resume_from_their_checkpoint_to_the_
     assert states == [S.COMPLETE, S.PRUNED, S.COMPLETE, S.COMPLETE, S.COMPLETE, S.PRUNED, S.COMPLETE]
     assert study.trials[3].user_attrs[RESUMED_FROM_ATTR] == 1 and study.trials[6].user_attrs[RESUMED_FROM_ATTR] == 5
     assert study.trials[3].params == study.trials[1].params
-    assert all(sorted(t.intermediate_values) == list(range(1, EPOCHS + 1)) for t in study.trials if t.state == S.COMPLETE)
+    complete = [t for t in study.trials if t.state == S.COMPLETE]
+    assert all(sorted(t.intermediate_values) == list(range(1, EPOCHS + 1)) for t in complete)
     # every configuration trained each of its epochs exactly once, and no checkpoint is left behind
     assert list(trained.values()) == [EPOCHS] * 5
     assert not list((tmp_path / "ckpt").rglob("*.pt"))
