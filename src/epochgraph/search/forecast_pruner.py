@@ -471,7 +471,9 @@ class ForecastPruner(BasePruner):
             p = self.prob_beat_best(study, trial, history, recalibrated=False)  # also with nothing to veto: recorded
             if p is not None:
                 self.last_forecast[trial.number] = float(self.recalibration()(p))
-                if not self.pause and not self.trusted_at(study, int(trial.last_step)):
+                step = int(trial.last_step)  # a pause waits for min_progress only; a prune for the rank check too
+                if step < self.min_progress * self._planned(trial) or (
+                        not self.pause and not self.trusted_at(study, step)):
                     p = None  # the study has not shown that this epoch ranks the end: no prune from the forecast
         except Exception as err:  # a model that cannot be fitted or asked never stops the user's training
             self._forget(trial.number)
