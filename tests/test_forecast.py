@@ -211,13 +211,22 @@ def test_it_prunes_only_at_epochs_the_studys_completed_trials_show_rank_the_end(
     gated = ForecastPruner(max_epoch=EPOCHS, warm_start=str(tmp_path))
     study = _study(gated, crossing)
     assert gated.rank_corr(study, 2) < 0 and gated.trusted_at(study, 2) is False
-    assert gated.prune(study, _trial(hopeless, 2)) is False
+    kept = _trial(hopeless, 2)
+    assert gated.prune(study, kept) is False
+    # what decided, in words: the number the rule read and what it was compared with
+    said = gated.last_decision[kept.number]
+    assert said.startswith("kept: the rank check is closed at epoch 2 (P 0.0") and "< δ 0.05: bound 0." in said
+    best = max(h["val_acc"][-1] for h in crossing)
+    assert f"vs best {best:.3f})" in said and gated.last_forecast_best[kept.number] == best
     # completed trials that keep their order: the forecast may prune
     ordered = [curve(0.6 + 0.05 * k, 0.4 + 0.05 * k) for k in range(6)]
     trusting = ForecastPruner(max_epoch=EPOCHS, warm_start=str(tmp_path))
     study = _study(trusting, ordered)
     assert trusting.rank_corr(study, 2) == pytest.approx(1.0) and trusting.trusted_at(study, 2)
-    assert trusting.prune(study, _trial(hopeless, 2)) is True
+    pruned = _trial(hopeless, 2)
+    assert trusting.prune(study, pruned) is True
+    assert trusting.last_decision[pruned.number].startswith("pruned: P 0.0")
+    assert trusting.last_forecast_rule[pruned.number] < 0.05  # the rule's P, beside the recalibrated one shown
     # too few completed trials: nothing is trusted yet
     assert trusting.trusted_at(_study(trusting, ordered[:3]), 2) is False
 

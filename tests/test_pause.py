@@ -20,6 +20,8 @@ from epochgraph.training.loop import train
 from tests.conftest import TINY, compose_train
 from tests.pausing import PauseOdd
 
+pytestmark = pytest.mark.slow  # trainings through real MLflow stores, end to end: make test runs them
+
 EPOCHS = 3
 
 

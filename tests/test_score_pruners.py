@@ -32,6 +32,7 @@ def test_default_is_the_pruner_make_run_uses_warm_started_without_the_population
     assert eager.config["delta"] == 0.2 and eager.config["warm_exclude"] == ["x"]
 
 
+@pytest.mark.slow
 def test_scores_every_setting_on_every_population_and_writes_json_markdown_and_a_plot(tmp_path):
     out = score_tables({**CFG, "output_dir": str(tmp_path)})
     saved = json.loads((tmp_path / "replay.json").read_text())
@@ -58,6 +59,7 @@ def test_bad_input_is_one_line_naming_the_value(change, message, tmp_path):
         score_tables({**CFG, "output_dir": str(tmp_path), **change})
 
 
+@pytest.mark.slow
 def test_a_sweep_exported_as_a_table_is_scored_by_the_command(tmp_path, tracking_uri):
     from epochgraph.forecast.population import export_experiment, read_table
     from epochgraph.store import tracking

@@ -176,6 +176,9 @@ class ForecastPruner(BasePruner):
         self.last_forecast_value: dict[int, float] = {}  # trial number -> forecast median final val_acc
         self.last_forecast_upper: dict[int, float] = {}  # trial number -> uncalibrated upper quantile
         self.last_forecast_bound: dict[int, float] = {}  # trial number -> calibrated upper bound, as compared
+        self.last_forecast_best: dict[int, float] = {}  # trial number -> the best completed value it was compared with
+        self.last_forecast_rule: dict[int, float] = {}  # trial number -> the forecast's own P, which the rule reads
+        self.last_decision: dict[int, str] = {}  # trial number -> what was decided and why, in words
         self._uppers: dict[int, dict[int, float]] = {}  # trial number -> epoch -> upper quantile forecast then
 
     def _template(self) -> FinalAccuracyForecaster:
@@ -379,6 +382,7 @@ class ForecastPruner(BasePruner):
         if not values:
             return None
         best = max(values) if study.direction == StudyDirection.MAXIMIZE else min(values)
+        self.last_forecast_best[trial.number] = best
         return float(model.prob_gain_at_least(x, np.array([best - now - margin]), quantiles=q)[0])
 
     def rank_corr(self, study: optuna.Study, step: int) -> float | None:
@@ -452,29 +456,38 @@ class ForecastPruner(BasePruner):
         if trial.last_step is not None and (n in self.last_forecast or n in self.last_forecast_value):
             write_forecast(study, trial, int(trial.last_step), {
                 "probability": self.last_forecast.get(n), "final": self.last_forecast_value.get(n),
-                "upper": self.last_forecast_bound.get(n)}, upper=self.last_forecast_upper.get(n), accuracy=True)
+                "upper": self.last_forecast_bound.get(n), "best": self.last_forecast_best.get(n),
+                "rule": self.last_forecast_rule.get(n)}, upper=self.last_forecast_upper.get(n), accuracy=True,
+                decision=self.last_decision.get(n))
         if decision and self.pause and trial.last_step is not None:  # for the job (a checkpoint), the sweeper
             mark_paused(study, trial, None if stops_for_good(trial) else int(trial.last_step))
         return decision
 
     def _forget(self, number: int) -> None:
-        for made in (self.last_forecast, self.last_forecast_value, self.last_forecast_bound, self.last_forecast_upper):
+        for made in (self.last_forecast, self.last_forecast_value, self.last_forecast_bound, self.last_forecast_upper,
+                     self.last_forecast_best, self.last_forecast_rule, self.last_decision):
             made.pop(number, None)
 
     def _decide(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         history = trial_history(trial)
+        n = trial.number
         if history and diverged(history):
-            self.last_forecast[trial.number] = 0.0
+            self.last_forecast[n], self.last_decision[n] = 0.0, "stopped for good: the training diverged"
             return True
         base = self.base.prune(study, trial) if self.base is not None else None
         try:
             p = self.prob_beat_best(study, trial, history, recalibrated=False)  # also with nothing to veto: recorded
             if p is not None:
-                self.last_forecast[trial.number] = float(self.recalibration()(p))
+                self.last_forecast[n], self.last_forecast_rule[n] = float(self.recalibration()(p)), p
                 step = int(trial.last_step)  # a pause waits for min_progress only; a prune for the rank check too
+                said = (f"P {p:.3f} {'<' if p < self.delta else '≥'} δ {self.delta:g}: bound "
+                        f"{self.last_forecast_bound[n]:.3f} vs best {self.last_forecast_best[n]:.3f}")
                 if step < self.min_progress * self._planned(trial) or (
                         not self.pause and not self.trusted_at(study, step)):
                     p = None  # the study has not shown that this epoch ranks the end: no prune from the forecast
+                    said = f"kept: the rank check is closed at epoch {step} ({said})"
+                verb = "paused" if self.pause else "pruned"
+                self.last_decision[n] = said if p is None else f"{verb if p < self.delta else 'kept'}: {said}"
         except Exception as err:  # a model that cannot be fitted or asked never stops the user's training
             self._forget(trial.number)
             undecided(self, study, trial, err)

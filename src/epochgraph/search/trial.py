@@ -33,6 +33,7 @@ from epochgraph.search.pause import (
     save_checkpoint,
 )
 from epochgraph.search.trial_attrs import (
+    DECISION_ATTR,
     FORECAST_ATTR,
     FORECAST_METRICS,
     PAUSED_ATTR,
@@ -118,6 +119,9 @@ class TrialReporter:
         if forecast is not None:
             self.forecast = forecast
             state.tags[FORECAST_ATTR] = f"{forecast:.3f}"  # the last one, for filtering the runs table
+        decision = self.trial.user_attrs.get(DECISION_ATTR) if forecasts else None
+        if decision:  # the number that decided and what it was compared with
+            state.tags[DECISION_ATTR] = decision
         if prune:
             state.prune = True
             if paused_here(self.trial, state.epoch) and state.checkpoint is not None:

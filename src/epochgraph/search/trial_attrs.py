@@ -29,7 +29,8 @@ FORECAST_ATTR = "forecast_p_high"  # the pruner's last probability (P(high), or 
 FORECAST_FINAL_ATTR = "forecast_final_val_acc"  # the forecast final val_acc (ForecastPruner)
 # the forecast made at an epoch, as MLflow metrics at step = epoch (every epoch a pruner forecast)
 FORECAST_METRICS = {"probability": "forecast/probability", "final": "forecast/final_val_acc",
-                    "upper": "forecast/upper"}
+                    "upper": "forecast/upper", "best": "forecast/best", "rule": "forecast/p_rule"}
+DECISION_ATTR = "forecast_decision"  # what the pruner decided at the last epoch and why, in words (user attr)
 UPPER_ATTR = "forecast_upper_{:03d}"  # the upper quantile forecast at that epoch (ForecastPruner)
 FORECAST_EPOCH_ATTR = "forecast_{:03d}"  # what the pruner forecast at that epoch ({name: value}, FORECAST_METRICS)
 UNDECIDED_ATTR = "forecast_undecided_{:03d}"  # why the pruner could not forecast at that epoch (kept the trial)
@@ -42,12 +43,12 @@ PLANNED_EPOCHS_ATTR = "planned_epochs"  # the epochs the training is planned for
 SCHEDULE_ATTR = "lr_schedule"  # the LR of every epoch of the training, planned before it starts
 RECORDED_METRICS = (*CURVE_METRICS, "lr")  # the curve values an epoch's record holds (beside sig/...)
 
-__all__ = ["CHECKPOINT_ATTR", "CHECKPOINT_BYTES_ATTR", "EPOCH_ATTR", "FORECAST_ATTR", "FORECAST_EPOCH_ATTR",
-           "FORECAST_FINAL_ATTR", "FORECAST_METRICS", "PAUSED_ATTR", "PLANNED_EPOCHS_ATTR", "RECORDED_METRICS",
-           "RESUMED_BY_ATTR", "RESUMED_FROM_ATTR", "SCHEDULE_ATTR", "UNDECIDED_ATTR", "UPPER_ATTR", "diverged",
-           "encode_value", "epoch_records", "mark_paused", "mark_resumed", "paused_epoch", "planned_epochs",
-           "planned_schedule", "resumed_trials", "store_attr", "stored_attr", "trial_attr", "trial_history",
-           "with_reported_values", "write_forecast"]
+__all__ = ["CHECKPOINT_ATTR", "CHECKPOINT_BYTES_ATTR", "DECISION_ATTR", "EPOCH_ATTR", "FORECAST_ATTR",
+           "FORECAST_EPOCH_ATTR", "FORECAST_FINAL_ATTR", "FORECAST_METRICS", "PAUSED_ATTR", "PLANNED_EPOCHS_ATTR",
+           "RECORDED_METRICS", "RESUMED_BY_ATTR", "RESUMED_FROM_ATTR", "SCHEDULE_ATTR", "UNDECIDED_ATTR",
+           "UPPER_ATTR", "diverged", "encode_value", "epoch_records", "mark_paused", "mark_resumed", "paused_epoch",
+           "planned_epochs", "planned_schedule", "resumed_trials", "store_attr", "stored_attr", "trial_attr",
+           "trial_history", "with_reported_values", "write_forecast"]
 
 
 NONFINITE_VALUES = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -63,7 +64,7 @@ def store_attr(trial: Any, key: str, value: Any) -> None:
 
 
 def write_forecast(study: Any, trial: FrozenTrial, epoch: int, forecast: Mapping[str, float | None],
-                   upper: float | None = None, accuracy: bool = False) -> bool:
+                   upper: float | None = None, accuracy: bool = False, decision: str | None = None) -> bool:
     """A pruner writes what it forecast at ``epoch`` into the live ``trial`` it was asked about, through the
     study's storage (as Optuna's SuccessiveHalving writes its rung), so that the job, the Lightning callback and
     other workers read it from the trial, never from the pruner object: ``forecast`` ({``probability``,
@@ -71,13 +72,14 @@ def write_forecast(study: Any, trial: FrozenTrial, epoch: int, forecast: Mapping
     and final in the user attrs people read (``forecast_p_high``, ``forecast_final_val_acc``), and ``upper``
     (the uncalibrated upper quantile the pruner's calibration reads back) in ``forecast_upper_NNN``. False, and
     nothing written, for a trial that is not a running trial of the study (built by hand, already finished).
-    ``accuracy``: the forecast values are accuracies, clipped to [0, 1]."""
+    ``accuracy``: the forecast values are accuracies, clipped to [0, 1]; ``decision``: what was decided and why,
+    in words (user attr ``forecast_decision``: the number that decided and what it was compared with)."""
     trial_id = getattr(trial, "_trial_id", None)
     if trial_id is None or trial_id < 0 or getattr(trial, "state", None) not in (None, TrialState.RUNNING):
         return False
     values = {k: float(v) for k, v in forecast.items() if v is not None}
     if accuracy:  # forecasts of an accuracy, as shown: within [0, 1] (the unclipped ``upper`` is what code reads)
-        values.update({k: min(max(values[k], 0.0), 1.0) for k in ("final", "upper") if k in values})
+        values.update({k: min(max(values[k], 0.0), 1.0) for k in ("final", "upper", "best") if k in values})
     storage = study._storage
     try:
         storage.set_trial_system_attr(trial_id, FORECAST_EPOCH_ATTR.format(int(epoch)), values)
@@ -86,6 +88,8 @@ def write_forecast(study: Any, trial: FrozenTrial, epoch: int, forecast: Mapping
         for name, attr in (("probability", FORECAST_ATTR), ("final", FORECAST_FINAL_ATTR)):
             if name in values:
                 storage.set_trial_user_attr(trial_id, attr, values[name])
+        if decision:
+            storage.set_trial_user_attr(trial_id, DECISION_ATTR, decision)
     except (KeyError, RuntimeError, optuna.exceptions.OptunaError):  # unknown or finished meanwhile
         return False
     return True
