@@ -181,19 +181,12 @@ def export_experiment(tracking_uri: str, experiment: str | Sequence[str], output
     """Write the trainings of an MLflow experiment (or several, pooled) that ran to their end as a population
     table (``epochgraph-export``): a sweep's complete trials, resumed ones included; pruned and paused trials
     are left out (a population holds final accuracies) and counted in the line printed."""
-    from epochgraph.forecast.records import experiment_names, load_runs
+    from epochgraph.forecast.records import experiment_ids, experiment_names, load_runs
     from epochgraph.store import tracking
 
     client = tracking.get_client(tracking_uri)
     names = experiment_names(experiment)
-    ids = []
-    for name in names:
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            known = sorted(e.name for e in client.search_experiments())
-            raise EpochgraphError(f"unknown MLflow experiment {name!r} in {tracking_uri}; existing: "
-                                  f"{', '.join(known) or 'none'} (set experiment=<name>)")
-        ids.append(exp.experiment_id)
+    ids = experiment_ids(client, names)
     finished = client.search_runs(ids, "attributes.status = 'FINISHED'", max_results=50000)
     trainings = [r for r in finished if r.data.tags.get("epochgraph.role") != "sweep"]
     left_out = sum(r.data.tags.get("pruned") == "true" for r in trainings)

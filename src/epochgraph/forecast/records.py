@@ -76,6 +76,19 @@ def experiment_names(experiment: str | Sequence[str]) -> list[str]:
     return [experiment] if isinstance(experiment, str) else [str(e) for e in experiment]
 
 
+def experiment_ids(client: Any, experiment: str | Sequence[str]) -> list[str]:
+    """The ids of the MLflow experiments named (a name or a list); one line naming an unknown one."""
+    ids = []
+    for name in experiment_names(experiment):
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            names = sorted(e.name for e in client.search_experiments())
+            raise EpochgraphError(f"unknown MLflow experiment {name!r}; existing: {', '.join(names) or 'none'} "
+                                  f"(set experiment=<name>)")
+        ids.append(exp.experiment_id)
+    return ids
+
+
 def load_runs(client: Any, experiment: str | Sequence[str], epochs: int, label_metric: str = "final_val_acc",
               centralities: Sequence[str] = ("degree", "eigenvector"), weight_sources: Sequence[str] = (),
               unrolled_budget: int = 2 * 1024**3, extra_metrics: Sequence[str] = ()) -> list[RunRecord]:
@@ -86,14 +99,7 @@ def load_runs(client: Any, experiment: str | Sequence[str], epochs: int, label_m
     accuracy after its last epoch), or its last ``val_acc`` when that metric is absent. ``extra_metrics``
     (e.g. ``time/epoch_s``) are read into the history beside the signature and the learning curve.
     """
-    ids = []
-    for name in experiment_names(experiment):
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            names = sorted(e.name for e in client.search_experiments())
-            raise EpochgraphError(f"unknown MLflow experiment {name!r}; existing: {', '.join(names) or 'none'} "
-                                  f"(set experiment=<name>)")
-        ids.append(exp.experiment_id)
+    ids = experiment_ids(client, experiment)
     runs = client.search_runs(ids, filter_string="attributes.status = 'FINISHED'", max_results=50000)
     records = []
     keys = [*_history_keys(centralities), *extra_metrics]
