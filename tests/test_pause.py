@@ -69,7 +69,7 @@ def test_a_paused_trial_resumes_in_its_own_run_and_reaches_the_weights_of_an_uni
     assert paused.state == optuna.trial.TrialState.PRUNED and paused_epoch(paused) == 1
     assert paused.system_attrs[CHECKPOINT_ATTR] == f"runs:/{paused_out['run_id']}/checkpoint/epoch_001.pt"
     run = client.get_run(paused_out["run_id"])
-    assert run.info.run_name == "⏸@1 trial-000" and run.data.tags["state"] == "PAUSED"
+    assert run.info.run_name == "‖@1 trial-000" and run.data.tags["state"] == "PAUSED"
     assert pause.paused_trials(study)[0].number == 0 and pause.checkpoint_bytes(study) > 0
 
     trial = pause.resume(study, paused)
@@ -129,6 +129,6 @@ def test_a_missing_or_corrupt_checkpoint_restarts_the_trial_from_scratch_with_on
     # a new run trains every epoch; the paused run stays as it was (nothing lost)
     assert out["state"] == "COMPLETE" and out["epochs"] == EPOCHS and out["resumed_from"] is None
     assert out["run_id"] != paused_out["run_id"]
-    assert client.get_run(paused_out["run_id"]).info.run_name == "⏸@1 trial-000"
+    assert client.get_run(paused_out["run_id"]).info.run_name == "‖@1 trial-000"
     assert [m.step for m in client.get_metric_history(out["run_id"], "val_acc")] == [1, 2, 3]
     _same(_final_weights(client, out["run_id"], tmp_path), _uninterrupted(tmp_path, tracking_uri))

@@ -190,4 +190,5 @@ def run_trial(cfg) -> dict[str, Any]:
     value = res.history[-1]["val_acc"] if res.history else float("nan")
     return {"state": state, "value": value if math.isfinite(value) else 0.0, "epochs": res.epochs_run,
             "run_id": job.run_id, "forecast": reporter.forecast, "diverged": res.diverged,
-            "paused": reporter.paused, "resumed_from": paused.number if ckpt is not None else None}
+            "paused": reporter.paused, "resumed_from": paused.number if ckpt is not None else None,
+            "decision": reporter.trial.user_attrs.get(DECISION_ATTR)}

@@ -49,13 +49,13 @@ def weights_artifact(epoch: int) -> str:
 # ``pruned_at_epoch``) stay for filtering and sorting.
 COMPLETE_MARK = "✓"
 PRUNED_MARK = "✂"
-PAUSED_MARK = "⏸"
+PAUSED_MARK = "‖"
 DIVERGED_MARK = "NaN"
 
 
 def trial_outcome(*, pruned_at_epoch: int | None = None, diverged_at_epoch: int | None = None,
                   paused: bool = False) -> str:
-    """The short outcome of a trial that ran to its end: ``✂@1`` (pruned after epoch 1), ``⏸@4`` (paused after
+    """The short outcome of a trial that ran to its end: ``✂@1`` (pruned after epoch 1), ``‖@4`` (paused after
     epoch 4: it may resume), ``NaN@3`` (diverged at epoch 3: a non-finite loss) or ``✓`` (complete)."""
     if pruned_at_epoch is not None:
         return f"{PAUSED_MARK if paused else PRUNED_MARK}@{pruned_at_epoch}"

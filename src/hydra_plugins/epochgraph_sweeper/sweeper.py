@@ -434,7 +434,9 @@ class EpochgraphSweeper(Sweeper):
                         study.tell(trial.number, state=TrialState.PRUNED, skip_if_finished=True)
                     else:
                         study.tell(trial.number, out["value"], skip_if_finished=True)
-                    fc = f"  forecast P {out['forecast']:.2f}" if out.get("forecast") is not None else ""
+                    # what the pruner decided last and why (the rule's P against δ, the bound against the best)
+                    fc = f"  {out['decision']}" if out.get("decision") else (
+                        f"  forecast P {out['forecast']:.2f}" if out.get("forecast") is not None else "")
                     word = "PAUSED" if out.get("paused") else out["state"]
                     log.info("trial %3d %-8s val_acc %.4f after %d epochs%s", trial.number, word,
                              out["value"], out["epochs"], fc)
