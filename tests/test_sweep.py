@@ -122,6 +122,13 @@ def test_forecast_pruner_in_a_live_sweep_forecasts_from_the_first_incumbent(tmp_
         assert all(uppers[m.step] >= m.value for m in finals)  # the bound lies above the median forecast
         probs = {m.step for m in client.get_metric_history(run_id, "forecast/probability")}
         assert probs == ({1, 2} & set(t.intermediate_values) if t.number > first_complete else set())
+        assert all(0.0 <= uppers[e] <= 1.0 for e in uppers)  # an accuracy's forecast, shown within [0, 1]
+        # the picture of the curve beside its forecasts, and what decided at its last forecast, in words
+        assert "forecast.png" in [f.path for f in client.list_artifacts(run_id)]
+        if t.number > first_complete:
+            said = runs[t.number].data.tags["forecast_decision"]
+            assert said.startswith(("pruned: P ", "kept: P ", "kept: the rank check is closed")), said
+            assert t.user_attrs["forecast_decision"] == said
 
 
 SAMPLERS = sorted(p.stem for p in (Path(CONF_DIR) / "hydra" / "sweeper" / "sampler").glob("*.yaml"))

@@ -9,7 +9,13 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from epochgraph.search.trial_attrs import FORECAST_FINAL_ATTR, paused_epoch, planned_epochs, resumed_trials
+from epochgraph.search.trial_attrs import (
+    FORECAST_EPOCH_ATTR,
+    FORECAST_FINAL_ATTR,
+    paused_epoch,
+    planned_epochs,
+    resumed_trials,
+)
 from epochgraph.store import tracking
 
 log = logging.getLogger("epochgraph")
@@ -73,6 +79,10 @@ def plot_curves(study: optuna.Study, path: Path) -> Path:
                 alpha=0.8, marker="o" if state in ("PRUNED", "PAUSED") else None, ms=3,
                 label=state.lower() if state not in seen else None)
         seen.add(state)
+    done = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None and math.isfinite(t.value)]
+    if done:  # the bar every forecast was judged against at the end
+        ax.axhline(max(done), color="black", lw=0.8, ls="--", label=f"best complete {max(done):.3f}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
     ax.set_title(f"{study.study_name}: every trial, coloured by state (a resumed trial: one curve)")
@@ -81,6 +91,45 @@ def plot_curves(study: optuna.Study, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_trial(trial: optuna.trial.FrozenTrial, path: Path) -> Path | None:
+    """One trial's val_acc per epoch beside what the pruner forecast at each epoch (the median final, the upper
+    bound it compared with the best so far, and that best), the epoch it stopped at marked; None without a
+    forecast."""
+    prefix = FORECAST_EPOCH_ATTR.split("{")[0]
+    made = {int(k[len(prefix):]): v for k, v in trial.system_attrs.items()
+            if k.startswith(prefix) and k[len(prefix):].isdigit() and isinstance(v, dict)}
+    if not made or not trial.intermediate_values:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    steps = sorted(trial.intermediate_values)
+    ax.plot(steps, [trial.intermediate_values[e] for e in steps], "o-", color="tab:blue", label="val_acc")
+    epochs = sorted(made)
+    for key, style, label in (("final", "s--", "forecast final (median)"), ("upper", "^:", "forecast upper bound"),
+                              ("best", "_-", "best so far (the bar)")):
+        pts = [(e, made[e][key]) for e in epochs if made[e].get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), style, lw=1, label=label)
+    stop = paused_epoch(trial) or (trial.last_step if trial.state == TrialState.PRUNED else None)
+    if stop is not None:
+        ax.axvline(stop, color="tab:red", lw=0.8, label=f"{'paused' if paused_epoch(trial) else 'pruned'} at {stop}")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(f"trial {trial.number}: the curve and what the pruner forecast at each epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 

@@ -119,7 +119,9 @@ class TrialReporter:
         if forecast is not None:
             self.forecast = forecast
             state.tags[FORECAST_ATTR] = f"{forecast:.3f}"  # the last one, for filtering the runs table
-        decision = self.trial.user_attrs.get(DECISION_ATTR) if forecasts else None
+        # written by the pruner through the storage: read it there (the trial's own view is a cached copy)
+        decision = optuna_internals.frozen_trial(self.study, self.trial).user_attrs.get(DECISION_ATTR) \
+            if forecasts else None
         if decision:  # the number that decided and what it was compared with
             state.tags[DECISION_ATTR] = decision
         if prune:
@@ -141,6 +143,25 @@ class TrialReporter:
         state.tags[PAUSED_ATTR] = str(state.epoch)
         log.info("trial %d paused after epoch %d: checkpoint of %.1f MB stored in its MLflow run",
                  self.trial.number, state.epoch, size / 2**20)
+
+
+def _log_forecast_picture(client: Any, run_id: str, reporter: TrialReporter, state: str) -> None:
+    """``forecast.png`` in the trial's run: its curve beside what the pruner forecast at each epoch."""
+    import tempfile
+    from pathlib import Path
+
+    from epochgraph.search.sweep_report import plot_trial
+
+    frozen = optuna_internals.frozen_trial(reporter.study, reporter.trial)
+    if state == "PRUNED":  # as the sweeper will tell it, so that the picture marks where it stopped
+        frozen.state = optuna.trial.TrialState.PRUNED
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            png = plot_trial(frozen, Path(tmp, "forecast.png"))
+            if png is not None:
+                client.log_artifact(run_id, str(png))
+        except Exception as err:  # a picture never fails a trial
+            log.warning("trial %d: no forecast picture (%s)", reporter.trial.number, str(err).splitlines()[0][:160])
 
 
 def slurm_job() -> str | None:
@@ -185,10 +206,11 @@ def run_trial(cfg) -> dict[str, Any]:
     outcome = tracking.trial_outcome(pruned_at_epoch=res.pruned_at_epoch, paused=reporter.paused,
                                      diverged_at_epoch=res.epochs_run if res.diverged else None)
     client.update_run(job.run_id, name=tracking.outcome_run_name(tracking.trial_run_name(number, first), outcome))
+    _log_forecast_picture(client, job.run_id, reporter, state)
     if not reporter.paused and not cfg["mlflow"].get("keep_checkpoints", False):
         discard_checkpoints(client, job.run_id)  # its chain ended: nothing will resume from them
     value = res.history[-1]["val_acc"] if res.history else float("nan")
     return {"state": state, "value": value if math.isfinite(value) else 0.0, "epochs": res.epochs_run,
             "run_id": job.run_id, "forecast": reporter.forecast, "diverged": res.diverged,
             "paused": reporter.paused, "resumed_from": paused.number if ckpt is not None else None,
-            "decision": reporter.trial.user_attrs.get(DECISION_ATTR)}
+            "decision": optuna_internals.frozen_trial(reporter.study, reporter.trial).user_attrs.get(DECISION_ATTR)}
