@@ -108,6 +108,7 @@ def plot_trial(trial: optuna.trial.FrozenTrial, path: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     steps = sorted(trial.intermediate_values)
@@ -122,6 +123,7 @@ def plot_trial(trial: optuna.trial.FrozenTrial, path: Path) -> Path | None:
     if stop is not None:
         ax.axvline(stop, color="tab:red", lw=0.8, label=f"{'paused' if paused_epoch(trial) else 'pruned'} at {stop}")
     ax.set_ylim(0, 1.02)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
     ax.set_title(f"trial {trial.number}: the curve and what the pruner forecast at each epoch")
