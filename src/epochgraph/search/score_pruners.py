@@ -10,8 +10,9 @@ accuracy points, the share of draws that kept the best trial, and the mean share
 the best trial completed (``best_done_frac``; pausing delays it).
 
 A setting is ``default`` (the pruner ``make run`` uses: ``conf/experiment/pruned_sweep.yaml``), ``prune_forever``
-(the same, with ``pause=false``), any preset of ``conf/pruner`` (``patient``, ``median``, ``successive_halving``,
-``topk``, ``forecast``, ...) or a name of ``variants`` (``{pruner: <preset>, <argument>: <value>, ...}``).
+(its preset as shipped, ``pause=false``: pruning is final), any preset of ``conf/pruner`` (``patient``, ``median``,
+``successive_halving``, ``topk``, ``forecast``, ...) or a name of ``variants`` (``{pruner: <preset>, <argument>:
+<value>, ...}``).
 """
 
 from __future__ import annotations
@@ -108,13 +109,22 @@ def plot(results: Sequence[Mapping[str, Any]], path: Path, default: str = "forec
 
 def default_pruner() -> tuple[str, dict[str, Any]]:
     """The pruner ``make run`` builds (``+experiment=pruned_sweep``): its ``conf/pruner`` preset and the arguments
-    the experiment changes."""
+    the experiment changes (its top-level keys the preset reads, e.g. ``pause_trials``)."""
     from omegaconf import OmegaConf
 
     exp = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "experiment" / "pruned_sweep.yaml"))
     preset = next((str(v) for entry in exp.get("defaults", []) if isinstance(entry, dict)
                    for k, v in entry.items() if k.split()[-1].strip("/") == "pruner"), "forecast")
-    return preset, dict(exp.get("pruner") or {})
+    shipped = OmegaConf.load(Path(CONF_DIR) / "pruner" / f"{preset}.yaml")
+    keys = {k: v for k, v in exp.items() if k not in ("defaults", "hydra", "pruner")}
+
+    def resolved(top: dict[str, Any]) -> dict[str, Any]:
+        root = OmegaConf.merge({"trainer": {"epochs": 2}}, top, {"pruner": shipped},
+                               {"pruner": exp.get("pruner") or {}})
+        return OmegaConf.to_container(root, resolve=True)["pruner"]
+
+    made, plain = resolved(keys), resolved({})
+    return preset, {k: v for k, v in made.items() if k not in ("max_epoch", "warm_exclude") and v != plain.get(k)}
 
 
 def _presets() -> list[str]:
@@ -128,10 +138,10 @@ def setting_factory(name: str, n_epochs: int, population: str, cfg: Mapping[str,
 
     variants = dict(cfg.get("variants") or {})
     warm = {"warm_start": [str(w) for w in cfg.get("warm_start") or []], "warm_exclude": [population]}
-    if name in (DEFAULT, PRUNE_FOREVER):
+    if name == DEFAULT:
         preset_name, changes = default_pruner()
-        if name == PRUNE_FOREVER:
-            changes["pause"] = False
+    elif name == PRUNE_FOREVER:  # the same preset as shipped, without the experiment's pausing
+        preset_name, changes = default_pruner()[0], {"pause": False}
     elif name in variants:
         changes = dict(variants[name] or {})
         preset_name = str(changes.pop("pruner", "forecast"))
