@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,10 @@ def _discard(study: optuna.Study, trial: optuna.trial.Trial) -> None:
         Path(str(uri)).unlink()
 
 
+def _running(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
 def _finished(study: optuna.Study) -> int:
     return (len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
             - len(resumed_trials(study)))
@@ -150,7 +155,11 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.trial.Trial], floa
             candidates = pause.paused_trials(study)
             resumes = pause.resumable(study, pause.by_standing(study, candidates) if last_pass else candidates,
                                       last_pass=last_pass)
+        resumes = [t for t in resumes[:1] if pause.claim(study, t)]  # one worker resumes each paused trial
         if last_pass and not resumes:
+            if pausing and pause.paused_trials(study) and _running(study):
+                time.sleep(1.0)  # another worker's trial may still change what should resume
+                continue
             return
         trial = pause.resume(study, resumes[0]) if resumes else study.ask()
         _run(study, objective, trial, checkpoint_dir, tuple(catch))

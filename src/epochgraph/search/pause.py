@@ -44,10 +44,10 @@ log = logging.getLogger("epochgraph")
 CHECKPOINT_DIR = "checkpoint"  # a paused trial's resumable state in its MLflow run: checkpoint/epoch_NNN.pt
 _CARRIED = tuple(a.split("{")[0] for a in (EPOCH_ATTR, FORECAST_EPOCH_ATTR, UPPER_ATTR))  # per-epoch attrs
 
-__all__ = ["CHECKPOINT_DIR", "by_standing", "carry_over", "checkpoint_artifact", "checkpoint_bytes", "could_lead",
-           "delete_artifacts", "discard_checkpoints", "load_checkpoint", "paused_here", "paused_trials", "pauses",
-           "promoted", "resumable", "resume", "resumed_from", "save_checkpoint", "should_resume", "standing",
-           "stops_for_good"]
+__all__ = ["CHECKPOINT_DIR", "CLAIM_ATTR", "by_standing", "carry_over", "checkpoint_artifact", "checkpoint_bytes",
+           "claim", "could_lead", "delete_artifacts", "discard_checkpoints", "load_checkpoint", "paused_here",
+           "paused_trials", "pauses", "promoted", "resumable", "resume", "resumed_from", "save_checkpoint",
+           "should_resume", "standing", "stops_for_good"]
 
 
 def pauses(pruner: Any) -> bool:
@@ -73,9 +73,29 @@ def resumable(study: optuna.Study, candidates: list[FrozenTrial] | None = None,
             if study.pruner.should_resume(study, t, last_pass=last_pass)]
 
 
+CLAIM_ATTR = "resume_claim_{:06d}"  # study system attr: the worker (a random token) about to resume that trial
+CLAIM_WAIT_S = 0.5  # how long a claim must stand before its worker resumes the trial
+
+
+def claim(study: optuna.Study, paused: FrozenTrial) -> bool:
+    """Whether this process may resume ``paused``: it writes a token of its own into the study, waits
+    `CLAIM_WAIT_S` and checks that its token still stands and that no trial resumed ``paused`` meanwhile. Two
+    workers asking at once both write; the later token stands and only its worker goes on (a worker that claims
+    later sees the trial resumed)."""
+    import time
+    import uuid
+
+    key, token = CLAIM_ATTR.format(paused.number), uuid.uuid4().hex
+    study._storage.set_study_system_attr(study._study_id, key, token)
+    time.sleep(CLAIM_WAIT_S)
+    stands = study._storage.get_study_system_attrs(study._study_id).get(key) == token
+    return stands and paused.number not in resumed_trials(study)
+
+
 def resume(study: optuna.Study, paused: FrozenTrial) -> optuna.trial.Trial:
     """A new RUNNING trial that goes on from ``paused``: its parameters, the user attr ``resumed_from``; the
-    study records ``resumed_by`` for the paused one. The job (`carry_over`) brings the epochs over."""
+    study records ``resumed_by`` for the paused one. The job (`carry_over`) brings the epochs over. Call it after
+    `claim` where several workers share the study."""
     template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, values=None,
                            datetime_start=datetime.datetime.now(), datetime_complete=None, params=dict(paused.params),
                            distributions=dict(paused.distributions),
@@ -261,7 +281,8 @@ def should_resume(pruner: Any, study: optuna.Study, trial: FrozenTrial, last_pas
     where the study has not shown that the epoch ranks the end (``pruner.trusted_at``), it is among the top
     1/``promote_eta`` of the trials at that epoch (`promoted`), and once the budget is spent (``last_pass``),
     where it stands there no lower than one of the ``resume_top`` best completed trials stood (`could_lead`;
-    ``resume_top=0``: every such pause resumes): the study's own winners show how far down a winner may sit."""
+    ``resume_top=0``, or fewer than ``min_complete`` completed trials: every such pause resumes): the study's own
+    winners show how far down a winner may sit."""
     try:
         p = pruner.prob_beat_best(study, trial, recalibrated=False)
     except Exception as err:  # as in prune: the trial stays paused, and the study goes on
@@ -272,8 +293,10 @@ def should_resume(pruner: Any, study: optuna.Study, trial: FrozenTrial, last_pas
     step = trial.last_step  # a trusted epoch ranks the end: the pause stands
     if step is None or pruner.trusted_at(study, int(step)):
         return False
-    if last_pass:
-        return pruner.resume_top <= 0 or could_lead(study, trial, pruner.resume_top)
+    if last_pass:  # a study with fewer completed trials than the rank check asks for has shown nothing at all
+        completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        return (pruner.resume_top <= 0 or completed < pruner.min_complete
+                or could_lead(study, trial, pruner.resume_top))
     return promoted(study, trial, pruner.promote_eta)
 
 

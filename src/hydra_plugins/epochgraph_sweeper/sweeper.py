@@ -407,7 +407,7 @@ class EpochgraphSweeper(Sweeper):
                 time.sleep(2.0)
                 continue
             waited_for = []
-            resumes = resumes[:self.n_jobs]
+            resumes = [t for t in resumes[:self.n_jobs] if pause.claim(study, t)]  # one worker resumes each
             batch = [pause.resume(study, t) for t in resumes]
             for paused, trial in zip(resumes, batch):
                 log.info("trial %3d RESUMES trial %d from epoch %d", trial.number, paused.number, paused_epoch(paused))
