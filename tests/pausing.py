@@ -33,3 +33,18 @@ class PruneRetries(optuna.pruners.BasePruner):
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
         return "failed_trial" in trial.system_attrs and (trial.last_step or 0) >= 1
+
+
+def configurations(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """One trial per configuration: every trial but the paused ones another trial resumed (its epochs go on there)."""
+    from epochgraph.search.trial_attrs import resumed_trials
+
+    resumed = resumed_trials(study)
+    return [t for t in study.get_trials() if t.number not in resumed]
+
+
+def run_state(trial: optuna.trial.FrozenTrial) -> str:
+    """The ``state`` tag the trial's MLflow run carries: PAUSED for a paused trial, else Optuna's state."""
+    from epochgraph.search.trial_attrs import paused_epoch
+
+    return "PAUSED" if paused_epoch(trial) is not None else trial.state.name
