@@ -125,3 +125,4 @@ def fit_recalibration(histories: Sequence[History], populations: Sequence[str], 
     """The `Recalibration` of the forecasts `held_out_points` makes."""
     return Recalibration.fit(*held_out_points(histories, populations, pairs, make_forecaster, source, metrics,
                                               rows=rows, seed=seed))
+

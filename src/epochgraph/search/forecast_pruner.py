@@ -49,15 +49,14 @@ from epochgraph.forecast.warm_start import (  # noqa: F401 (importable here too)
     warm_tables,
     with_plan,
 )
+from epochgraph.search.online_calibration import conformal_margin
 from epochgraph.search.pause import should_resume, stops_for_good
 from epochgraph.search.trial_attrs import (
-    UPPER_ATTR,
     diverged,
     mark_paused,
     planned_epochs,
     planned_schedule,
     resumed_trials,
-    trial_attr,
     trial_history,
     with_reported_values,
     write_forecast,
@@ -411,9 +410,12 @@ class ForecastPruner(BasePruner):
         return cache[step]
 
     def trusted_at(self, study: optuna.Study, step: int) -> bool:
-        """Whether the study's own completed trials show that ``step`` ranks the final values (see __init__)."""
-        if step < self.min_progress * self.max_epoch:
-            return False
+        """Whether the study's own completed trials show that ``step`` ranks the final values (see __init__), from
+        ``min_progress`` of ``max_epoch`` on."""
+        return step >= self.min_progress * self.max_epoch and self.ranks_end(study, step)
+
+    def ranks_end(self, study: optuna.Study, step: int) -> bool:
+        """The rank check alone: whether the completed trials' val_acc at ``step`` ranks their final values."""
         if self.min_rank_corr is None:
             return True
         rho = self.rank_corr(study, step)
@@ -424,26 +426,9 @@ class ForecastPruner(BasePruner):
         return low >= self.min_rank_corr
 
     def calibration_margin(self, study: optuna.Study, step: int) -> float:
-        """How far the forecast's upper quantile fell short for this study's completed trials at ``step``.
-
-        Online split-conformal calibration: every forecast is recorded when made (before the outcome is
-        known), so once a trial completes, ``final - forecast upper quantile`` is an honest residual. The
-        margin is the residuals' conformal (1 - delta) quantile (their maximum while fewer than
-        (1 - delta)^-1 trials completed), never negative. A prior fitted on other networks is thereby widened
-        to what this study's trials show."""
-        res = []
-        for tr in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            up = self._uppers.get(tr.number, {}).get(step, trial_attr(tr, UPPER_ATTR.format(step)))
-            if up is not None and tr.value is not None and math.isfinite(tr.value):
-                res.append(float(tr.value) - float(up))
-        if not res:
-            return 0.0
-        res.sort()
-        k = math.ceil((len(res) + 1) * (1 - self.delta))
-        margin = res[k - 1] if k <= len(res) else res[-1]
-        # never narrower than the forecaster says: the completed trials are the survivors of pruning, whose
-        # residuals understate how far a pruned late bloomer would have climbed
-        return max(margin, 0.0)
+        """How far the forecast's upper quantile fell short for this study's completed trials at ``step``
+        (`epochgraph.search.online_calibration.conformal_margin`)."""
+        return conformal_margin(study, step, self._uppers, self.delta)
 
     def should_resume(self, study: optuna.Study, trial: FrozenTrial, last_pass: bool = False) -> bool:
         """Whether paused ``trial`` should go on now (`epochgraph.search.pause.should_resume`: this pruner's rule)."""
@@ -479,11 +464,11 @@ class ForecastPruner(BasePruner):
             p = self.prob_beat_best(study, trial, history, recalibrated=False)  # also with nothing to veto: recorded
             if p is not None:
                 self.last_forecast[n], self.last_forecast_rule[n] = float(self.recalibration()(p)), p
-                step = int(trial.last_step)  # a pause waits for min_progress only; a prune for the rank check too
+                step = int(trial.last_step)  # a prune waits for the rank check; a pause for it or min_progress
                 said = (f"P {p:.3f} {'<' if p < self.delta else '≥'} δ {self.delta:g}: bound "
                         f"{self.last_forecast_bound[n]:.3f} vs best {self.last_forecast_best[n]:.3f}")
-                if step < self.min_progress * self._planned(trial) or (
-                        not self.pause and not self.trusted_at(study, step)):
+                late = step >= self.min_progress * self._planned(trial)
+                if not (self.ranks_end(study, step) and (late or self.pause)) and not (self.pause and late):
                     p = None  # the study has not shown that this epoch ranks the end: no prune from the forecast
                     said = f"kept: the rank check is closed at epoch {step} ({said})"
                 verb = "paused" if self.pause else "pruned"

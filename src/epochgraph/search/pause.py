@@ -278,7 +278,7 @@ def should_resume(pruner: Any, study: optuna.Study, trial: FrozenTrial, last_pas
     the epoch it paused at, the forecaster refitted and calibrated on the study as it is now, gives it
     P(final >= best) >= ``delta`` again (what turns the evidence: completed trials whose forecasts at that epoch
     fell short widen the calibration margin, a refit that learnt late bloomers, a best that did not rise); or,
-    where the study has not shown that the epoch ranks the end (``pruner.trusted_at``), it is among the top
+    where the study has not shown that the epoch ranks the end (``pruner.ranks_end``), it is among the top
     1/``promote_eta`` of the trials at that epoch (`promoted`), and once the budget is spent (``last_pass``),
     where it stands there no lower than one of the ``resume_top`` best completed trials stood (`could_lead`;
     ``resume_top=0``, or fewer than ``min_complete`` completed trials: every such pause resumes): the study's own
@@ -291,7 +291,7 @@ def should_resume(pruner: Any, study: optuna.Study, trial: FrozenTrial, last_pas
     if p is not None and p >= pruner.delta:
         return True
     step = trial.last_step  # a trusted epoch ranks the end: the pause stands
-    if step is None or pruner.trusted_at(study, int(step)):
+    if step is None or pruner.ranks_end(study, int(step)):
         return False
     if last_pass:  # a study with fewer completed trials than the rank check asks for has shown nothing at all
         completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
