@@ -464,11 +464,13 @@ class ForecastPruner(BasePruner):
             p = self.prob_beat_best(study, trial, history, recalibrated=False)  # also with nothing to veto: recorded
             if p is not None:
                 self.last_forecast[n], self.last_forecast_rule[n] = float(self.recalibration()(p)), p
-                step = int(trial.last_step)  # a prune waits for the rank check; a pause for it or min_progress
+                step = int(trial.last_step)  # a pause waits for min_progress only; a prune for the rank check too
                 said = (f"P {p:.3f} {'<' if p < self.delta else '≥'} δ {self.delta:g}: bound "
                         f"{self.last_forecast_bound[n]:.3f} vs best {self.last_forecast_best[n]:.3f}")
-                late = step >= self.min_progress * self._planned(trial)
-                if not (self.ranks_end(study, step) and (late or self.pause)) and not (self.pause and late):
+                # (pausing before min_progress where the rank check passed lost the best trial: the completed trials
+                # of a pausing study are the survivors of its pauses, and vouch for early epochs they should not)
+                if step < self.min_progress * self._planned(trial) or (
+                        not self.pause and not self.trusted_at(study, step)):
                     p = None  # the study has not shown that this epoch ranks the end: no prune from the forecast
                     said = f"kept: the rank check is closed at epoch {step} ({said})"
                 verb = "paused" if self.pause else "pruned"
