@@ -209,6 +209,16 @@ def random_orders(n_runs: int, n_orders: int, seed: int = 0) -> list[np.ndarray]
     return [rng.permutation(n_runs) for _ in range(n_orders)]
 
 
+def preset(path: Path) -> Any:
+    """A ``conf/pruner`` preset as Hydra composes it: the presets of its ``defaults`` list (same group) first, then
+    its own keys (``forecast_pause`` is ``forecast`` with pausing on)."""
+    from omegaconf import OmegaConf
+
+    own = OmegaConf.load(path)
+    bases = [d for d in own.pop("defaults", []) if isinstance(d, str) and d != "_self_"]
+    return OmegaConf.merge(*[preset(path.with_name(f"{b}.yaml")) for b in bases], own)
+
+
 def pruner_factory(name: str, n_epochs: int, overrides: Mapping[str, Any] | None = None) -> PrunerFactory:
     """A factory of the pruner ``conf/pruner/<name>.yaml`` configures for a sweep, with ``overrides``
     (``trainer.epochs`` resolved to ``n_epochs``); built once now, so that a bad setting fails at once."""
@@ -220,7 +230,7 @@ def pruner_factory(name: str, n_epochs: int, overrides: Mapping[str, Any] | None
     if not path.is_file():
         known = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise choice_error("pruner", name, known, key="pruners")
-    root = OmegaConf.create({"trainer": {"epochs": n_epochs}, "pruner": OmegaConf.load(path)})
+    root = OmegaConf.create({"trainer": {"epochs": n_epochs}, "pruner": preset(path)})
     root = OmegaConf.merge(root, {"pruner": dict(overrides or {})})
     cfg = OmegaConf.to_container(root, resolve=True)["pruner"]
 

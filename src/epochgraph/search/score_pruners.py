@@ -10,8 +10,8 @@ accuracy points, the share of draws that kept the best trial, and the mean share
 the best trial completed (``best_done_frac``; pausing delays it).
 
 A setting is ``default`` (the pruner ``make run`` uses: ``conf/experiment/pruned_sweep.yaml``), ``prune_forever``
-(its preset as shipped, ``pause=false``: pruning is final), any preset of ``conf/pruner`` (``patient``, ``median``,
-``successive_halving``, ``topk``, ``forecast``, ...) or a name of ``variants`` (``{pruner: <preset>, <argument>:
+(the same with ``pause=false``: pruning is final), any preset of ``conf/pruner`` (``forecast_pause``, ``patient``,
+``median``, ``successive_halving``, ``topk``, ...) or a name of ``variants`` (``{pruner: <preset>, <argument>:
 <value>, ...}``).
 """
 
@@ -109,22 +109,13 @@ def plot(results: Sequence[Mapping[str, Any]], path: Path, default: str = "forec
 
 def default_pruner() -> tuple[str, dict[str, Any]]:
     """The pruner ``make run`` builds (``+experiment=pruned_sweep``): its ``conf/pruner`` preset and the arguments
-    the experiment changes (its top-level keys the preset reads, e.g. ``pause_trials``)."""
+    the experiment changes."""
     from omegaconf import OmegaConf
 
     exp = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "experiment" / "pruned_sweep.yaml"))
     preset = next((str(v) for entry in exp.get("defaults", []) if isinstance(entry, dict)
                    for k, v in entry.items() if k.split()[-1].strip("/") == "pruner"), "forecast")
-    shipped = OmegaConf.load(Path(CONF_DIR) / "pruner" / f"{preset}.yaml")
-    keys = {k: v for k, v in exp.items() if k not in ("defaults", "hydra", "pruner")}
-
-    def resolved(top: dict[str, Any]) -> dict[str, Any]:
-        root = OmegaConf.merge({"trainer": {"epochs": 2}}, top, {"pruner": shipped},
-                               {"pruner": exp.get("pruner") or {}})
-        return OmegaConf.to_container(root, resolve=True)["pruner"]
-
-    made, plain = resolved(keys), resolved({})
-    return preset, {k: v for k, v in made.items() if k not in ("max_epoch", "warm_exclude") and v != plain.get(k)}
+    return preset, dict(exp.get("pruner") or {})
 
 
 def _presets() -> list[str]:
@@ -138,10 +129,10 @@ def setting_factory(name: str, n_epochs: int, population: str, cfg: Mapping[str,
 
     variants = dict(cfg.get("variants") or {})
     warm = {"warm_start": [str(w) for w in cfg.get("warm_start") or []], "warm_exclude": [population]}
-    if name == DEFAULT:
+    if name in (DEFAULT, PRUNE_FOREVER):
         preset_name, changes = default_pruner()
-    elif name == PRUNE_FOREVER:  # the same preset as shipped, without the experiment's pausing
-        preset_name, changes = default_pruner()[0], {"pause": False}
+        if name == PRUNE_FOREVER:  # the same, pruning for good
+            changes["pause"] = False
     elif name in variants:
         changes = dict(variants[name] or {})
         preset_name = str(changes.pop("pruner", "forecast"))
@@ -149,7 +140,10 @@ def setting_factory(name: str, n_epochs: int, population: str, cfg: Mapping[str,
         preset_name, changes = name, {}
     else:
         raise choice_error("setting", name, [DEFAULT, PRUNE_FOREVER, *_presets(), *variants], key="settings")
-    if preset_name == "forecast":
+    from epochgraph.search.replay import preset
+
+    path = Path(CONF_DIR) / "pruner" / f"{preset_name}.yaml"
+    if path.is_file() and "warm_start" in preset(path):  # a forecast pruner (an unknown preset: pruner_factory says)
         changes = {**warm, **changes}
     return pruner_factory(preset_name, n_epochs, changes)
 
