@@ -23,7 +23,7 @@ def test_two_workers_share_one_study_on_postgres(tmp_path):
                "hydra.sweeper.n_trials=8", "hydra.sweeper.study_name=pg", "trainer.epochs=3", "trainer.threads=1",
                "data.train_size=600", "data.val_size=200", "data.test_size=100",
                # the forecast pruner (warm from the committed tables), pruning earlier than Optuna's threshold
-               "pruner=forecast_pause", "pruner.min_epoch=1", "pruner.combine=or",
+               "pruner=forecast", "pruner.min_epoch=1", "pruner.combine=or",
                "pruner.base={_target_: optuna.pruners.ThresholdPruner, lower: 0.3, n_warmup_steps: 2}",
                f"mlflow.tracking_uri={tracking}",
                f"hydra.sweep.dir={tmp_path / 'multirun'}"]
@@ -31,7 +31,7 @@ def test_two_workers_share_one_study_on_postgres(tmp_path):
                               env={**__import__("os").environ, "EPOCHGRAPH_STORAGE_URL": url})
         assert proc.returncode == 0, proc.stderr[-3000:]
         study = optuna.load_study(study_name="pg", storage=url)
-        trials = configurations(study)  # pruner=forecast_pause: a resumed trial's configuration counts once
+        trials = configurations(study)  # with pruner=forecast_pause a resumed trial's configuration counts once
         resumed = len(study.get_trials()) - len(trials)
     states = Counter(t.state.name for t in trials)
     assert len(trials) == 8 and states["COMPLETE"] + states["PRUNED"] == 8

@@ -55,13 +55,13 @@ def test_pruned_sweep_through_slurm_accounts_for_every_trial(cluster, tmp_path):
     proc = subprocess.run(
         _sweep_cmd(tmp_path, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "trainer.epochs=3",
                    # the forecast pruner (warm from the committed tables), pruning earlier than Optuna's threshold
-                   "pruner=forecast_pause", "pruner.min_epoch=1", "pruner.combine=or",
+                   "pruner=forecast", "pruner.min_epoch=1", "pruner.combine=or",
                    "pruner.base={_target_: optuna.pruners.ThresholdPruner, lower: 0.3, n_warmup_steps: 2}"),
         capture_output=True, text=True, timeout=1800, env=cluster)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     study = _study(tmp_path)
-    trials = configurations(study)  # pruner=forecast_pause: a resumed trial's configuration counts once
+    trials = configurations(study)  # with pruner=forecast_pause a resumed trial's configuration counts once
     resumed = len(study.get_trials()) - len(trials)
     states = Counter(t.state.name for t in trials)
     assert len(trials) == 4 and states["COMPLETE"] + states["PRUNED"] == 4, states
