@@ -2,11 +2,14 @@
 
     python examples/optuna_forecast_pruner.py --trials 20 --epochs 10
     python examples/optuna_forecast_pruner.py --warm-start bench/results/populations   # prune from trial 2 on
+    python examples/optuna_forecast_pruner.py --pause      # pause instead: paused trials resume (epochgraph.optimize)
 
 The objective is ordinary Optuna code; each epoch it makes one call, ``epochgraph.report_epoch``, which
 records the epoch's curve and the network's graph signature in the trial (what the pruner reads, in this
 process or in any worker sharing ``--storage``), reports val_acc, and logs the same values with
-``step=epoch`` to the active MLflow run: here one run per trial, nested under the search's run.
+``step=epoch`` to the active MLflow run: here one run per trial, nested under the search's run. With
+``--pause`` it also hands ``report_epoch`` what the training resumes from (``checkpoint=``), asks
+``epochgraph.resume_state`` at its start, and the search runs through ``epochgraph.optimize``.
 Browse them with ``make ui`` (the default ``--tracking-uri`` is the project's embedded store).
 """
 
@@ -20,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import epochgraph
 from epochgraph import ForecastPruner, report_epoch
 from epochgraph.training import load_data
 
@@ -67,13 +71,22 @@ def make_objective(args: argparse.Namespace, data):
         gen = torch.Generator().manual_seed(trial.number)
         net = SmallCNN(width)
         opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+        # --pause: a trial the pruner paused goes on from what it saved (None for a fresh trial)
+        state, first = epochgraph.resume_state(trial), 1
+        if state is not None:
+            net.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            gen.set_state(state["data_order"])
+            first = state["epoch"] + 1
         with mlflow.start_run(run_name=f"trial-{trial.number:03d}", nested=True):
             mlflow.log_params(trial.params)
-            for epoch in range(1, args.epochs + 1):
+            for epoch in range(first, args.epochs + 1):
                 train_loss = train_epoch(net, opt, data.x_train, data.y_train, args.batch_size, gen)
                 val_loss, val_acc = evaluate(net, data.x_val, data.y_val)
+                checkpoint = {"model": net.state_dict(), "optimizer": opt.state_dict(), "data_order": gen.get_state(),
+                              "epoch": epoch} if args.pause else None
                 report_epoch(trial, epoch, val_acc=val_acc, model=net, val_loss=val_loss, train_loss=train_loss,
-                             lr=lr)
+                             lr=lr, checkpoint=checkpoint)
                 if trial.should_prune():
                     mlflow.set_tags({"pruned": "true", "pruned_at_epoch": str(epoch)})
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
@@ -96,17 +109,27 @@ def main(argv: list[str] | None = None) -> optuna.Study:
     p.add_argument("--study-name", default="examples-forecast-pruner")
     p.add_argument("--tracking-uri", default="sqlite:///mlruns/mlflow.db")
     p.add_argument("--experiment", default="examples")
+    p.add_argument("--pause", action="store_true", help="pause instead of prune: paused trials keep a checkpoint "
+                                                        "and resume when the evidence turns (epochgraph.optimize)")
+    p.add_argument("--checkpoint-dir", default="checkpoints", help="where paused trials' checkpoints are kept")
+    p.add_argument("--seed", type=int, default=None, help="the sampler's seed (TPE), for a search that repeats")
     args = p.parse_args(argv)
 
     data = load_data("fashion_mnist", train_size=args.train_size, val_size=args.val_size, test_size=100)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pruner = ForecastPruner(max_epoch=args.epochs, warm_start=args.warm_start)
+    pruner = ForecastPruner(max_epoch=args.epochs, warm_start=args.warm_start, pause=args.pause,
+                            min_progress=0.3 if args.pause else 0.0)
     study = optuna.create_study(direction="maximize", pruner=pruner, storage=args.storage,
-                                study_name=args.study_name, load_if_exists=True)
+                                study_name=args.study_name, load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=args.seed))
     mlflow.set_tracking_uri(args.tracking_uri)
     mlflow.set_experiment(args.experiment)
     with mlflow.start_run(run_name=args.study_name):
-        study.optimize(make_objective(args, data), n_trials=args.trials)
+        if args.pause:  # Optuna's loop, plus: paused trials resume before new ones are asked
+            epochgraph.optimize(study, make_objective(args, data), n_trials=args.trials,
+                                checkpoint_dir=args.checkpoint_dir)
+        else:
+            study.optimize(make_objective(args, data), n_trials=args.trials)
     print(summary(study))
     return study
 
@@ -115,6 +138,9 @@ def summary(study: optuna.Study) -> str:
     states = [t.state for t in study.trials]
     complete, pruned = states.count(optuna.trial.TrialState.COMPLETE), states.count(optuna.trial.TrialState.PRUNED)
     line = f"{len(states)} trials: {complete} complete, {pruned} pruned"
+    resumed = sum("resumed_from" in t.user_attrs for t in study.trials)
+    if resumed:
+        line += f" ({resumed} of them resumed a paused trial)"
     if complete:
         best = study.best_trial
         line += f"; best val_acc {best.value:.4f} (trial {best.number}, {best.params})"

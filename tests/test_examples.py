@@ -79,3 +79,33 @@ def test_the_hydra_example_sweeps_a_user_network(tmp_path):
     for r in runs:
         assert [m.step for m in client.get_metric_history(r.info.run_id, "sig/degree/mean")] == \
                list(range(1, int(r.data.tags.get("pruned_at_epoch", 2)) + 1))
+
+
+@pytest.mark.slow
+def test_the_plain_example_pauses_and_resumes_with_epochgraph_optimize(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    tracking = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "optuna_forecast_pruner.py"), "--trials", "5",
+                          "--epochs", "4", "--train-size", "200", "--val-size", "100", "--batch-size", "50", "--pause",
+                          "--seed", "0",
+                          "--warm-start", str(ROOT / "bench" / "results" / "populations"), "--storage", storage,
+                          "--tracking-uri", tracking, "--study-name", "s", "--checkpoint-dir", str(tmp_path / "ck")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    study = optuna.load_study(study_name="s", storage=storage)
+    resumed = [t for t in study.trials if "resumed_from" in t.user_attrs]
+    assert len(study.trials) - len(resumed) == 5  # five configurations, a resumed one counted once
+    assert resumed  # with this seed the forecast pauses a trial that the study later resumes
+    for t in study.trials:  # every trial's epochs from 1 on, a resumed one carrying its paused epochs
+        assert sorted(t.intermediate_values) == list(range(1, len(t.intermediate_values) + 1))
+    for t in resumed:
+        paused = study.trials[t.user_attrs["resumed_from"]]
+        assert paused.system_attrs["paused_at_epoch"] >= 2  # not before 30 % of its 4 epochs
+        assert all(t.intermediate_values[e] == v for e, v in paused.intermediate_values.items())
+    # the checkpoints of the trials that resumed are gone; those still paused stay for a later resume
+    still = [t for t in study.trials if t.system_attrs.get("paused_at_epoch") and
+             t.number not in {r.user_attrs["resumed_from"] for r in resumed}]
+    assert len(list((tmp_path / "ck").rglob("*.pt"))) == len(still)
+    assert f"{len(study.trials)} trials:" in out.stdout
+    assert f"({len(resumed)} of them resumed a paused trial)" in out.stdout
