@@ -56,3 +56,14 @@ def test_a_storage_without_heartbeats_has_no_retry_callback(tmp_path):
     study = optuna.create_study(storage=make_storage({"url": f"sqlite:///{tmp_path / 'plain.db'}"}))
     assert optuna_internals.stale_trial_callback(study) is None
     assert optuna_internals.heartbeat_ages(study) == {}
+
+
+def test_a_running_trials_attrs_are_read_as_its_storage_holds_them_not_as_cached(study):
+    trial = study.ask()
+    # another process (a pruner) writes through the storage; the trial object's own view is a cached copy
+    study._storage.set_trial_user_attr(trial._trial_id, "forecast_decision", "pruned: P 0.01 < δ 0.05")
+    study._storage.set_trial_system_attr(trial._trial_id, "paused_at_epoch", 2)
+    assert "forecast_decision" not in trial.user_attrs
+    assert optuna_internals.live_user_attrs(trial)["forecast_decision"] == "pruned: P 0.01 < δ 0.05"
+    assert optuna_internals.live_system_attrs(trial)["paused_at_epoch"] == 2
+    assert optuna_internals.live_user_attrs(optuna.trial.FixedTrial({})) == {}  # no storage: nothing

@@ -48,7 +48,6 @@ from epochgraph.search.trial_attrs import (
     CHECKPOINT_BYTES_ATTR,
     mark_paused,
     paused_epoch,
-    resumed_trials,
     store_attr,
 )
 
@@ -127,11 +126,6 @@ def _running(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
-def _finished(study: optuna.Study) -> int:
-    return (len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-            - len(resumed_trials(study)))
-
-
 def optimize(study: optuna.Study, objective: Callable[[optuna.trial.Trial], float], n_trials: int, *,
              checkpoint_dir: str | Path = "checkpoints", catch: Sequence[type[Exception]] = ()) -> None:
     """Run ``objective`` until the study holds ``n_trials`` finished configurations, resuming paused trials (module
@@ -149,7 +143,7 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.trial.Trial], floa
     checkpoint_dir = Path(checkpoint_dir)
     pausing = pause.pauses(study.pruner)
     while True:
-        last_pass = _finished(study) >= n_trials
+        last_pass = pause.finished_configurations(study) >= n_trials
         resumes = []
         if pausing:
             candidates = pause.paused_trials(study)

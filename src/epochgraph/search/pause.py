@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -45,9 +46,9 @@ CHECKPOINT_DIR = "checkpoint"  # a paused trial's resumable state in its MLflow 
 _CARRIED = tuple(a.split("{")[0] for a in (EPOCH_ATTR, FORECAST_EPOCH_ATTR, UPPER_ATTR))  # per-epoch attrs
 
 __all__ = ["CHECKPOINT_DIR", "CLAIM_ATTR", "by_standing", "carry_over", "checkpoint_artifact", "checkpoint_bytes",
-           "claim", "could_lead", "delete_artifacts", "discard_checkpoints", "load_checkpoint", "paused_here",
-           "paused_trials", "pauses", "promoted", "resumable", "resume", "resumed_from", "save_checkpoint",
-           "should_resume", "standing", "stops_for_good"]
+           "claim", "configurations", "could_lead", "delete_artifacts", "discard_checkpoints",
+           "finished_configurations", "load_checkpoint", "paused_here", "paused_trials", "pauses", "promoted",
+           "resumable", "resume", "resumed_from", "save_checkpoint", "should_resume", "standing", "stops_for_good"]
 
 
 def pauses(pruner: Any) -> bool:
@@ -61,6 +62,20 @@ def paused_trials(study: optuna.Study) -> list[FrozenTrial]:
     out = [t for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
            if paused_epoch(t) is not None and t.number not in resumed]
     return sorted(out, key=lambda t: (-int(paused_epoch(t) or 0), t.number))
+
+
+def configurations(study: optuna.Study) -> list[FrozenTrial]:
+    """One trial per configuration: every trial but the paused ones another trial resumed (their epochs go on
+    there)."""
+    resumed = resumed_trials(study)
+    return [t for t in study.get_trials(deepcopy=False) if t.number not in resumed]
+
+
+def finished_configurations(study: optuna.Study) -> int:
+    """The configurations that finished (complete or pruned; a paused trial that another resumed counted once):
+    what ``n_trials`` counts."""
+    return (len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+            - len(resumed_trials(study)))
 
 
 def resumable(study: optuna.Study, candidates: list[FrozenTrial] | None = None,
@@ -141,7 +156,6 @@ def checkpoint_artifact(epoch: int) -> str:
 def save_checkpoint(client: Any, run_id: str, trial: optuna.trial.Trial, checkpoint: Any) -> int:
     """Store ``checkpoint`` (`Checkpoint`) as ``checkpoint/epoch_NNN.pt`` of the run, delete the run's earlier
     one (a chain paused twice keeps its latest) and write its path and size into the trial; returns its bytes."""
-
     path = checkpoint_artifact(checkpoint.epoch)
     old = [f.path for f in client.list_artifacts(run_id, CHECKPOINT_DIR) if f.path != path]
     with tempfile.TemporaryDirectory() as tmp:
@@ -208,8 +222,6 @@ def delete_artifacts(client: Any, run_id: str, path: str) -> bool:
 def stops_for_good(trial: FrozenTrial) -> bool:
     """Whether a trial a pausing pruner stops is stopped for good, not paused: its training diverged (non-finite
     weights or loss) or its val_acc is no longer finite: no checkpoint, nothing to resume."""
-    import math
-
     from epochgraph.search.trial_attrs import diverged, trial_history
 
     history = trial_history(trial)
@@ -220,8 +232,6 @@ def stops_for_good(trial: FrozenTrial) -> bool:
 def promoted(study: optuna.Study, trial: FrozenTrial, eta: float) -> bool:
     """Whether paused ``trial`` is among the top 1/``eta`` of the study's trials that reached the epoch it paused
     at (by val_acc there), as promotion-type ASHA promotes from a rung."""
-    import math
-
     step = trial.last_step
     if step is None:
         return False
@@ -231,41 +241,40 @@ def promoted(study: optuna.Study, trial: FrozenTrial, eta: float) -> bool:
     return ahead < (len(values) + 1) / eta
 
 
+def _finite_at(study: optuna.Study, step: int) -> list[float]:
+    """The finite val_acc every trial of the study reported at ``step``."""
+    return [t.intermediate_values[step] for t in study.get_trials(deepcopy=False)
+            if step in t.intermediate_values and math.isfinite(t.intermediate_values[step])]
+
+
+def _share_ahead(values: list[float], value: float) -> float:
+    return sum(x > value for x in values) / max(1, len(values))
+
+
 def could_lead(study: optuna.Study, trial: FrozenTrial, top: int) -> bool:
     """Whether paused ``trial`` stands, at the epoch it paused at, no lower than one of the study's ``top`` best
     completed trials stood there (the share of the trials that reached that epoch ahead of it): where early
     epochs rank the end, the winners led there and only leaders resume; where they mislead, the winners sat
     low, and so may a paused trial that could still win."""
-    import math
-
     step = trial.last_step
     if step is None or step not in trial.intermediate_values:
         return False
-    at_step = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False)
-               if step in t.intermediate_values and math.isfinite(t.intermediate_values[step])]
-
-    def ahead(v: float) -> float:
-        return sum(x > v for x in at_step) / max(1, len(at_step))
-
+    at_step = _finite_at(study, step)
     done = sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                    if t.value is not None and math.isfinite(t.value) and step in t.intermediate_values),
                   key=lambda t: t.value, reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)[:top]
     if not done:
         return True  # no winner to learn from: the pause was never backed
-    return ahead(trial.intermediate_values[step]) <= max(ahead(t.intermediate_values[step]) for t in done) + 1e-12
+    lowest = max(_share_ahead(at_step, t.intermediate_values[step]) for t in done)
+    return _share_ahead(at_step, trial.intermediate_values[step]) <= lowest + 1e-12
 
 
 def standing(study: optuna.Study, trial: FrozenTrial) -> float:
     """The share of the study's trials that stood ahead of ``trial`` at its last epoch (0: it led)."""
-    import math
-
     step = trial.last_step
     if step is None:
         return 1.0
-    mine = trial.intermediate_values[step]
-    at_step = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False)
-               if step in t.intermediate_values and math.isfinite(t.intermediate_values[step])]
-    return sum(x > mine for x in at_step) / max(1, len(at_step))
+    return _share_ahead(_finite_at(study, step), trial.intermediate_values[step])
 
 
 def by_standing(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:

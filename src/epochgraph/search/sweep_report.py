@@ -9,6 +9,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from epochgraph.search.pause import configurations
 from epochgraph.search.trial_attrs import (
     FORECAST_EPOCH_ATTR,
     FORECAST_FINAL_ATTR,
@@ -30,16 +31,10 @@ def shown(value: object) -> object:
     return value
 
 
-def _current(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Every trial but the paused ones another trial resumed: a resumed trial carries their epochs."""
-    resumed = resumed_trials(study)
-    return [t for t in study.get_trials(deepcopy=False) if t.number not in resumed]
-
-
 def summary(study: optuna.Study, epochs: int, checkpoint_peak_bytes: int | None = None) -> dict[str, float]:
     """Counts by outcome (a paused trial that resumed counted once, as the trial that went on), the epochs trained
     (each once) against every configuration's planned epochs, the best value, the forecasts of the pruned."""
-    trials = _current(study)
+    trials = configurations(study)
     paused = {t.number for t in trials if paused_epoch(t) is not None}
     count = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -70,7 +65,7 @@ def plot_curves(study: optuna.Study, path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     seen = set()
-    for t in _current(study):
+    for t in configurations(study):
         if not t.intermediate_values:
             continue
         steps = sorted(t.intermediate_values)

@@ -77,6 +77,7 @@ class TrialReporter:
         self.forecast: float | None = None
         self.run_id: str | None = None
         self.paused = False  # the pruner paused the trial (not stopped it for good) and its checkpoint is stored
+        self.decision: str | None = None  # what the pruner decided last, in words (forecast_decision)
         self._heartbeat = contextlib.ExitStack()
         self._heartbeat.enter_context(optuna_internals.heartbeat(study, trial))
 
@@ -119,11 +120,10 @@ class TrialReporter:
         if forecast is not None:
             self.forecast = forecast
             state.tags[FORECAST_ATTR] = f"{forecast:.3f}"  # the last one, for filtering the runs table
-        # written by the pruner through the storage: read it there (the trial's own view is a cached copy)
-        decision = optuna_internals.frozen_trial(self.study, self.trial).user_attrs.get(DECISION_ATTR) \
-            if forecasts else None
-        if decision:  # the number that decided and what it was compared with
-            state.tags[DECISION_ATTR] = decision
+        if forecasts:  # what decided, in words: written by the pruner through the storage, read there
+            self.decision = optuna_internals.live_user_attrs(self.trial).get(DECISION_ATTR) or self.decision
+        if self.decision:  # the number that decided and what it was compared with
+            state.tags[DECISION_ATTR] = self.decision
         if prune:
             state.prune = True
             if paused_here(self.trial, state.epoch) and state.checkpoint is not None:
@@ -213,4 +213,4 @@ def run_trial(cfg) -> dict[str, Any]:
     return {"state": state, "value": value if math.isfinite(value) else 0.0, "epochs": res.epochs_run,
             "run_id": job.run_id, "forecast": reporter.forecast, "diverged": res.diverged,
             "paused": reporter.paused, "resumed_from": paused.number if ckpt is not None else None,
-            "decision": optuna_internals.frozen_trial(reporter.study, reporter.trial).user_attrs.get(DECISION_ATTR)}
+            "decision": reporter.decision}

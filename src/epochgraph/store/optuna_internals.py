@@ -17,8 +17,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["frozen_trial", "heartbeat", "heartbeat_ages", "live_system_attrs", "rdb_storage", "set_system_attr",
-           "stale_trial_callback", "trial_id"]
+__all__ = ["frozen_trial", "heartbeat", "heartbeat_ages", "live_system_attrs", "live_user_attrs", "rdb_storage",
+           "set_system_attr", "stale_trial_callback", "trial_id"]
 
 
 def trial_id(study: optuna.Study, number: int) -> int:
@@ -43,6 +43,15 @@ def live_system_attrs(trial: Any) -> dict[str, Any]:
     if storage is None or number is None:
         return {}
     return dict(storage.get_trial_system_attrs(number))
+
+
+def live_user_attrs(trial: Any) -> dict[str, Any]:
+    """The user attrs of a running trial as its storage holds them now (a pruner writes them there; the trial's
+    own ``user_attrs`` is a copy cached when it was made); {} for a trial without a storage."""
+    storage, number = getattr(trial, "storage", None), getattr(trial, "_trial_id", None)
+    if storage is None or number is None:
+        return {}
+    return dict(storage.get_trial_user_attrs(number))
 
 
 def frozen_trial(study: optuna.Study, trial: optuna.trial.Trial) -> FrozenTrial:

@@ -305,11 +305,10 @@ class EpochgraphSweeper(Sweeper):
 
     @staticmethod
     def _finished(study: optuna.Study) -> int:
-        """Finished configurations: complete or pruned trials, a paused one that another resumed counted once."""
-        from epochgraph.search.trial_attrs import resumed_trials
+        """Finished configurations (`epochgraph.search.pause.finished_configurations`)."""
+        from epochgraph.search.pause import finished_configurations
 
-        return (len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-                - len(resumed_trials(study)))
+        return finished_configurations(study)
 
     def _fail_stale(self, study: optuna.Study, client, experiment: str) -> None:
         """Fail the trials whose worker stopped beating (re-queued up to ``storage.max_retry``) and close
