@@ -31,3 +31,10 @@ def tracking_uri(tmp_path: Path) -> str:
 
 TINY = ["data.train_size=200", "data.val_size=100", "data.test_size=100", "trainer.epochs=2",
         "trainer.batch_size=50", "trainer.threads=1"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests marked ``slow`` (a minute each, some of it waiting on servers and clusters) first: spread over
+    the xdist workers from the start, they do not leave one worker finishing a long test while the others are
+    idle at the end (the order of the rest is kept)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from epochgraph.cli.graph_stage import recompute_signatures
 from epochgraph.errors import EpochgraphError
 from epochgraph.models import build_from_config
+from tests import inprocess
 from tests.conftest import TINY
 
 USER_NETS = '''
@@ -50,9 +51,12 @@ def _train(tmp_path, *overrides, module_dir=None, timeout=900):
     env = dict(os.environ)
     if module_dir is not None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(module_dir), env.get("PYTHONPATH")) if p)
-    cmd = [sys.executable, "-m", "epochgraph.cli.train", *overrides, f"mlflow.tracking_uri={tracking}",
-           f"hydra.run.dir={tmp_path / 'outputs'}", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path)
+    args = [*overrides, f"mlflow.tracking_uri={tracking}", f"hydra.run.dir={tmp_path / 'outputs'}",
+            f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    if module_dir is None:  # the command without a new interpreter; a user's module on PYTHONPATH: a real process
+        return inprocess.run("epochgraph.cli.train", args, cwd=tmp_path), tracking
+    proc = subprocess.run([sys.executable, "-m", "epochgraph.cli.train", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=tmp_path)
     return proc, tracking
 
 

@@ -50,3 +50,34 @@ def test_corrupt_idx_file_is_reported(tmp_path):
         (tmp_path / stem).write_bytes(b"\x00\x00\x08\x03\x00\x00\x00\x05")
     with pytest.raises(EpochgraphError, match="truncated"):
         load_data(root=str(tmp_path))
+
+
+def _write_idx(folder, n: int, fill: int) -> None:
+    """A tiny dataset in IDX files: ``n`` 2x2 images of value ``fill`` per split, labels 0..9 in turn."""
+    images = bytes([0, 0, 8, 3]) + n.to_bytes(4, "big") + (2).to_bytes(4, "big") * 2 + bytes([fill]) * (4 * n)
+    labels = bytes([0, 0, 8, 1]) + n.to_bytes(4, "big") + bytes(i % 10 for i in range(n))
+    for prefix in ("train", "t10k"):
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(images)
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(labels)
+
+
+def test_the_files_are_read_once_per_process_and_again_when_they_change(tmp_path, monkeypatch):
+    import os
+
+    from epochgraph.training import data
+
+    _write_idx(tmp_path, 40, fill=7)
+    reads = []
+    real_open = open
+    monkeypatch.setattr(data, "open", lambda path, mode="r": reads.append(path) or real_open(path, mode),
+                        raising=False)
+    first = load_data(root=str(tmp_path), train_size=20, val_size=10, test_size=10)
+    second = load_data(root=str(tmp_path), train_size=20, val_size=10, test_size=10)
+    assert len(reads) == 4  # the second load (a sweep's next trial) read nothing
+    assert np.array_equal(first.x_train.numpy(), second.x_train.numpy())
+    _write_idx(tmp_path, 50, fill=9)  # a changed dataset (size and time) is read again
+    os.utime(tmp_path / "train-images-idx3-ubyte", ns=(1, 1))
+    third = load_data(root=str(tmp_path), train_size=20, val_size=10, test_size=10)
+    assert len(reads) == 8 and len(third.y_test) == 10
+    assert data._read_idx(tmp_path / "train-images-idx3-ubyte").shape == (50, 2, 2)
+    assert not data._read_idx(tmp_path / "train-images-idx3-ubyte").flags.writeable  # shared: never changed in place

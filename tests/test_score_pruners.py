@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ from omegaconf import OmegaConf
 
 from epochgraph.errors import EpochgraphError
 from epochgraph.search.score_pruners import score_tables, setting_factory
+from tests import inprocess
 from tests.conftest import TINY, compose_train
 from tests.curves import TABLES
 
@@ -77,15 +76,13 @@ def test_a_sweep_exported_as_a_table_is_scored_by_the_command(tmp_path, tracking
     df = read_table(path)
     assert df["run_id"].nunique() == 3 and set(df["experiment"]) == {"mine"}  # the pruned trial left out
     assert sorted(df.groupby("run_id")["epoch"].max()) == [3, 3, 3] and set(df["trainer.epochs"]) == {3}
-    # the command line, as a user runs it: a table in, replay.json out
-    proc = subprocess.run([sys.executable, "-m", "epochgraph.cli.replay", f"tables=[{path}]", "trials=3", "draws=1",
-                           "settings=[median,patient]", f"output_dir={tmp_path / 'out'}"],
-                          capture_output=True, text=True, timeout=600)
+    # the commands, as a user runs them (without a new interpreter): a table in, replay.json out
+    proc = inprocess.run("epochgraph.cli.replay", [f"tables=[{path}]", "trials=3", "draws=1",
+                                                   "settings=[median,patient]", f"output_dir={tmp_path / 'out'}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(Path(tmp_path / "out" / "replay.json").read_text())
     assert set(res["mine"]) == {"median", "patient"} and res["mine"]["patient"]["epochs_frac"] == 1.0
-    bad = subprocess.run([sys.executable, "-m", "epochgraph.cli.export", "experiment=nope",
-                          f"output={tmp_path / 'x.parquet'}", f"tracking_uri={tracking_uri}"],
-                         capture_output=True, text=True, timeout=600)
+    bad = inprocess.run("epochgraph.cli.export", ["experiment=nope", f"output={tmp_path / 'x.parquet'}",
+                                                  f"tracking_uri={tracking_uri}"])
     assert bad.returncode == 2 and "unknown MLflow experiment 'nope'" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "x.parquet").exists()

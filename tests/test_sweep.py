@@ -1,7 +1,5 @@
 """A tiny pruned sweep through Hydra, the sweeper plugin and the basic launcher, end to end."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
@@ -10,16 +8,16 @@ from mlflow.tracking import MlflowClient
 from optuna.distributions import CategoricalDistribution
 
 from hydra_plugins.epochgraph_sweeper.sweeper import search_space
+from tests import inprocess
 from tests.conftest import CONF_DIR, TINY
 
 
 def _sweep(tmp_path, *overrides):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     tracking = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    cmd = [sys.executable, "-m", "epochgraph.cli.train", "+experiment=pruned_sweep", *TINY,
-           f"storage.url={storage}", f"mlflow.tracking_uri={tracking}", f"hydra.sweep.dir={tmp_path / 'multirun'}",
-           "hydra.sweeper.study_name=tiny", *overrides]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    args = ["+experiment=pruned_sweep", *TINY, f"storage.url={storage}", f"mlflow.tracking_uri={tracking}",
+            f"hydra.sweep.dir={tmp_path / 'multirun'}", "hydra.sweeper.study_name=tiny", *overrides]
+    proc = inprocess.run("epochgraph.cli.train", args)  # the command, without a new interpreter
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc, storage, tracking
 

@@ -8,6 +8,7 @@ the training split, disjoint from each other; the test split is never used for v
 
 from __future__ import annotations
 
+import functools
 import gzip
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,15 @@ class Splits:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (gzip or plain), as in LeCun's MNIST format."""
+    """Read an IDX file (gzip or plain), as in LeCun's MNIST format: once per process for each version of the
+    file (its size and modification time), since a sweep's trials all load the same files (a read-only array)."""
+    stat = path.stat()
+    return _read_idx_file(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_idx_file(name: str, size: int, mtime_ns: int) -> np.ndarray:
+    path = Path(name)
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
         data = f.read()
