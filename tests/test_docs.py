@@ -61,8 +61,9 @@ def test_every_public_name_has_a_reference_page():
     documented = set()
     for path in PAGES:
         documented |= set(re.findall(r"^::: epochgraph\.(\w+)\s*$", path.read_text(), re.M))
-    assert set(epochgraph.__all__) <= documented, f"no '::: epochgraph.<name>' for {set(epochgraph.__all__) - documented}"
-    assert documented <= set(epochgraph.__all__), f"documented but not public: {documented - set(epochgraph.__all__)}"
+    public = set(epochgraph.__all__)
+    assert public <= documented, f"no '::: epochgraph.<name>' in docs/ for {sorted(public - documented)}"
+    assert documented <= public, f"documented as epochgraph.<name> but not in __all__: {sorted(documented - public)}"
 
 
 def test_the_docs_have_python_blocks_to_check():
