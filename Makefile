@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 MLFLOW_DB ?= mlruns/mlflow.db
 
-.PHONY: setup run test test-fast ui dashboard server bench lint clean population compare slurm slurm-stop
+.PHONY: setup run test test-fast ui dashboard server bench lint clean population compare slurm slurm-stop docs docs-serve
 
 setup:
 	@bash scripts/setup.sh
@@ -63,6 +63,15 @@ compare: setup
 # predictor tables, pruner replay, summary.  make bench ARGS="bench.quick=true" is the CI-sized run.
 bench: setup
 	$(PY) bench/bench.py $(ARGS)
+
+# the documentation site (mkdocs.yml, docs/): built with --strict into site/ (a broken link or a reference to a
+# missing name fails), or served with live reload on http://$(HOST):$(DOCS_PORT)
+DOCS_PORT ?= 8000
+docs: setup
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict -d site
+
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs serve --strict -a $(HOST):$(DOCS_PORT)
 
 lint: setup
 	.venv/bin/ruff check src tests bench examples

@@ -54,6 +54,7 @@ def make_objective(args: argparse.Namespace, data):
     train = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=args.batch_size, shuffle=True)
     val = DataLoader(TensorDataset(data.x_val, data.y_val), batch_size=1000)
 
+    # --8<-- [start:objective]
     def objective(trial: optuna.Trial) -> float:
         pl.seed_everything(trial.number, verbose=False)
         module = LitCNN(trial.suggest_categorical("width", [4, 8, 16]), trial.suggest_float("lr", 1e-3, 0.3, log=True))
@@ -66,6 +67,7 @@ def make_objective(args: argparse.Namespace, data):
                              log_every_n_steps=1)
         trainer.fit(module, train, val)  # raises optuna.TrialPruned when the pruner stops the trial
         return trainer.callback_metrics["val_acc"].item()
+    # --8<-- [end:objective]
 
     return objective
 

@@ -64,6 +64,7 @@ def train_epoch(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: 
 
 
 def make_objective(args: argparse.Namespace, data):
+    # --8<-- [start:objective]
     def objective(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("lr", 1e-3, 0.3, log=True)
         width = trial.suggest_categorical("width", [4, 8, 16])
@@ -91,6 +92,7 @@ def make_objective(args: argparse.Namespace, data):
                     mlflow.set_tags({"pruned": "true", "pruned_at_epoch": str(epoch)})
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
         return val_acc
+    # --8<-- [end:objective]
 
     return objective
 
@@ -117,6 +119,7 @@ def main(argv: list[str] | None = None) -> optuna.Study:
 
     data = load_data("fashion_mnist", train_size=args.train_size, val_size=args.val_size, test_size=100)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # --8<-- [start:study]
     pruner = ForecastPruner(max_epoch=args.epochs, warm_start=args.warm_start, pause=args.pause,
                             min_progress=0.3 if args.pause else 0.0)
     study = optuna.create_study(direction="maximize", pruner=pruner, storage=args.storage,
@@ -130,6 +133,7 @@ def main(argv: list[str] | None = None) -> optuna.Study:
                                 checkpoint_dir=args.checkpoint_dir)
         else:
             study.optimize(make_objective(args, data), n_trials=args.trials)
+    # --8<-- [end:study]
     print(summary(study))
     return study
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup: Debian packages, a .venv on the system Python with graph-tool linked in,
-# and the project installed in editable mode. Quick when already done (stamp files).
+# and the project installed in editable mode with its dev and docs extras (the tests, make docs). Quick when
+# already done (stamp files).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,7 +39,7 @@ want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing Python dependencies into .venv (first time: a few minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  .venv/bin/python -m pip install -q -e '.[dev,docs]'
   echo "$want" > "$stamp"
 fi
 # graph-tool's drawing is imported the way the graph stage imports it (without its GTK warning: we draw

@@ -13,9 +13,29 @@ benchmark, which the product never imports).
 """
 
 import os
+from typing import TYPE_CHECKING
 
 from epochgraph import _moved
 from epochgraph._lazy import lazy_exports
+
+if TYPE_CHECKING:  # the same names, seen statically (type checkers, the API reference); imported lazily below
+    from epochgraph.errors import EpochgraphError as EpochgraphError
+    from epochgraph.forecast.forecaster import FinalAccuracyForecaster as FinalAccuracyForecaster
+    from epochgraph.forecast.population import read_table as read_table
+    from epochgraph.forecast.predictor import SignaturePredictor as SignaturePredictor
+    from epochgraph.forecast.records import RunRecord as RunRecord
+    from epochgraph.forecast.registry import fit_forecaster as fit_forecaster
+    from epochgraph.forecast.registry import load_forecaster as load_forecaster
+    from epochgraph.forecast.registry import log_forecaster as log_forecaster
+    from epochgraph.graph.graph_stage import GraphStage as GraphStage
+    from epochgraph.graph.signature import TemporalSignature as TemporalSignature
+    from epochgraph.graph.signature import graph_signature as graph_signature
+    from epochgraph.search.epoch_report import report_epoch as report_epoch
+    from epochgraph.search.forecast_pruner import ForecastPruner as ForecastPruner
+    from epochgraph.search.optimize import optimize as optimize
+    from epochgraph.search.optimize import resume_state as resume_state
+    from epochgraph.search.pruner import SignaturePruner as SignaturePruner
+    from epochgraph.search.topk_pruner import TopKPruner as TopKPruner
 
 # our commands show their own progress; MLflow's per-artifact download bars would drown it
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

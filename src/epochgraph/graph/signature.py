@@ -222,10 +222,11 @@ def graph_signature(model: torch.nn.Module, example_input: torch.Tensor | None =
     weights rewritten in place at every later call. A model outside the rolled graph's rules raises
     `UntraceableModel` (one line).
 
-    >>> from epochgraph.models import build_model
-    >>> model = build_model("lenet", in_channels=1, image_size=28)
-    >>> sorted(graph_signature(model))[:2]
-    ['sig/degree/kurtosis', 'sig/degree/mean']
+    Examples:
+        >>> from epochgraph.models import build_model
+        >>> model = build_model("lenet", in_channels=1, image_size=28)
+        >>> sorted(graph_signature(model))[:2]
+        ['sig/degree/kurtosis', 'sig/degree/mean']
     """
     topology = topology_of(model, example_input)
     engine = _ENGINES.get(model)

@@ -142,7 +142,7 @@ class _Walker:
 
     def fail(self, node: fx.Node, what: str) -> UntraceableModel:
         return UntraceableModel(f"{self.model_name}: {what} at {_where(node)} is outside the rolled graph's "
-                                "rules (README, 'Any network')")
+                                "rules (docs/guides/graph-stage.md, 'Any network')")
 
     def walk(self) -> Topology:
         for node in self.gm.graph.nodes:  # a layer without a rule is named first (an LSTM, not its reshapes)
