@@ -29,10 +29,11 @@ ui: setup
 		--default-artifact-root $(CURDIR)/mlruns/artifacts --host $(HOST) --port $(PORT)
 
 # optuna-dashboard on the sweeps' study storage: EPOCHGRAPH_STORAGE_URL (storage=postgres) when set, else
-# the embedded mlruns/optuna.db; trials, intermediate values (pruned ones too), parameter importances
+# the embedded mlruns/optuna.db; trials, intermediate values (pruned ones too), parameter importances; the
+# trials' notes link their MLflow runs through the dashboard, forwarded to the UI of make ui (HOST, PORT)
 DASHBOARD_PORT ?= 8080
 dashboard: setup
-	$(PY) -m epochgraph.cli.browse dashboard --host $(HOST) --port $(DASHBOARD_PORT)
+	$(PY) -m epochgraph.cli.browse dashboard --host $(HOST) --port $(DASHBOARD_PORT) --mlflow-ui http://$(HOST):$(PORT)
 
 # an MLflow tracking server for workers on other machines (set MLFLOW_BACKEND to a PostgreSQL URL to
 # use one); commands then take mlflow.tracking_uri=http://$(HOST):$(PORT)

@@ -1,5 +1,6 @@
 """The ways into the results: optuna-dashboard on the study storage, links to the MLflow UI's runs tables."""
 
+import http.client
 import json
 import os
 import signal
@@ -58,7 +59,8 @@ def test_dashboard_serves_the_study_storage_on_localhost(tmp_path):
     # the storage comes from EPOCHGRAPH_STORAGE_URL when set, as for storage=postgres sweeps
     proc = subprocess.Popen([*BROWSE, "dashboard", "--port", str(port)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                            env={**os.environ, "EPOCHGRAPH_STORAGE_URL": url})
+                            env={**{k: v for k, v in os.environ.items() if k != "EPOCHGRAPH_UI_URL"},
+                                 "EPOCHGRAPH_STORAGE_URL": url})
     try:
         base = f"http://127.0.0.1:{port}"
         studies = _get(f"{base}/api/studies", time.time() + 120)["study_summaries"]
@@ -69,6 +71,13 @@ def test_dashboard_serves_the_study_storage_on_localhost(tmp_path):
         assert [t["number"] for t in detail["best_trials"]] == [2]
         importances = _get(f"{base}/api/studies/{studies[0]['study_id']}/param_importances", time.time() + 120)
         assert [p["name"] for p in importances["param_importances"][0]] == ["optim.lr"]
+        # a trial note's MLflow link (/mlflow/...) goes to the MLflow UI on the host the dashboard was reached at
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("GET", "/mlflow/experiments/3/runs/abc")
+        answer = conn.getresponse()
+        assert answer.status == 302 and answer.getheader("Location") == (
+            "http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning")
+        conn.close()
         # a client that stalls half-way through its request holds one of the server's threads
         stalled = socket.create_connection(("127.0.0.1", port), timeout=30)
         stalled.sendall(b"GET /api/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n")
@@ -122,3 +131,23 @@ def test_links_name_each_sweeps_run_after_its_runs_table(tmp_path, capsys):
         f"  pruned_sweep: {ui}/{exp}/runs{q}",
         f"    Sweep run: {ui}/{exp}/runs/{first}{q} (study pruned_sweep)",
         f"    Sweep run: {ui}/{exp}/runs/{second}{q} (study median)"]
+
+
+def test_the_notes_mlflow_links_go_to_the_ui_the_dashboard_is_told_of(monkeypatch):
+    from epochgraph.cli.browse import forward_mlflow_links
+
+    monkeypatch.delenv("EPOCHGRAPH_UI_URL", raising=False)
+    answers = []
+    app = forward_mlflow_links(lambda environ, start: [b"dashboard"], "http://gpu-box:5001/")
+    body = app({"PATH_INFO": "/mlflow/experiments/2/runs/r1", "HTTP_HOST": "laptop:8080"},
+               lambda status, headers: answers.append((status, dict(headers))))
+    assert answers == [("302 Found", {"Location": "http://gpu-box:5001/#/experiments/2/runs/r1?workflowType="
+                                                  "machine_learning", "Content-Type": "text/plain; charset=utf-8"})]
+    assert b"gpu-box:5001" in b"".join(body)
+    # any other path is the dashboard's
+    assert app({"PATH_INFO": "/dashboard", "HTTP_HOST": "laptop:8080"}, None) == [b"dashboard"]
+    # told nothing: the UI's port on the host the browser reached the dashboard at
+    told = forward_mlflow_links(lambda environ, start: [], None)
+    told({"PATH_INFO": "/mlflow/experiments/2/runs/r1", "HTTP_HOST": "laptop:8080"},
+         lambda status, headers: answers.append(dict(headers)["Location"]))
+    assert answers[-1].startswith("http://laptop:5000/#/experiments/2/runs/r1")

@@ -82,13 +82,14 @@ def test_the_hydra_example_sweeps_a_user_network(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_plain_example_pauses_and_resumes_with_epochgraph_optimize(tmp_path):
+@pytest.mark.parametrize("script, seed", [("optuna_forecast_pruner.py", 0), ("lightning_forecast_pruner.py", 0)])
+def test_the_examples_pause_and_resume_with_epochgraph_optimize(script, seed, tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     tracking = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, str(ROOT / "examples" / "optuna_forecast_pruner.py"), "--trials", "5",
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / script), "--trials", "5",
                           "--epochs", "4", "--train-size", "200", "--val-size", "100", "--batch-size", "50", "--pause",
-                          "--seed", "0",
+                          "--seed", str(seed),
                           "--warm-start", str(ROOT / "bench" / "results" / "populations"), "--storage", storage,
                           "--tracking-uri", tracking, "--study-name", "s", "--checkpoint-dir", str(tmp_path / "ck")],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
@@ -109,3 +110,12 @@ def test_the_plain_example_pauses_and_resumes_with_epochgraph_optimize(tmp_path)
     assert len(list((tmp_path / "ck").rglob("*.pt"))) == len(still)
     assert f"{len(study.trials)} trials:" in out.stdout
     assert f"({len(resumed)} of them resumed a paused trial)" in out.stdout
+    if script.startswith("lightning"):  # a resumed trial's fit goes on in the MLflow run of the trial it resumes
+        client = mlflow.MlflowClient(tracking)
+        runs = client.search_runs([client.get_experiment_by_name("examples").experiment_id])
+        assert len(runs) == 5 and {t.user_attrs["mlflow_run_id"] for t in study.trials} == {r.info.run_id for r in runs}
+        for r in runs:  # one curve, each epoch once: those of the last trial of its configuration
+            last = max((t for t in study.trials if t.user_attrs["mlflow_run_id"] == r.info.run_id),
+                       key=lambda t: len(t.intermediate_values))
+            steps = [m.step for m in client.get_metric_history(r.info.run_id, "sig/degree/mean")]
+            assert steps == sorted(last.intermediate_values)

@@ -120,3 +120,38 @@ def test_an_interrupted_run_that_cannot_be_closed_still_ends_with_the_interrupt(
             raise KeyboardInterrupt
     assert any("could not be closed as KILLED: (sqlite3.OperationalError) database is locked" in r.getMessage()
                for r in caplog.records)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_an_interrupt_dropped_in_a_finalizer_is_raised_again_at_the_next_check(signum):
+    # Python raises a signal's exception wherever the main thread is; inside a weakref callback or __del__ (a
+    # library's garbage collection) it is printed as "Exception ignored" and dropped: a lost Ctrl-C or SIGTERM
+    import os
+    import signal
+    import weakref
+
+    from epochgraph.errors import Terminated, check_interrupt, sigterm_as_exception
+
+    class Held:
+        pass
+
+    def collected(ref):
+        os.kill(os.getpid(), getattr(signal, signum))  # lands while the callback runs
+        for _ in range(10_000):  # bytecode boundaries: the handler's exception is raised in here, and dropped
+            pass
+
+    expected = Terminated if signum == "SIGTERM" else KeyboardInterrupt
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, as in a command at a terminal
+    try:
+        with pytest.raises(expected):
+            with sigterm_as_exception():
+                held = Held()
+                ref = weakref.ref(held, collected)
+                del held  # the callback ran, its exception dropped: the block goes on
+                assert ref() is None
+                check_interrupt()  # the training loop's next batch: raised again here
+        check_interrupt()  # the block is over: nothing pending
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)

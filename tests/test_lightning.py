@@ -123,3 +123,58 @@ def test_without_a_trial_it_only_logs_and_bad_arguments_name_the_fix(loaders, tr
         EpochgraphCallback(trial="trial-1")
     with pytest.raises(ValueError, match="model='network' is not an attribute of TinyLeNet"):
         _fit(loaders, EpochgraphCallback(model="network"), tracking_uri)
+
+
+def test_paused_trials_resume_from_lightnings_own_checkpoint_to_the_weights_of_an_uninterrupted_fit(tmp_path):
+    from collections import Counter
+
+    import epochgraph
+    from epochgraph.lightning import resume_checkpoint
+    from epochgraph.search.trial_attrs import RESUMED_FROM_ATTR
+    from tests.pausing import PauseOdd
+
+    s = load_data(train_size=200, val_size=100, test_size=100, seed=0)
+    # in a fixed order: a resumed fit sees the batches the uninterrupted one would
+    train = DataLoader(TensorDataset(s.x_train, s.y_train), batch_size=50)
+    val = DataLoader(TensorDataset(s.x_val, s.y_val), batch_size=100)
+    trained, finals, epochs = Counter(), {}, 4
+
+    class Count(pl.Callback):
+        def __init__(self, lr):
+            self.lr = lr
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            trained[self.lr] += 1
+
+    def fit(lr, trial=None, ckpt_path=None):
+        torch.manual_seed(0)
+        module = TinyLeNet(lr=lr)
+        callbacks = [Count(lr)] + ([EpochgraphCallback(trial, model="net")] if trial is not None else [])
+        trainer = pl.Trainer(max_epochs=epochs, logger=False, callbacks=callbacks, accelerator="cpu", devices=1,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(module, train, val, ckpt_path=ckpt_path)
+        return module, trainer
+
+    def objective(trial):
+        lr = trial.suggest_float("lr", 0.001, 0.01, log=True)
+        module, trainer = fit(lr, trial, resume_checkpoint(trial, tmp_path))
+        finals[lr] = {k: v.clone() for k, v in module.state_dict().items()}
+        return trainer.callback_metrics["val_acc"].item()
+
+    study = optuna.create_study(direction="maximize", pruner=PauseOdd(at=2, after=1),
+                                sampler=optuna.samplers.RandomSampler(0))
+    epochgraph.optimize(study, objective, n_trials=3, checkpoint_dir=tmp_path / "ckpt")
+    resumed = [t for t in study.trials if RESUMED_FROM_ATTR in t.user_attrs]
+    # 0 completes, 1 pauses at epoch 2 and resumes as 2, 3 pauses and resumes as 4 (in the last pass)
+    assert [t.user_attrs[RESUMED_FROM_ATTR] for t in resumed] == [1, 3]
+    for t in resumed:
+        paused = study.trials[t.user_attrs[RESUMED_FROM_ATTR]]
+        assert paused.state.name == "PRUNED" and t.state.name == "COMPLETE" and t.params == paused.params
+        assert sorted(t.intermediate_values) == [1, 2, 3, 4]  # the paused epochs carried over, then 3 and 4
+        assert trained[t.params["lr"]] == epochs  # epochs 1-2 before the pause, 3-4 after it: none twice
+    lr = resumed[0].params["lr"]
+    assert not list((tmp_path / "ckpt").rglob("*.pt"))
+    # the paused and resumed fit ends at the weights of the same fit without a pause
+    module, _ = fit(lr)
+    for k, v in module.state_dict().items():
+        torch.testing.assert_close(finals[lr][k], v, atol=1e-6, rtol=0)

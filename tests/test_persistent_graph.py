@@ -255,3 +255,37 @@ def test_a_runs_pictures_share_one_colour_scale_and_name_the_run_and_its_val_acc
     assert Client.logged == ["graph/epoch_001.png", "graph/epoch_002.png", "graph/epoch_003.png",
                              "graph/centrality_distributions.png"]
     assert epoch_title("trial-001", 2, float("nan")) == "trial-001 · epoch 2"
+
+
+def test_a_studys_trials_of_one_model_share_one_colour_scale_kept_in_the_study(tmp_path):
+    import optuna
+
+    from epochgraph.search.trial import StudyColourScale
+
+    class Client:
+        def log_artifact(self, run_id, path, artifact_path=None):
+            pass
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    model = build_model("lenet", in_channels=1, image_size=28)
+    drawings, tops = [], []
+    for number, factor in ((0, 1.0), (1, 3.0)):  # two trials, the second one's conv2 nodes grown
+        with torch.no_grad():
+            model.conv2.weight.mul_(factor)
+        stage = GraphStage(backend="graph_tool")
+        pictures = GraphPictures(stage, Client(), f"run-{number}", epochs=1, run_name=f"trial-{number:03d}",
+                                 shared_scale=StudyColourScale(study, number, "lenet"))
+        state = EpochState(epoch=1, model=model, metrics={"val_acc": 0.5})
+        stage.on_epoch_end(state)
+        pictures.on_epoch_end(state)
+        drawings.append(pictures.last)
+        tops.append(float(np.abs(stage.engine.vectors["eigenvector"]).max()))
+    assert round(tops[0], 6) != round(tops[1], 6)  # each trial's own scale would differ
+    assert [d.vmax for d in drawings] == [tops[0]] * 2
+    assert drawings[0].scale_note == "fixed at epoch 1"
+    assert drawings[1].scale_note == "the study's, from trial 0 epoch 1" and drawings[1].above_scale > 0
+    # kept in the study's storage, where another process reads it; another model gets a scale of its own
+    again = optuna.load_study(study_name="s", storage=storage)
+    assert StudyColourScale(again, 5, "lenet").get() == (tops[0], "the study's, from trial 0 epoch 1")
+    assert StudyColourScale(again, 5, "resnet20").get() is None

@@ -111,6 +111,10 @@ def test_every_pruner_preset_composes_and_runs_one_trial(name, tmp_path, trackin
     storage = make_storage(cfg.storage)
     notes = storage.get_study_system_attrs(storage.get_study_id_from_name("s")).values()
     assert any(isinstance(v, str) and link in v for v in notes)
+    # first a link through the dashboard itself, which forwards it to wherever the MLflow UI runs
+    page = frozen.user_attrs["mlflow_run"].split("#/")[1].split("?")[0]
+    assert page.startswith("experiments/") and page.endswith(f"/runs/{out['run_id']}")
+    assert any(isinstance(v, str) and f"[open it in the MLflow UI](/mlflow/{page})" in v for v in notes)
 
 
 def test_the_pruner_writes_its_forecast_into_the_trial_where_another_process_reads_it(tmp_path):

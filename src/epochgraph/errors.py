@@ -33,22 +33,54 @@ class JobKilled(Exception):
     or memory limit). The sweeper fails its trial and re-queues it, as for a worker that died."""
 
 
+_PENDING: list[type[BaseException]] = []  # the interrupt received inside the outermost block, until it ends
+_DEPTH = [0]
+
+
+def _raising(cls: type[BaseException]) -> Callable:
+    def handler(signum, frame):
+        if not _PENDING:
+            _PENDING.append(cls)
+        raise cls()
+
+    return handler
+
+
 @contextlib.contextmanager
 def sigterm_as_exception() -> Iterator[None]:
-    """Raise `Terminated` on SIGTERM inside the block (main thread only; elsewhere signals are left alone)."""
+    """Raise `Terminated` on SIGTERM inside the block, and KeyboardInterrupt on Ctrl-C as Python does (main thread
+    only; elsewhere signals are left alone; an ignored SIGINT stays ignored).
 
-    def handler(signum, frame):
-        raise Terminated()
-
+    Python raises a signal's exception wherever the main thread is, also inside a finalizer or a weakref callback
+    (a library's garbage collection), where the exception is printed as "Exception ignored" and dropped: the
+    interrupt is remembered until the outermost block ends, and `check_interrupt` raises it again at the training
+    loop's next batch, so that a Ctrl-C or SIGTERM is never lost.
+    """
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = signal.signal(signal.SIGTERM, _raising(Terminated))
     except ValueError:  # not the main thread (joblib workers)
         yield
         return
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _raising(KeyboardInterrupt))
+    _DEPTH[0] += 1
     try:
         yield
     finally:
+        _DEPTH[0] -= 1
         signal.signal(signal.SIGTERM, previous)
+        if previous_int is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous_int)
+        if _DEPTH[0] == 0:
+            _PENDING.clear()
+
+
+def check_interrupt() -> None:
+    """Raise again the interrupt received inside a `sigterm_as_exception` block, if any (see there): called where a
+    long computation can stop cleanly (each batch of the training loop, each trial of a sweep)."""
+    if _PENDING:
+        raise _PENDING[0]()
 
 
 def note_interrupt(err: BaseException, note: str) -> None:

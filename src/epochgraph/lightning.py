@@ -11,12 +11,27 @@ curve values and signature, so `epochgraph.ForecastPruner` works across workers 
 
 As with Optuna's callback, ``trainer.fit`` then raises ``optuna.TrialPruned`` and Lightning ends the
 loggers' runs as failed; the callback tags an MLflow run ``pruned=true`` and ``pruned_at_epoch=N`` first.
+
+Pausing: with a pruner that pauses (`epochgraph.ForecastPruner` with ``pause=True``) and the study run by
+`epochgraph.optimize`, the callback hands the paused epoch's Lightning checkpoint (``trainer.save_checkpoint``:
+weights, optimizer, LR schedulers, loop state) to `epochgraph.optimize`, which keeps it; a trial that resumes it
+gets it back as a file from `resume_checkpoint`, for ``trainer.fit(..., ckpt_path=...)``::
+
+    def objective(trial):
+        module = MyModule(lr=trial.suggest_float("lr", 1e-4, 1e-1, log=True))
+        trainer = pl.Trainer(max_epochs=EPOCHS, callbacks=[EpochgraphCallback(trial)])
+        trainer.fit(module, datamodule=dm, ckpt_path=resume_checkpoint(trial))   # None: a fresh trial
+        return trainer.callback_metrics["val_acc"].item()
+
+    epochgraph.optimize(study, objective, n_trials=30)
 """
 
 from __future__ import annotations
 
+import tempfile
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -27,8 +42,10 @@ except ImportError as err:  # pragma: no cover - the extra is not installed
     raise ImportError("epochgraph.lightning needs PyTorch Lightning: pip install 'epochgraph[lightning]'") from err
 
 from epochgraph.search.epoch_report import add_to_record, epoch_values, metric_value, record_epoch, record_forecast
+from epochgraph.search.optimize import keep_checkpoint, resume_state
+from epochgraph.search.pause import pauses
 
-__all__ = ["EpochgraphCallback"]
+__all__ = ["EpochgraphCallback", "resume_checkpoint"]
 
 # our metric name -> the name a LightningModule usually logs it under (self.log("val_loss", ...))
 CURVE_KEYS = {"val_loss": "val_loss", "train_acc": "train_acc", "train_loss": "train_loss"}
@@ -114,6 +131,9 @@ class EpochgraphCallback(pl.Callback):
         self._log(trainer, {**signature, **record_forecast(self.trial, epoch)}, epoch)
         if prune:
             self.pruned_at_epoch = epoch
+            study = getattr(self.trial, "study", None)
+            if study is not None and pauses(study.pruner):  # it may resume: epochgraph.optimize keeps this epoch
+                keep_checkpoint(self.trial, epoch, _lightning_checkpoint(trainer))
             raise optuna.TrialPruned(f"Trial was pruned at epoch {epoch}.")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -142,3 +162,30 @@ class EpochgraphCallback(pl.Callback):
             return
         for logger in trainer.loggers:
             logger.log_metrics(dict(metrics), step=epoch)
+
+
+def _lightning_checkpoint(trainer: pl.Trainer) -> dict[str, Any]:
+    """The trainer's own checkpoint of this moment (``trainer.save_checkpoint``), as the dict it writes."""
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="epochgraph-pause-") as tmp:
+        path = Path(tmp, "paused.ckpt")
+        trainer.save_checkpoint(path)
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def resume_checkpoint(trial: optuna.trial.Trial, folder: str | Path | None = None) -> str | None:
+    """For ``trainer.fit(..., ckpt_path=resume_checkpoint(trial))``: the Lightning checkpoint of the epoch the paused
+    trial that ``trial`` resumes stopped at, written to a file in ``folder`` (default: a temporary folder); None for
+    a fresh trial, or (one warning, `epochgraph.resume_state`) when the checkpoint is missing or unreadable: the
+    fit then starts from scratch. The paused trial's epochs are brought into ``trial`` (as `resume_state` does)."""
+    import torch
+
+    state = resume_state(trial)
+    if state is None:
+        return None
+    folder = Path(folder) if folder is not None else Path(tempfile.gettempdir(), "epochgraph-resume")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{trial.study.study_name}-trial_{trial.number:06d}.ckpt"
+    torch.save(state, path)
+    return str(path)

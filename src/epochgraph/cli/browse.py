@@ -3,6 +3,7 @@ optuna-dashboard on the sweeps' study storage (``make dashboard``).
 
     python -m epochgraph.cli.browse links --ui http://127.0.0.1:5000
     python -m epochgraph.cli.browse dashboard --port 8080      # storage: EPOCHGRAPH_STORAGE_URL or SQLite
+    python -m epochgraph.cli.browse dashboard --mlflow-ui http://gpu-box:5000   # where the notes' links go
 """
 
 from __future__ import annotations
@@ -44,8 +45,38 @@ def experiment_links(tracking_uri: str | None, base: str) -> list[str]:
     return lines
 
 
-def serve_dashboard(url: str, host: str, port: int) -> None:
-    """optuna-dashboard on the study storage ``url`` (blocks until stopped).
+MLFLOW_PREFIX = "/mlflow/"  # the trials' notes link /mlflow/experiments/E/runs/R: forwarded to the MLflow UI
+
+
+def mlflow_ui_address(environ: dict, mlflow_ui: str | None) -> str:
+    """Where the dashboard forwards a trial's MLflow link: ``mlflow_ui`` (``--mlflow-ui``), else
+    ``EPOCHGRAPH_UI_URL``, else the MLflow UI's default port (5000) on the host the browser reached the dashboard
+    at (the same machine, as ``make ui`` and ``make dashboard`` run)."""
+    if mlflow_ui or os.environ.get("EPOCHGRAPH_UI_URL"):
+        return (mlflow_ui or os.environ["EPOCHGRAPH_UI_URL"]).rstrip("/")
+    host = (environ.get("HTTP_HOST") or environ.get("SERVER_NAME") or "127.0.0.1").rsplit(":", 1)[0]
+    return f"http://{host}:5000"
+
+
+def forward_mlflow_links(app, mlflow_ui: str | None = None):
+    """The dashboard's WSGI ``app``, with ``/mlflow/<page>`` answered by a redirect to that page of the MLflow UI
+    (`mlflow_ui_address`): the links in the trials' notes follow the UI wherever it runs."""
+    from epochgraph.store.tracking import UI_QUERY
+
+    def forwarding(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if not path.startswith(MLFLOW_PREFIX):
+            return app(environ, start_response)
+        target = f"{mlflow_ui_address(environ, mlflow_ui)}/#/{path[len(MLFLOW_PREFIX):]}{UI_QUERY}"
+        start_response("302 Found", [("Location", target), ("Content-Type", "text/plain; charset=utf-8")])
+        return [f"MLflow UI: {target}\n".encode()]
+
+    return forwarding
+
+
+def serve_dashboard(url: str, host: str, port: int, mlflow_ui: str | None = None) -> None:
+    """optuna-dashboard on the study storage ``url`` (blocks until stopped); the MLflow links of the trials' notes
+    are forwarded to the MLflow UI at ``mlflow_ui`` (`forward_mlflow_links`).
 
     The server answers in threads of its own (one per request, as optuna-dashboard's own command serves)
     while the main thread only waits, so Ctrl-C and SIGTERM stop it within a second, also in the middle
@@ -70,7 +101,7 @@ def serve_dashboard(url: str, host: str, port: int) -> None:
         daemon_threads = True  # a request in progress does not keep a stopped dashboard alive
 
     try:
-        server = make_server(host, port, wsgi(storage), server_class=Server)
+        server = make_server(host, port, forward_mlflow_links(wsgi(storage), mlflow_ui), server_class=Server)
     except OSError as err:
         raise EpochgraphError(f"cannot serve optuna-dashboard on {host}:{port} ({err.strerror or err}); "
                               f"pick another port with --port (make dashboard DASHBOARD_PORT=...)") from None
@@ -85,6 +116,9 @@ def serve_dashboard(url: str, host: str, port: int) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     print(f"optuna-dashboard on http://{host}:{port}/dashboard (storage: {redact(url)}); Ctrl-C stops it",
           flush=True)
+    ui = mlflow_ui or os.environ.get("EPOCHGRAPH_UI_URL") or "port 5000 of the host the dashboard is opened at"
+    print(f"the trials' notes link their MLflow runs through {MLFLOW_PREFIX}, forwarded to the MLflow UI at {ui} "
+          "(--mlflow-ui)", flush=True)
     try:
         while thread.is_alive():
             thread.join(0.5)  # the signal's exception (Terminated, KeyboardInterrupt) is raised here
@@ -106,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
                                                       f"{DEFAULT_STORAGE})")
     dash.add_argument("--host", default="127.0.0.1")
     dash.add_argument("--port", type=int, default=8080)
+    dash.add_argument("--mlflow-ui", default=None, help="the MLflow UI the trials' notes link to (default: "
+                                                        "EPOCHGRAPH_UI_URL, else port 5000 of the dashboard's host)")
     args = parser.parse_args(argv)
     if args.command == "links":
         lines = experiment_links(args.tracking_uri, args.ui)
@@ -114,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
                   "and each sweep's run (its trials):")
             print("\n".join(lines))
     else:
-        serve_dashboard(storage_url(args.storage), args.host, args.port)
+        serve_dashboard(storage_url(args.storage), args.host, args.port, args.mlflow_ui)
 
 
 if __name__ == "__main__":

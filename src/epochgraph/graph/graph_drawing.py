@@ -32,8 +32,12 @@ from epochgraph.graph.topology import Topology
 
 MAX_DRAWN_EDGES = 3000
 MAX_DRAWN_NODES = 40  # per layer: about 18 pixels apart in a column of the default picture
-PICTURE_SIZE = (1400, 900)  # pixels
-_MARGIN = {"left": 40, "right": 240, "top": 78, "bottom": 110}
+PICTURE_SIZE = (1200, 800)  # pixels
+# text and legends at 1.5 times their natural size: MLflow's artifact viewer shows the picture about 800 pixels
+# wide, where the legend's 16-pixel text reads at about 11 pixels
+_TEXT_SCALE = 1.5
+_MARGIN = {"left": 40, "right": round(240 * _TEXT_SCALE), "top": round(78 * _TEXT_SCALE),
+           "bottom": round(110 * _TEXT_SCALE)}
 _EDGE_RGB = (0.12, 0.14, 0.22)
 _TEXT_RGB = (0.1, 0.1, 0.1)
 _BAND_RGBA = (0.55, 0.58, 0.66, 0.16)
@@ -271,15 +275,16 @@ def _sample_bands(cr, topology: Topology, size: tuple[int, int], max_nodes: int,
 
 
 def _fit_labels(cr, labels: Sequence[str], spacing: float) -> tuple[float, int]:
-    """Font size (13 down to 9) and rows (1 to 3, alternate columns on alternate rows) so that the labels
-    of neighbouring columns do not overlap."""
+    """Font size (13 down to 9, times `_TEXT_SCALE`) and rows (1 to 3, alternate columns on alternate rows) so
+    that the labels of neighbouring columns do not overlap."""
     widest = 0.0
-    for font in (13, 12, 11, 10, 9):
+    sizes = [size * _TEXT_SCALE for size in (13, 12, 11, 10, 9)]
+    for font in sizes:
         cr.set_font_size(font)
         widest = max(cr.text_extents(text)[4] for text in labels)
         if widest <= 0.92 * spacing:
             return font, 1
-    return 9, min(3, math.ceil(widest / (0.92 * spacing)))
+    return sizes[-1], min(3, math.ceil(widest / (0.92 * spacing)))
 
 
 def _annotate(cr, topology: Topology, size: tuple[int, int], drawing: GraphDrawing, cmap, max_nodes: int) -> None:
@@ -288,22 +293,27 @@ def _annotate(cr, topology: Topology, size: tuple[int, int], drawing: GraphDrawi
     import cairo
 
     width, height = size
+    k = _TEXT_SCALE
     cr.set_source_rgb(*_TEXT_RGB)
+    cr.save()  # the title block and the legends are drawn at their natural size, scaled by k
+    cr.translate(_MARGIN["left"], 0)
+    cr.scale(k, k)
     cr.select_font_face("sans-serif", cairo.FONT_SLANT_NORMAL, cairo.FONT_WEIGHT_BOLD)
     cr.set_font_size(18)
-    cr.move_to(_MARGIN["left"], 32)
+    cr.move_to(0, 32)
     cr.show_text(drawing.title)
     cr.select_font_face("sans-serif", cairo.FONT_SLANT_NORMAL, cairo.FONT_WEIGHT_NORMAL)
     cr.set_font_size(13)
-    cr.move_to(_MARGIN["left"], 54)
+    cr.move_to(0, 54)
     cr.show_text(drawing.subtitle)
+    cr.restore()
 
     labels = _layer_labels(topology, max_nodes)
     drawing.layer_labels = labels
     xs = _column_x(topology, size)
     spacing = float(xs[1] - xs[0]) if len(xs) > 1 else float(width)
     font, rows = _fit_labels(cr, [t for pair in labels for t in pair], spacing)
-    top = height - _MARGIN["bottom"] + 22
+    top = height - _MARGIN["bottom"] + 22 * k
     for i, ((name, count), x) in enumerate(zip(labels, xs)):
         y = top + (i % rows) * (2.4 * font + 4)
         for j, (text, bold) in enumerate(((name, True), (count, False))):
@@ -316,16 +326,20 @@ def _annotate(cr, topology: Topology, size: tuple[int, int], drawing: GraphDrawi
             cr.set_source_rgb(*(_TEXT_RGB if bold else (0.35, 0.35, 0.38)))
             cr.show_text(text)
 
-    # colour bar: square-root scale, as the nodes
+    # colour bar: square-root scale, as the nodes; in the legend's own units (natural size, scaled by k)
+    cr.save()
+    cr.translate(width - _MARGIN["right"], 0)
+    cr.scale(k, k)
+    top = _MARGIN["top"] / k
     cr.select_font_face("sans-serif", cairo.FONT_SLANT_NORMAL, cairo.FONT_WEIGHT_NORMAL)
-    x0, y0, bar_w, bar_h = width - _MARGIN["right"] + 70, _MARGIN["top"] + 62, 18, 270
+    x0, y0, bar_w, bar_h = 70, top + 62, 18, 180
     cr.set_source_rgb(*_TEXT_RGB)
     cr.set_font_size(13)
-    cr.move_to(x0 - 40, _MARGIN["top"] + 8)
+    cr.move_to(x0 - 40, top + 8)
     cr.show_text(drawing.value_name)
     cr.set_font_size(11)
-    for k, line in enumerate(("square-root scale" + ("," if drawing.scale_note else ""), drawing.scale_note)):
-        cr.move_to(x0 - 40, _MARGIN["top"] + 24 + 14 * k)
+    for i, line in enumerate(("square-root scale" + ("," if drawing.scale_note else ""), drawing.scale_note)):
+        cr.move_to(x0 - 40, top + 24 + 14 * i)
         cr.show_text(line)
     steps = 96
     for i in range(steps):
@@ -352,12 +366,12 @@ def _annotate(cr, topology: Topology, size: tuple[int, int], drawing: GraphDrawi
     cr.move_to(x0 - 40, ly)
     cr.show_text("edge weight")
     cr.set_font_size(11)
-    for k, line in enumerate(("relative to the strongest", "edge of its layer pair")):
-        cr.move_to(x0 - 40, ly + 18 + 14 * k)
+    for i, line in enumerate(("relative to the strongest", "edge of its layer pair")):
+        cr.move_to(x0 - 40, ly + 18 + 14 * i)
         cr.show_text(line)
     drawing.edge_legend = []
-    for k, s in enumerate(LEGEND_STRENGTHS):
-        y = ly + 60 + 22 * k
+    for i, s in enumerate(LEGEND_STRENGTHS):
+        y = ly + 60 + 22 * i
         pen_width, opacity = edge_pen(s)
         cr.set_source_rgba(*_EDGE_RGB, opacity)
         cr.set_line_width(pen_width)
@@ -372,6 +386,7 @@ def _annotate(cr, topology: Topology, size: tuple[int, int], drawing: GraphDrawi
     cr.move_to(x0 - 40, ly + 60 + 22 * len(LEGEND_STRENGTHS) + 6)
     cr.set_source_rgb(0.35, 0.35, 0.38)
     cr.show_text(f"{drawing.edges} edges, {drawing.nodes} nodes drawn")
+    cr.restore()
 
 
 class CentralityDistributions:

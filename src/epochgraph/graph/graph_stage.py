@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -132,25 +133,44 @@ def draw_epoch(engine: SignatureEngine, state_dict: Mapping[str, torch.Tensor], 
                              scale_note=scale_note)
 
 
+class SharedScale(Protocol):
+    """A colour scale kept beyond one run (a sweep keeps one per study and model: `epochgraph.search.trial`)."""
+
+    def get(self) -> tuple[float, str] | None:
+        """The scale's top and the note that says where it was fixed; None while no run has fixed it."""
+
+    def put(self, vmax: float, epoch: int) -> tuple[float, str]:
+        """Fix the scale at ``vmax`` (this run's picture of ``epoch``) unless another run did first; the scale
+        in force and its note."""
+
+
 class RunColourScale:
     """One node colour scale for all pictures of a run: the top of the first picture's scale, kept for
-    the later ones (so that a colour means the same value at every epoch of the run)."""
+    the later ones (so that a colour means the same value at every epoch of the run). With ``shared``, one
+    scale for every run that shares it (a sweep's trials of one model): the first picture of the first run fixes
+    it, and the pictures of two trials compare colour for colour."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared: SharedScale | None = None) -> None:
         self.vmax: float | None = None
         self.epoch: int | None = None
+        self.shared = shared
+        self._note = ""
 
     @property
     def note(self) -> str:
-        return f"fixed at epoch {self.epoch}" if self.epoch is not None else ""
+        return self._note
 
     def draw(self, engine: SignatureEngine, state_dict: Mapping[str, torch.Tensor], path: str | Path, *,
              epoch: int, title: str, subtitle: str = "") -> GraphDrawing | None:
-        """`draw_epoch` on this run's scale, fixing it at the first picture drawn."""
-        note = self.note or f"fixed at epoch {epoch}"
+        """`draw_epoch` on this run's (or the shared) scale, fixing it at the first picture drawn."""
+        if self.vmax is None and self.shared is not None:
+            self.vmax, self._note = self.shared.get() or (None, "")
+        note = self._note or f"fixed at epoch {epoch}"
         drawing = draw_epoch(engine, state_dict, path, title, subtitle=subtitle, vmax=self.vmax, scale_note=note)
         if drawing is not None and self.vmax is None:
-            self.vmax, self.epoch = drawing.vmax, epoch
+            self.vmax, self.epoch, self._note = drawing.vmax, epoch, note
+            if self.shared is not None:
+                self.vmax, self._note = self.shared.put(drawing.vmax, epoch)
         return drawing
 
 
@@ -166,10 +186,10 @@ class GraphPictures:
     """
 
     def __init__(self, stage: GraphStage, client, run_id: str, *, epochs: int, keep: set[int] | None = None,
-                 title: str = "", run_name: str = "") -> None:
+                 title: str = "", run_name: str = "", shared_scale: SharedScale | None = None) -> None:
         self.stage, self.client, self.run_id = stage, client, run_id
         self.epochs, self.keep, self.title, self.run_name = epochs, keep, title, run_name
-        self.scale = RunColourScale()
+        self.scale = RunColourScale(shared_scale)
         self.last: GraphDrawing | None = None  # what the latest picture shows (title, scale, labels)
 
     def on_epoch_end(self, state: EpochState) -> None:

@@ -108,7 +108,11 @@ class TrialReporter:
         self.trial.set_user_attr("mlflow_run", url)
         from optuna_dashboard import save_note
 
-        save_note(self.trial, f"MLflow run of trial {self.trial.number}: [{run_id}]({url})")
+        # the first link goes through the dashboard's own address (`make dashboard` forwards /mlflow/... to the
+        # MLflow UI it is told of), so it works wherever the UI runs; the second is the address known at sweep time
+        page = url.split("#/", 1)[1].split("?", 1)[0] if "#/" in url else ""
+        relative = f"[open it in the MLflow UI](/mlflow/{page}) · " if page else ""
+        save_note(self.trial, f"MLflow run of trial {self.trial.number}: {relative}[{run_id}]({url})")
 
     def on_epoch_end(self, state: EpochState) -> None:
         m = state.metrics
@@ -172,8 +176,30 @@ def slurm_job() -> str | None:
     return os.environ.get("SLURM_JOB_ID") or None
 
 
+class StudyColourScale:
+    """The graph pictures' colour scale of a study's trials of one model, kept in the study (system attr
+    ``graph_colour_scale:<model>``): fixed by the first picture drawn in the study, so that the pictures of two
+    trials compare colour for colour (`~epochgraph.graph.graph_stage.SharedScale`)."""
+
+    def __init__(self, study: optuna.Study, number: int, model: str) -> None:
+        self.study, self.number, self.key = study, number, f"graph_colour_scale:{model}"
+
+    def get(self) -> tuple[float, str] | None:
+        found = self.study._storage.get_study_system_attrs(self.study._study_id).get(self.key)
+        if not isinstance(found, dict):
+            return None
+        return float(found["vmax"]), f"the study's, from trial {found['trial']} epoch {found['epoch']}"
+
+    def put(self, vmax: float, epoch: int) -> tuple[float, str]:
+        if self.get() is None:  # two trials at once: both write, the later one's is the study's from then on
+            self.study._storage.set_study_system_attr(self.study._study_id, self.key,
+                                                      {"vmax": float(vmax), "trial": self.number, "epoch": int(epoch)})
+        return self.get() or (vmax, f"fixed at epoch {epoch}")
+
+
 def run_trial(cfg) -> dict[str, Any]:
     """Train one sweep trial, logged as a nested MLflow run; returns the outcome for the sweeper."""
+    from epochgraph.models import model_label
     from epochgraph.store import tracking
     from epochgraph.training.job import run_job
 
@@ -196,7 +222,8 @@ def run_trial(cfg) -> dict[str, Any]:
         if slurm_job() is not None:  # which SLURM job trained it (squeue, scancel, its log)
             tags["slurm_job"] = slurm_job()
         job = run_job(cfg, extra_hooks=[reporter], parent_run_id=opt.get("parent_run_id"), tags=tags,
-                      run_name=tracking.trial_run_name(number, first), run_id=run_id, resume=ckpt)
+                      run_name=tracking.trial_run_name(number, first), run_id=run_id, resume=ckpt,
+                      shared_scale=StudyColourScale(reporter.study, number, model_label(cfg["model"])))
     finally:
         reporter.close()
     res = job.result

@@ -25,10 +25,11 @@ class JobResult:
     result: TrainResult
 
 
-def graph_hooks(cfg: Mapping[str, Any], client=None, run_id: str | None = None
+def graph_hooks(cfg: Mapping[str, Any], client=None, run_id: str | None = None, shared_scale=None
                 ) -> tuple[list[EpochHook], list[EpochHook]]:
     """The graph stage (rolled graph -> centralities -> signature) when ``graph.enabled``, and the hooks
-    that draw it (``graph.pictures``, given the run to log to): ``(stage hooks, picture hooks)``."""
+    that draw it (``graph.pictures``, given the run to log to, on ``shared_scale`` when given: a
+    `~epochgraph.graph.graph_stage.SharedScale`): ``(stage hooks, picture hooks)``."""
     graph = cfg.get("graph") or {}
     if not graph.get("enabled", False):
         return [], []
@@ -41,7 +42,7 @@ def graph_hooks(cfg: Mapping[str, Any], client=None, run_id: str | None = None
     keep = keep_weights_epochs(cfg) if cfg["mlflow"].get("log_weights", True) else set()
     pictures = GraphPictures(stage, client, run_id, epochs=int(cfg["trainer"]["epochs"]), keep=keep,
                              title=f"{model_label(cfg['model'])} on {cfg['data']['name']}",
-                             run_name=client.get_run(run_id).info.run_name or run_id)
+                             run_name=client.get_run(run_id).info.run_name or run_id, shared_scale=shared_scale)
     return [stage], [pictures]
 
 
@@ -54,7 +55,7 @@ def keep_weights_epochs(cfg: Mapping[str, Any]) -> set[int] | None:
 
 def run_job(cfg: DictConfig, *, extra_hooks: Sequence[EpochHook] = (), parent_run_id: str | None = None,
             tags: Mapping[str, str] | None = None, run_name: str | None = None, run_id: str | None = None,
-            resume: Checkpoint | None = None) -> JobResult:
+            resume: Checkpoint | None = None, shared_scale=None) -> JobResult:
     """Train ``cfg`` with the graph stage and ``extra_hooks`` and log it all to a new MLflow run.
 
     The run ends FINISHED (a diverged training too: it is a result, tagged ``diverged=true``), FAILED
@@ -80,7 +81,7 @@ def run_job(cfg: DictConfig, *, extra_hooks: Sequence[EpochHook] = (), parent_ru
                                             keep_weights_epochs(cfg))
         # the logger runs last so that it sees the metrics and tags the other hooks added; the
         # pictures run after the extra hooks so that they see an epoch that is pruned
-        stage_hooks, picture_hooks = graph_hooks(cfg, client, run_id)
+        stage_hooks, picture_hooks = graph_hooks(cfg, client, run_id, shared_scale)
         hooks = [*stage_hooks, *extra_hooks, *picture_hooks, logger]
         exp_id = client.get_run(run_id).info.experiment_id
         url = tracking.run_url(client.tracking_uri, exp_id, run_id)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from epochgraph.errors import EpochgraphError, choice_error
+from epochgraph.errors import EpochgraphError, check_interrupt, choice_error
 from epochgraph.hooks import EpochHook, EpochState
 from epochgraph.models import build_from_config
 from epochgraph.training.checkpoint import Checkpoint
@@ -158,6 +158,7 @@ def train(cfg: Mapping[str, Any], hooks: Sequence[EpochHook] = (), splits: Split
         lr = float(optimizer.param_groups[0]["lr"])  # the LR this epoch starts at (optim.schedule)
         order = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), batch_size):
+            check_interrupt()  # a Ctrl-C or SIGTERM whose exception was dropped (in a finalizer) stops it here
             idx = order[i:i + batch_size]
             xb = augment_batch(x[idx], gen) if augment else x[idx]
             xb, yb = xb.to(device), y[idx].to(device)

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from epochgraph.errors import EpochgraphError, JobKilled, Terminated, note_interrupt
+from epochgraph.errors import EpochgraphError, JobKilled, Terminated, check_interrupt, note_interrupt
 from epochgraph.store import optuna_internals
 
 log = logging.getLogger("epochgraph")
@@ -420,6 +420,7 @@ class EpochgraphSweeper(Sweeper):
                 for t in batch
             ]
             try:
+                check_interrupt()  # one that landed where Python drops exceptions (a finalizer): stop here
                 returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
             except BaseException:
                 self._interrupted = self._abandon(study, batch, client, experiment)
