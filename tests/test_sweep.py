@@ -108,6 +108,9 @@ def test_forecast_pruner_in_a_live_sweep_forecasts_from_the_first_incumbent(tmp_
     assert 0.0 < study.trials[first_complete].user_attrs["forecast_final_val_acc"] < 1.2
     assert "forecast_p_high" not in study.trials[0].user_attrs
     assert "Epochs trained" in proc.stdout
+    # what it printed is also a file beside the curves (the docs include one): the same lines
+    summary = (tmp_path / "multirun" / "summary.txt").read_text()
+    assert summary.splitlines()[0].startswith("Sweep tiny: ") and summary.strip() in proc.stdout
     # beside the curve in MLflow: the forecast of every epoch it was made at, complete trials included
     client = MlflowClient(tracking)
     runs = {int(r.data.tags["trial"]): r for r in client.search_runs(

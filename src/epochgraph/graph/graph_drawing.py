@@ -36,7 +36,7 @@ PICTURE_SIZE = (1200, 800)  # pixels
 # text and legends at 1.5 times their natural size: MLflow's artifact viewer shows the picture about 800 pixels
 # wide, where the legend's 16-pixel text reads at about 11 pixels
 _TEXT_SCALE = 1.5
-_MARGIN = {"left": 40, "right": round(240 * _TEXT_SCALE), "top": round(78 * _TEXT_SCALE),
+_MARGIN = {"left": 40, "right": round(255 * _TEXT_SCALE), "top": round(78 * _TEXT_SCALE),
            "bottom": round(110 * _TEXT_SCALE)}
 _EDGE_RGB = (0.12, 0.14, 0.22)
 _TEXT_RGB = (0.1, 0.1, 0.1)
@@ -328,7 +328,7 @@ def _annotate(cr, topology: Topology, size: tuple[int, int], drawing: GraphDrawi
 
     # colour bar: square-root scale, as the nodes; in the legend's own units (natural size, scaled by k)
     cr.save()
-    cr.translate(width - _MARGIN["right"], 0)
+    cr.translate(width - 240 * k, 0)  # the legend's natural width: the plot's right margin leaves a gap before it
     cr.scale(k, k)
     top = _MARGIN["top"] / k
     cr.select_font_face("sans-serif", cairo.FONT_SLANT_NORMAL, cairo.FONT_WEIGHT_NORMAL)

@@ -131,10 +131,14 @@ def plot_trial(trial: optuna.trial.FrozenTrial, path: Path) -> Path | None:
     return path
 
 
+SUMMARY_FILE = "summary.txt"  # beside sweep_curves.png: the summary the sweep printed
+
+
 def report(study: optuna.Study, client, parent_run_id: str, epochs: int, out_dir: Path, record: bool = True,
            links: list[str] | None = None, checkpoint_peak_bytes: int | None = None) -> dict[str, float]:
     """Log the summary and the curve plot on the parent run (unless ``record`` is false: a rerun that
-    trained nothing changes no run), and print them with ``links`` to the MLflow UI."""
+    trained nothing changes no run), and print them with ``links`` to the MLflow UI, also into ``out_dir``'s
+    `SUMMARY_FILE`."""
     s = summary(study, epochs, checkpoint_peak_bytes)
     png = plot_curves(study, out_dir / "sweep_curves.png")
     if record:
@@ -160,6 +164,8 @@ def report(study: optuna.Study, client, parent_run_id: str, epochs: int, out_dir
                      f"median {s['pruned_forecast_median']:.4f}, highest {s['pruned_forecast_max']:.4f}")
     if "best_value" in s and math.isfinite(s["best_value"]):
         lines.append(f"Best val_acc {s['best_value']:.4f} (trial {study.best_trial.number}): {study.best_trial.params}")
-    lines += [f"Curves: {png}", f"MLflow parent run {parent_run_id}", *(links or []), "Browse the runs: make ui"]
+    lines += [f"Curves: {png}", f"Summary: {out_dir / SUMMARY_FILE}", f"MLflow parent run {parent_run_id}",
+              *(links or []), "Browse the runs: make ui"]
+    (out_dir / SUMMARY_FILE).write_text("\n".join(lines) + "\n")  # what the docs include, as the command said it
     print("\n".join(lines), flush=True)
     return s
