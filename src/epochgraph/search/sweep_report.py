@@ -118,6 +118,8 @@ def plot_trial(trial: optuna.trial.FrozenTrial, path: Path) -> Path | None:
     if stop is not None:
         ax.axvline(stop, color="tab:red", lw=0.8, label=f"{'paused' if paused_epoch(trial) else 'pruned'} at {stop}")
     ax.set_ylim(0, 1.02)
+    # the whole planned training on the x axis: where it stopped shows against where it would have ended
+    ax.set_xlim(0.5, max(planned_epochs(trial) or 0, steps[-1]) + 0.5)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
