@@ -122,7 +122,6 @@ def test_an_interrupted_run_that_cannot_be_closed_still_ends_with_the_interrupt(
                for r in caplog.records)
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
 def test_an_interrupt_dropped_in_a_finalizer_is_raised_again_at_the_next_check(signum):
     # Python raises a signal's exception wherever the main thread is; inside a weakref callback or __del__ (a
@@ -143,6 +142,8 @@ def test_an_interrupt_dropped_in_a_finalizer_is_raised_again_at_the_next_check(s
 
     expected = Terminated if signum == "SIGTERM" else KeyboardInterrupt
     before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, as in a command at a terminal
+    printed, hook = [], sys.unraisablehook
+    sys.unraisablehook = printed.append  # where Python prints "Exception ignored ... Traceback"
     try:
         with pytest.raises(expected):
             with sigterm_as_exception():
@@ -153,5 +154,8 @@ def test_an_interrupt_dropped_in_a_finalizer_is_raised_again_at_the_next_check(s
                 check_interrupt()  # the training loop's next batch: raised again here
         check_interrupt()  # the block is over: nothing pending
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert printed == []  # the dropped interrupt, raised again, is not printed as a traceback
+        assert sys.unraisablehook == printed.append  # other unraisable exceptions: printed as before the block
     finally:
+        sys.unraisablehook = hook
         signal.signal(signal.SIGINT, before)

@@ -52,9 +52,10 @@ def sigterm_as_exception() -> Iterator[None]:
     only; elsewhere signals are left alone; an ignored SIGINT stays ignored).
 
     Python raises a signal's exception wherever the main thread is, also inside a finalizer or a weakref callback
-    (a library's garbage collection), where the exception is printed as "Exception ignored" and dropped: the
-    interrupt is remembered until the outermost block ends, and `check_interrupt` raises it again at the training
-    loop's next batch, so that a Ctrl-C or SIGTERM is never lost.
+    (a library's garbage collection), where the exception is dropped (and printed, traceback and all, as
+    "Exception ignored"): the interrupt is remembered until the outermost block ends, `check_interrupt` raises it
+    again at the training loop's next batch, so that a Ctrl-C or SIGTERM is never lost, and the dropped one is not
+    printed (other unraisable exceptions still are).
     """
     try:
         previous = signal.signal(signal.SIGTERM, _raising(Terminated))
@@ -65,15 +66,30 @@ def sigterm_as_exception() -> Iterator[None]:
     if previous_int is signal.default_int_handler:
         signal.signal(signal.SIGINT, _raising(KeyboardInterrupt))
     _DEPTH[0] += 1
+    hook = sys.unraisablehook
+    sys.unraisablehook = _quiet_interrupts(hook)
     try:
         yield
     finally:
         _DEPTH[0] -= 1
+        sys.unraisablehook = hook
         signal.signal(signal.SIGTERM, previous)
         if previous_int is signal.default_int_handler:
             signal.signal(signal.SIGINT, previous_int)
         if _DEPTH[0] == 0:
             _PENDING.clear()
+
+
+def _quiet_interrupts(hook: Callable) -> Callable:
+    """``sys.unraisablehook`` that drops, unprinted, an interrupt `check_interrupt` will raise again."""
+
+    def quiet(unraisable) -> None:
+        if _PENDING and unraisable.exc_type is not None and issubclass(unraisable.exc_type, (Terminated,
+                                                                                            KeyboardInterrupt)):
+            return
+        hook(unraisable)
+
+    return quiet
 
 
 def check_interrupt() -> None:
