@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from epochgraph.errors import EpochgraphError
 from epochgraph.store.tracking import get_client
+from tests import inprocess
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow  # real processes, signals and servers: minutes; CI runs them
@@ -49,6 +50,12 @@ def _sweep_cmd(tmp_path, *overrides):
             f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
             f"hydra.sweep.dir={tmp_path / 'multirun'}", "hydra.sweeper.study_name=faults", "pruner=none",
             *overrides]
+
+
+def _sweep(tmp_path, *overrides):
+    """The sweep command run again in this process (`tests.inprocess`): for the start that follows a fault, where
+    the fault (a kill, a signal) was injected into a real process before it."""
+    return inprocess.run("epochgraph.cli.train", _sweep_cmd(tmp_path, *overrides)[len(BASE):])
 
 
 def _runs(tmp_path):
@@ -100,8 +107,7 @@ def test_killed_worker_is_failed_retried_and_its_run_closed(tmp_path):
             "storage.max_retry=1"]
     _kill_mid_trial(tmp_path, over)
     time.sleep(3)  # longer than the grace period: the trial's heartbeat is stale when the next sweep starts
-    done = subprocess.run(_sweep_cmd(tmp_path, *over, "trainer.epochs=2"), capture_output=True, text=True,
-                          timeout=900)
+    done = _sweep(tmp_path, *over, "trainer.epochs=2")
     _killed_trial_accounted_for(tmp_path, done, complete=3)
 
 
@@ -142,11 +148,9 @@ def test_sweep_waits_for_a_killed_trial_says_so_and_closes_its_run(tmp_path):
 
 
 def test_interrupted_sweep_resumes_without_rerunning(tmp_path):
-    first = subprocess.run(_sweep_cmd(tmp_path, "hydra.sweeper.n_trials=2"), capture_output=True, text=True,
-                           timeout=900)
+    first = _sweep(tmp_path, "hydra.sweeper.n_trials=2")
     assert first.returncode == 0, first.stderr[-2000:]
-    again = subprocess.run(_sweep_cmd(tmp_path, "hydra.sweeper.n_trials=3"), capture_output=True, text=True,
-                           timeout=900)
+    again = _sweep(tmp_path, "hydra.sweeper.n_trials=3")
     assert again.returncode == 0
     study = optuna.load_study(study_name="faults", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
@@ -405,8 +409,7 @@ def test_interrupted_sweep_ends_its_trial_at_once_and_resumes_it(tmp_path):
     assert sorted((r.info.run_name, r.info.status) for r in runs) == [("killed faults", "KILLED"),
                                                                        ("killed trial-000", "KILLED")]
     # the next start trains at once (no stale trial to wait for): the interrupted configuration first
-    again = subprocess.run(_sweep_cmd(tmp_path, *over, "trainer.epochs=2"), capture_output=True, text=True,
-                           timeout=900)
+    again = _sweep(tmp_path, *over, "trainer.epochs=2")
     assert again.returncode == 0, again.stderr[-2000:]
     assert "waiting for trial" not in again.stderr + again.stdout
     study = optuna.load_study(study_name="faults", storage=storage)
@@ -417,12 +420,10 @@ def test_interrupted_sweep_ends_its_trial_at_once_and_resumes_it(tmp_path):
 
 
 def test_rerun_of_a_finished_sweep_changes_no_run(tmp_path):
-    first = subprocess.run(_sweep_cmd(tmp_path, "hydra.sweeper.n_trials=1"), capture_output=True, text=True,
-                           timeout=900)
+    first = _sweep(tmp_path, "hydra.sweeper.n_trials=1")
     assert first.returncode == 0, first.stderr[-2000:]
     before = {r.info.run_id: (r.info.status, r.info.end_time, r.data.metrics, r.data.tags) for r in _runs(tmp_path)}
-    again = subprocess.run(_sweep_cmd(tmp_path, "hydra.sweeper.n_trials=1"), capture_output=True, text=True,
-                           timeout=900)
+    again = _sweep(tmp_path, "hydra.sweeper.n_trials=1")
     assert again.returncode == 0, again.stderr[-2000:]
     after = {r.info.run_id: (r.info.status, r.info.end_time, r.data.metrics, r.data.tags) for r in _runs(tmp_path)}
     assert after == before  # same runs, same end times, nothing logged
