@@ -112,6 +112,7 @@ def test_a_user_network_by_target_trains_and_is_recomputed_from_its_weights(tmp_
     assert logged() == before
 
 
+@pytest.mark.slow  # a real process (the command, workers or a server): make test runs it
 def test_a_network_outside_the_rules_is_one_line_and_leaves_no_run(tmp_path):
     (tmp_path / "usernets.py").write_text(USER_NETS)
     proc, tracking = _train(tmp_path, "model=custom", "model._target_=usernets.WithLSTM", *TINY,

@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 
 from epochgraph.cli.browse import experiment_links
@@ -52,6 +53,7 @@ def _study(url: str) -> None:
             study.tell(trial, curve[-1])
 
 
+@pytest.mark.slow  # a real process (the command, workers or a server): make test runs it
 def test_dashboard_serves_the_study_storage_on_localhost(tmp_path):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     _study(url)
@@ -89,6 +91,7 @@ def test_dashboard_serves_the_study_storage_on_localhost(tmp_path):
     assert proc.returncode == 143 and err.strip().splitlines()[-1] == "epochgraph: terminated (SIGTERM)"
 
 
+@pytest.mark.slow  # a real process (the command, workers or a server): make test runs it
 def test_dashboard_without_a_study_storage_says_how_to_get_one(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "EPOCHGRAPH_STORAGE_URL"}
     proc = subprocess.run([*BROWSE, "dashboard"], capture_output=True, text=True, cwd=tmp_path, env=env,

@@ -54,6 +54,7 @@ def test_diverged_run_ends_finished_and_tagged(tracking_uri):
     assert [p.step for p in points["val_acc"]] == list(range(1, job.result.epochs_run + 1))
 
 
+@pytest.mark.slow  # a real process (the command, workers or a server): make test runs it
 def test_cli_bad_value_is_one_line_and_leaves_no_run(tracking_uri):
     proc = subprocess.run(
         [sys.executable, "-m", "epochgraph.cli.train", "optim.lr=-1", f"mlflow.tracking_uri={tracking_uri}"],

@@ -99,6 +99,7 @@ WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a real process (the command, workers or a server): make test runs it
 def test_two_worker_processes_share_the_records_through_sqlite(tmp_path):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(study_name="shared", direction="maximize", storage=make_storage({"url": url}))
