@@ -48,7 +48,7 @@ def run(module: str, args: Sequence[str], cwd: str | Path | None = None) -> subp
     import torch
     from hydra.core.global_hydra import GlobalHydra
 
-    main = importlib.import_module(module).main
+    command = importlib.import_module(module)
     out, err = io.StringIO(), io.StringIO()
     code = 0
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -56,15 +56,16 @@ def run(module: str, args: Sequence[str], cwd: str | Path | None = None) -> subp
     GlobalHydra.instance().clear()
     try:
         with _restored_logging(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            sys.argv = [str(Path(importlib.import_module(module).__file__)), *args]
+            sys.argv = [str(Path(command.__file__)), *args]
             if cwd is not None:
                 os.chdir(cwd)
             try:
-                main()
-            except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-                if not isinstance(exit_.code, int) and exit_.code is not None:
-                    print(exit_.code, file=sys.stderr)
+                command.main()
+            except SystemExit as exit_:  # as the interpreter ends: None is 0, an int is itself, else printed and 1
+                code = 0 if exit_.code is None else exit_.code
+                if not isinstance(code, int):
+                    print(code, file=sys.stderr)
+                    code = 1
     finally:
         sys.argv = argv
         os.chdir(here)
