@@ -152,25 +152,20 @@ class RunColourScale:
 
     def __init__(self, shared: SharedScale | None = None) -> None:
         self.vmax: float | None = None
-        self.epoch: int | None = None
+        self.note = ""  # where the scale was fixed, written under the colour bar
         self.shared = shared
-        self._note = ""
-
-    @property
-    def note(self) -> str:
-        return self._note
 
     def draw(self, engine: SignatureEngine, state_dict: Mapping[str, torch.Tensor], path: str | Path, *,
              epoch: int, title: str, subtitle: str = "") -> GraphDrawing | None:
         """`draw_epoch` on this run's (or the shared) scale, fixing it at the first picture drawn."""
         if self.vmax is None and self.shared is not None:
-            self.vmax, self._note = self.shared.get() or (None, "")
-        note = self._note or f"fixed at epoch {epoch}"
+            self.vmax, self.note = self.shared.get() or (None, "")
+        note = self.note or f"fixed at epoch {epoch}"
         drawing = draw_epoch(engine, state_dict, path, title, subtitle=subtitle, vmax=self.vmax, scale_note=note)
         if drawing is not None and self.vmax is None:
-            self.vmax, self.epoch, self._note = drawing.vmax, epoch, note
+            self.vmax, self.note = drawing.vmax, note
             if self.shared is not None:
-                self.vmax, self._note = self.shared.put(drawing.vmax, epoch)
+                self.vmax, self.note = self.shared.put(drawing.vmax, epoch)
         return drawing
 
 
