@@ -13,6 +13,7 @@ import json
 import logging
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from epochgraph.errors import EpochgraphError, JobKilled, Terminated, check_interrupt, note_interrupt
 from epochgraph.store import optuna_internals
+from epochgraph.store.storage import while_locked
 
 log = logging.getLogger("epochgraph")
 
@@ -119,15 +121,17 @@ def close_orphan_runs(study: optuna.Study, client, experiment: str) -> int:
         state = states.get(int(run.data.tags["trial"]))
         if state is None or state == TrialState.RUNNING:
             continue
+        run_id = run.info.run_id
+        # on the way out of an interrupt the dying trial still writes to a SQLite store: tried again while locked
         if run.info.status != "RUNNING":
             if "state" not in run.data.tags:
-                client.set_tag(run.info.run_id, "state", state.name)
+                while_locked(partial(client.set_tag, run_id, "state", state.name))
             continue
-        client.set_tag(run.info.run_id, "state", state.name)
-        client.set_tag(run.info.run_id, "error", "its worker stopped; the trial was failed as stale")
-        client.update_run(run.info.run_id, name=tracking.outcome_run_name(
-            tracking.trial_run_name(int(run.data.tags["trial"])), "killed"))
-        client.set_terminated(run.info.run_id, status="KILLED")
+        while_locked(partial(tracking.set_tags, client, run_id, {
+            "state": state.name, "error": "its worker stopped; the trial was failed as stale"}))
+        name = tracking.outcome_run_name(tracking.trial_run_name(int(run.data.tags["trial"])), "killed")
+        while_locked(partial(client.update_run, run_id, name=name))
+        while_locked(partial(client.set_terminated, run_id, status="KILLED"))
         log.warning("trial %d: MLflow run %s was left RUNNING by a dead worker; closed as KILLED",
                     int(run.data.tags["trial"]), run.info.run_id)
         closed += 1
