@@ -36,6 +36,28 @@ class PruneRetries(optuna.pruners.BasePruner):
         return "failed_trial" in trial.system_attrs and (trial.last_step or 0) >= 1
 
 
+class PauseThenStopRetries(optuna.pruners.BasePruner):
+    """Pauses every fresh trial after epoch ``at`` and resumes it at once; a trial Optuna's retry callback
+    re-queued (system attr ``failed_trial``) is stopped for good one epoch after the checkpoint it resumed from.
+    A test that kills a resumed trial sees its retry go on from the same checkpoint, without training long."""
+
+    pause = True
+
+    def __init__(self, at: int = 1) -> None:
+        self.at = int(at)
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        if "failed_trial" in trial.system_attrs:
+            return (trial.last_step or 0) > self.at
+        if RESUMED_FROM_ATTR not in trial.user_attrs and trial.last_step == self.at:
+            mark_paused(study, trial, self.at)
+            return True
+        return False
+
+    def should_resume(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, last_pass: bool = False) -> bool:
+        return True
+
+
 def run_state(trial: optuna.trial.FrozenTrial) -> str:
     """The ``state`` tag the trial's MLflow run carries: PAUSED for a paused trial, else Optuna's state."""
     from epochgraph.search.trial_attrs import paused_epoch

@@ -83,66 +83,77 @@ def test_pruned_sweep_through_slurm_accounts_for_every_trial(cluster, tmp_path):
         assert "Job completed successfully" in out.read_text()
 
 
-def _wait_for_training_trial(tmp_path, proc, log, number: int):
-    """The MLflow run of trial ``number`` once it has trained an epoch in its SLURM job."""
+def _wait_for_epoch(tmp_path, proc, log, number: int, epoch: int):
+    """The MLflow run trial ``number`` trains in, once it has logged ``epoch`` in its SLURM job."""
+    client = get_client(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     deadline = time.time() + 900
     while True:
-        runs = [r for r in _trial_runs(tmp_path) if r.data.tags["trial"] == str(number)
-                and r.info.status == "RUNNING" and "train_loss" in r.data.metrics]
-        if runs:
-            return runs[0]
+        for r in _trial_runs(tmp_path):
+            if r.data.tags["trial"] == str(number) and r.info.status == "RUNNING" and "val_acc" in r.data.metrics:
+                if max(m.step for m in client.get_metric_history(r.info.run_id, "val_acc")) >= epoch:
+                    return r
         said = log.read_text()[-3000:] if log.exists() else ""
         assert proc.poll() is None, f"the sweep ended (status {proc.returncode}) before trial {number} trained:\n{said}"
-        assert time.time() < deadline, f"trial {number} has not trained an epoch after 900 s:\n{said}"
+        assert time.time() < deadline, f"trial {number} has not trained epoch {epoch} after 900 s:\n{said}"
         time.sleep(0.2)
 
 
 LONG = 120  # epochs of the trial the next test cancels
 
 
-def test_scancel_fails_the_trial_requeues_it_and_closes_its_run(cluster, tmp_path):
-    # 120 epochs: the first trial is surely still training when its job is cancelled after its first epoch (30
-    # were not: idle, a tiny epoch takes 0.6 s and the whole trial ended before the cancel)
+def test_scancel_of_a_resumed_trial_fails_it_requeues_it_from_the_same_checkpoint_and_closes_its_run(
+        cluster, tmp_path):
+    # trial 0 is paused after epoch 1 and resumed at once as trial 1, in a new SLURM job; that job is cancelled
+    # once it trained epoch 2 (of 120: it is surely still training then; 30 were not: idle, a tiny epoch takes
+    # 0.6 s); the retry (trial 2, a third job) goes on from trial 0's checkpoint again and is stopped for good
+    # one epoch later (tests.pausing.PauseThenStopRetries): it need not train LONG epochs
     log = tmp_path / "sweep.log"
     with open(log, "w") as out:
-        # the retry (a new SLURM job) is pruned after its first epoch (tests.pausing.PruneRetries): it need not
-        # train LONG epochs again
         proc = subprocess.Popen(_sweep_cmd(tmp_path, "hydra.sweeper.n_trials=1", f"trainer.epochs={LONG}",
-                                           "pruner=none", "pruner._target_=tests.pausing.PruneRetries",
+                                           "pruner=none", "pruner._target_=tests.pausing.PauseThenStopRetries",
                                            "storage.max_retry=1", "mlflow.keep_weights=[1]"),
                                 stdout=out, stderr=subprocess.STDOUT, env=cluster, start_new_session=True)
     try:
-        run = _wait_for_training_trial(tmp_path, proc, log, 0)
+        run = _wait_for_epoch(tmp_path, proc, log, 1, 2)
         job = run.data.tags["slurm_job"]
         subprocess.run(["scancel", job], check=True, env=cluster, timeout=60)
-        proc.wait(timeout=1800)  # the re-queued trial trains its epochs in a new job
+        proc.wait(timeout=1800)  # the re-queued trial trains on from the checkpoint in a new job
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     said = log.read_text()
     assert proc.returncode == 0, said[-3000:]
-    assert f"trial   0: SLURM job {job} ended CANCELLED without an outcome" in said
-    assert "trial 0: FAIL, re-queued with the same parameters" in said
+    assert f"trial   1: SLURM job {job} ended CANCELLED without an outcome" in said
+    assert "trial 1: FAIL, re-queued with the same parameters" in said
     study = _study(tmp_path)
-    assert [t.state.name for t in study.trials] == ["FAIL", "PRUNED"]
-    assert study.trials[1].params == study.trials[0].params
-    assert study.trials[1].system_attrs["failed_trial"] == 0  # Optuna's retry of trial 0
-    runs = {int(r.data.tags["trial"]): r for r in _trial_runs(tmp_path)}
-    assert sorted(runs) == [0, 1]
-    killed, retried = runs[0], runs[1]
-    assert (killed.info.status, killed.info.run_name, killed.data.tags["state"]) == ("KILLED", "killed trial-000",
-                                                                                      "FAIL")
-    # the job closed its own run on SLURM's SIGTERM (a run left RUNNING would be closed by the sweeper, which
-    # says "its worker stopped")
-    assert "error" not in killed.data.tags
-    client = get_client(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
-    assert 1 <= len(client.get_metric_history(killed.info.run_id, "val_acc")) < LONG  # stopped mid-training
-    # the cancelled job said so in one line, no traceback
+    assert [t.state.name for t in study.trials] == ["PRUNED", "FAIL", "PRUNED"]
+    paused, killed, retried = study.trials
+    assert paused.system_attrs["paused_at_epoch"] == 1 and killed.params == retried.params == paused.params
+    assert killed.user_attrs["resumed_from"] == retried.user_attrs["resumed_from"] == 0  # the same chain
+    assert retried.system_attrs["failed_trial"] == 1  # Optuna's retry of trial 1
+    checkpoint = paused.system_attrs["checkpoint"]
+    # one MLflow run for the configuration: opened by trial 0, reopened by trial 1 and again by its retry
+    runs = _trial_runs(tmp_path)
+    assert len(runs) == 1 and runs[0].info.run_id == run.info.run_id == checkpoint.split("/")[1]
+    final = runs[0]
+    assert (final.info.status, final.data.tags["state"], final.data.tags["trial"]) == ("FINISHED", "PRUNED", "2")
+    assert final.data.tags["resumed_from_epoch"] == "1" and final.data.tags["slurm_job"] not in ("", job)
+    assert final.data.metrics["epochs_run"] == 2  # epoch 1 from the checkpoint, then one epoch until stopped
+    # the cancelled job said so in one line, no traceback, and closed the run (the retry reopened it)
     err = (tmp_path / "multirun" / ".submitit" / job / f"{job}_0_log.err").read_text()
-    assert (f"epochgraph: terminated (SIGTERM); MLflow run {killed.info.run_id} closed as KILLED; the sweep fails "
+    assert (f"epochgraph: terminated (SIGTERM); MLflow run {final.info.run_id} closed as KILLED; the sweep fails "
             "this trial and re-queues it") in err
     assert "Traceback" not in err
-    assert (retried.info.status, retried.data.tags["state"]) == ("FINISHED", "PRUNED")
-    assert retried.data.tags["slurm_job"] != job
-    assert retried.data.metrics["epochs_run"] == 1  # it trained in its own job, until its pruner stopped it
+    # the retry went on from the same checkpoint: the epochs the killed job trained after it are trained again,
+    # to the same values (logged twice, once by each job); epoch 1, from the checkpoint, is logged once
+    client = get_client(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    history = client.get_metric_history(final.info.run_id, "val_acc")
+    by_step: dict[int, set[float]] = {}
+    for m in history:
+        by_step.setdefault(m.step, set()).add(m.value)
+    assert [m.step for m in history].count(1) == 1 and [m.step for m in history].count(2) == 2
+    assert all(len(values) == 1 for values in by_step.values()), by_step
+    assert retried.intermediate_values == {1: paused.intermediate_values[1], 2: by_step[2].pop()}
+    # a pause that ended for good deletes its checkpoint
+    assert client.list_artifacts(final.info.run_id, "checkpoint") == []

@@ -52,6 +52,33 @@ def sqlite_init_lock(url: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+PG_SCHEMA_LOCK = 0x6570_6F63  # the advisory lock key workers on one PostgreSQL database create Optuna's schema under
+
+
+@contextlib.contextmanager
+def schema_lock(url: str) -> Iterator[None]:
+    """Hold a lock that every process of ours takes while it opens the Optuna storage at ``url``: a file lock
+    beside a SQLite database (`sqlite_init_lock`), a PostgreSQL advisory lock on the server (two workers starting
+    at once on a new database otherwise both create Optuna's tables, and one fails on "duplicate key value
+    violates unique constraint"); nothing for other URLs."""
+    if not url.startswith("postgresql"):
+        with sqlite_init_lock(url):
+            yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": PG_SCHEMA_LOCK})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": PG_SCHEMA_LOCK})
+    finally:
+        engine.dispose()
+
+
 def make_storage(cfg: Mapping[str, Any]) -> optuna.storages.RDBStorage:
     """RDB storage with heartbeats, so a dead worker's trial does not stay RUNNING forever."""
     url = resolve_url(str(cfg["url"]))
@@ -66,7 +93,7 @@ def make_storage(cfg: Mapping[str, Any]) -> optuna.storages.RDBStorage:
         warnings.simplefilter("ignore")  # heartbeat and retry callback are marked experimental
         retry = optuna.storages.RetryFailedTrialCallback(max_retry=int(cfg.get("max_retry", 0))) if heartbeat else None
         try:
-            with sqlite_init_lock(url):
+            with schema_lock(url):
                 return optuna.storages.RDBStorage(
                     url, engine_kwargs=engine_kwargs,
                     heartbeat_interval=int(heartbeat) if heartbeat else None,
