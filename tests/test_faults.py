@@ -182,9 +182,12 @@ def _free_port() -> int:
 CLOSED_PORT = _free_port()  # nothing listens there
 
 
+# the first case runs as a real process (the exit status a shell sees, nothing on the terminal but the line, the
+# password nowhere); the others are about their message and run the same command in this process (tests.inprocess)
 @pytest.mark.parametrize("overrides, message", [
-    (["storage.url=postgresql+psycopg2://u:secret@127.0.0.1:1/none"],
-     "cannot open the Optuna storage storage.url='postgresql+psycopg2://u:***@127.0.0.1:1/none'"),
+    pytest.param(["storage.url=postgresql+psycopg2://u:secret@127.0.0.1:1/none"],
+                 "cannot open the Optuna storage storage.url='postgresql+psycopg2://u:***@127.0.0.1:1/none'",
+                 marks=pytest.mark.real_process),
     (["optim.lr=tag(log,interval(0.0,1.0))"], "malformed search space entry 'optim.lr=tag(log,interval(0.0,1.0))'"),
     (["pruner=signature", "pruner.model_uri=models:/does-not-exist@champion"],
      "cannot build pruner=epochgraph.search.pruner.SignaturePruner: cannot load the predictor"),
@@ -199,9 +202,12 @@ CLOSED_PORT = _free_port()  # nothing listens there
      f"cannot reach the MLflow tracking server at mlflow.tracking_uri='http://127.0.0.1:{CLOSED_PORT}': "
      "connection refused; start it (make server) or fix the URI"),
 ])
-def test_bad_sweep_input_is_one_line_and_writes_nothing(tmp_path, overrides, message):
-    proc = subprocess.run(_sweep_cmd(tmp_path, "hydra.sweeper.n_trials=1", *overrides), capture_output=True,
-                          text=True, timeout=900)
+def test_bad_sweep_input_is_one_line_and_writes_nothing(tmp_path, overrides, message, request):
+    cmd = _sweep_cmd(tmp_path, "hydra.sweeper.n_trials=1", *overrides)
+    if request.node.get_closest_marker("real_process"):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    else:
+        proc = inprocess.run("epochgraph.cli.train", cmd[len(BASE):])
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("epochgraph: error:") and message in last, proc.stderr[-1500:]
@@ -233,8 +239,7 @@ def test_failing_tracking_server_is_asked_once_and_reported_in_one_line(tmp_path
     threading.Thread(target=server.serve_forever, daemon=True).start()
     uri = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        proc = subprocess.run([*BASE, *TINY, f"mlflow.tracking_uri={uri}"], capture_output=True, text=True,
-                              timeout=900)  # a hang guard only: the request count below catches retries
+        proc = inprocess.run("epochgraph.cli.train", [*TINY, f"mlflow.tracking_uri={uri}"])
     finally:
         server.shutdown()
     assert proc.returncode == 2
