@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pytest
@@ -96,6 +98,13 @@ def test_registry_round_trip_and_pruner_uses_the_registered_model(registry_uri):
     probe = [_history(1.0, rng=np.random.default_rng(5)), _history(3.0, rng=np.random.default_rng(6))]
     assert np.array_equal(loaded.predict_proba_high(probe), pred.predict_proba_high(probe))
     assert loaded.spec == pred.spec and loaded.cut == pred.cut
+    # what installing the model needs, named by us (not inferred from what the logging process imported)
+    from importlib.metadata import version
+
+    wanted = Path(mlflow.pyfunc.get_model_dependencies("models:/sig-test@champion")).read_text().split()
+    assert {f"xgboost=={version('xgboost')}", f"scikit-learn=={version('scikit-learn')}", "skops==" + version("skops"),
+            f"epochgraph=={version('epochgraph')}"} <= set(wanted)
+    assert not any(w.startswith(("pytest", "torch")) for w in wanted), wanted
 
     pruner = SignaturePruner(model_uri="models:/sig-test@champion", bound=0.5)
     assert pruner.check_epochs == [2]

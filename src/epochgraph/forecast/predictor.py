@@ -281,15 +281,10 @@ class SignaturePredictor:
 
     def log_model(self, name: str = "predictor", registered_model_name: str | None = None) -> Any:
         """Log the fitted pipeline to the active MLflow run (and register it); returns the model info."""
-        import mlflow.sklearn
-        import skops.io
+        from epochgraph.forecast.registry import log_sklearn_model
 
-        # MLflow stores sklearn models with skops, which loads only types listed as trusted: ours are
-        # the pipeline's own classes (the classifier, xgboost's booster, our finite-values transform)
-        trusted = skops.io.get_untrusted_types(data=skops.io.dumps(self.pipeline))
-        return mlflow.sklearn.log_model(self.pipeline, name=name, registered_model_name=registered_model_name,
-                                        metadata={"epochgraph": json.dumps(self.metadata())},
-                                        skops_trusted_types=trusted)
+        return log_sklearn_model(self.pipeline, name, registered_model_name,
+                                 metadata={"epochgraph": json.dumps(self.metadata())})
 
 
 def load_predictor(model_uri: str) -> SignaturePredictor:
