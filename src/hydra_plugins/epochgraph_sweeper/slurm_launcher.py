@@ -45,6 +45,9 @@ log = logging.getLogger("epochgraph")
 ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
                  "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
 POLL_S = 2.0
+# a job squeue has never listed is not taken for ended before this long (a controller slow to answer for a job it
+# just accepted, under load, says "Invalid job id"); once listed, a job that is no longer listed has ended
+UNSEEN_GRACE_S = 120.0
 # a job's result file may show up a little after SLURM says the job ended (shared file systems)
 RESULT_GRACE_S = 30.0
 
@@ -118,12 +121,17 @@ class SlurmLauncher(SubmititSlurmLauncher):
         """Wait until every job has written its result or SLURM says it ended; returns each job's end state
         (``COMPLETED``, ``CANCELLED``, ...; ``ENDED`` for one SLURM no longer lists)."""
         ended: dict[str, str] = {}
+        seen: set[str] = set()
+        since = time.monotonic()
         while len(ended) < len(jobs):
             states = queue_states([j.job_id for j in jobs if j.job_id not in ended])
+            seen |= set(states or ())
             for job in jobs:
                 if job.job_id in ended:
                     continue
                 state = None if states is None else states.get(job.job_id, "ENDED")
+                if state == "ENDED" and job.job_id not in seen and time.monotonic() - since < UNSEEN_GRACE_S:
+                    state = None  # not listed yet: ask again
                 if job.paths.result_pickle.exists() and state not in ACTIVE_STATES:
                     ended[job.job_id] = state or "COMPLETED"
                 elif state is not None and state not in ACTIVE_STATES:
