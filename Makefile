@@ -63,6 +63,7 @@ compare: setup
 # the pruning benchmark (conf/bench/bench.yaml): graph stage vs training, the recorded populations (resumable),
 # predictor tables, pruner replay, summary.  make bench ARGS="bench.quick=true" is the CI-sized run.
 bench: setup
+	@$(PY) -c "import syne_tune" 2>/dev/null || $(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/bench.py $(ARGS)
 
 # the documentation site (mkdocs.yml, docs/): built with --strict into site/ (a broken link or a reference to a

@@ -103,13 +103,14 @@ def draws_population(b: Mapping[str, Any], preset: str, runs: Sequence[RunRecord
     draws = draw_studies(len(runs), int(d["study_size"]), int(d["draws"]), int(d.get("seed", 0)))
     code = fingerprint(b["tables"])
     before = (previous or {}).get("settings", {})
+    reuse = not bool(d.get("rescore", True))  # keep what the last run scored, whatever changed since
     table = {}
     for name, factory in tqdm(settings(b, n_epochs, preset).items(), desc=f"draws of {preset}", unit="pruner",
                               file=sys.stderr):
         key = hashlib.sha256(json.dumps({"config": getattr(factory, "config", None), "code": code,
                                          "draws": [x.tolist() for x in draws]}, sort_keys=True,
                                         default=str).encode()).hexdigest()[:16]
-        if before.get(name, {}).get("key") == key:
+        if before.get(name, {}).get("key") == key or (reuse and name in before):
             table[name] = res = before[name]
             word = "(scored before)"
         else:
@@ -118,8 +119,31 @@ def draws_population(b: Mapping[str, Any], preset: str, runs: Sequence[RunRecord
         tqdm.write(f"[bench] {preset} {name:22s} epochs {res['epochs_frac'][0]:.2f}  "
                    f"regret {res['regret_pp'][0]:.2f} pp  kept {res['kept_best']:.2f}  "
                    f"<=0.1pp {res['regret_le_0.1pp']:.2f} {word}", file=sys.stderr)
+    for name, peer in (d.get("peers") or {}).items():  # outside Optuna, by their own packages: scored every run
+        table[name] = res = score_peer(name, peer or {}, runs, draws)
+        tqdm.write(f"[bench] {preset} {name:22s} epochs {res['epochs_frac'][0]:.2f}  "
+                   f"regret {res['regret_pp'][0]:.2f} pp  kept {res['kept_best']:.2f}  "
+                   f"best done at {res['best_done_frac'][0]:.2f}", file=sys.stderr)
     return {"population": preset, "runs": len(runs), "epochs": n_epochs, "study_size": int(d["study_size"]),
             "draws": len(draws), "settings": table, "hindsight_cut": hindsight_cut(runs, draws)}
+
+
+PEERS = ("syne_tune",)  # setting names of the peers run by their own packages (not Optuna pruners)
+
+
+def score_peer(name: str, peer: Mapping[str, Any], runs: Sequence[RunRecord],
+               draws: Sequence[np.ndarray]) -> dict[str, Any]:
+    """A peer of ``draws.peers`` on the draws: ``syne_tune_asha`` (promotion-type ASHA, `syne_tune_peer`)."""
+    from epochgraph.bench import syne_tune_peer
+    from epochgraph.errors import EpochgraphError
+
+    if not name.startswith("syne_tune_asha"):
+        raise EpochgraphError(f"bench.draws.peers.{name}: unknown peer; the peers are syne_tune_asha[-...] "
+                              f"(promotion-type ASHA as Syne Tune runs it, with eta)")
+    if not syne_tune_peer.available():
+        raise EpochgraphError(f"bench.draws.peers.{name} needs {syne_tune_peer.SYNE_TUNE_REQUIREMENT}: "
+                              f"pip install -e '.[bench]' (make bench installs it)")
+    return syne_tune_peer.score_asha(runs, draws, eta=float(peer.get("eta", 3)))
 
 
 def _cheapest_safe(pr: Mapping[str, Any], names: Sequence[str]) -> str | None:
@@ -143,36 +167,41 @@ def _cell(r: Mapping[str, Any] | None, name: str | None = None) -> str:
     if r is None:
         return "none safe"
     label = f"{name}: " if name else ""
+    done = (r.get("best_done_frac") or [math.nan])[0]
+    when = f", best done at {done:.2f}" if math.isfinite(done) else ""  # the epochs trained when the best completed
     return (f"{label}{r['epochs_frac'][0]:.2f}, kept {r['kept_best'] * 100:.0f} %, "
-            f"{r['regret_pp'][0]:.2f} ± {r['regret_pp'][1]:.2f} pp")
+            f"{r['regret_pp'][0]:.2f} ± {r['regret_pp'][1]:.2f} pp{when}")
 
 
 def headline(results: Sequence[Mapping[str, Any]], default: str = "forecast") -> str:
     """The markdown headline (see the module docstring) and the targets per population."""
     rows = ["| population | ours (`pruner=forecast`) | ours chosen on the others | Median | SuccessiveHalving | "
             "Patient(Median) | Optuna chosen on the others | cheapest safe Optuna in hindsight | one-epoch top-k | "
-            "ours / cheapest | targets |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "promotion ASHA (Syne Tune) | ours / cheapest | targets |", "|---" * 12 + "|"]
     for res in results:
         pr = res["settings"]
-        optuna_names = [n for n in pr if not n.startswith(("forecast", "top"))]
+        optuna_names = [n for n in pr if not n.startswith(("forecast", "top", *PEERS))]
         ours, med, sh, pat = pr.get(default), pr.get("median"), pr.get("successive_halving"), pr.get("patient")
         lopo = choose_on_others(results, res["population"], optuna_names)
         ours_lopo = choose_on_others(results, res["population"], [n for n in pr if n.startswith("forecast")])
         cheap = _cheapest_safe(pr, optuna_names)
         top = min((n for n in pr if n.startswith("top")), key=lambda n: pr[n]["regret_pp"][0], default=None)
+        asha = next((n for n in pr if n.startswith("syne_tune_asha")), None)
         ratio = ours["epochs_frac"][0] / pr[cheap]["epochs_frac"][0] if ours and cheap else math.nan
         checks = []
         if ours:
             checks.append("safe" if is_safe(ours) else "NOT safe")
-            worst = max(x["regret_pp"][0] for x in (med, sh) if x)
-            checks.append("regret ≤ Median/SH" if ours["regret_pp"][0] <= worst + 1e-9 else "regret > Median/SH")
+            worst = max((x["regret_pp"][0] for x in (med, sh) if x), default=None)
+            if worst is not None:
+                checks.append("regret ≤ Median/SH" if ours["regret_pp"][0] <= worst + 1e-9 else "regret > Median/SH")
             if pat:
                 share = ours["epochs_frac"][0] / pat["epochs_frac"][0]
                 checks.append(f"{share:.2f} × Patient's epochs" + (" (≤ 0.6)" if share <= 0.6 else " (> 0.6)"))
         rows.append(f"| {res['population']} ({res['runs']} runs × {res['epochs']} epochs) | {_cell(ours)} | "
                     f"{_cell(pr.get(ours_lopo), ours_lopo)} | {_cell(med)} | {_cell(sh)} | {_cell(pat)} | "
                     f"{_cell(pr.get(lopo), lopo)} | "
-                    f"{_cell(pr.get(cheap), cheap)} | {_cell(pr.get(top), top)} | {ratio:.2f} | {'; '.join(checks)} |")
+                    f"{_cell(pr.get(cheap), cheap)} | {_cell(pr.get(top), top)} | {_cell(pr.get(asha))} | "
+                    f"{ratio:.2f} | {'; '.join(checks)} |")
     return "\n".join(rows) + "\n"
 
 

@@ -81,13 +81,13 @@ def plot(results: Sequence[Mapping[str, Any]], path: Path, default: str = "forec
     for ax, res in zip(axes.flat, results):
         for name, r in res["settings"].items():
             ours = name.startswith("forecast") or name in (default, "default", "prune_forever")
-            shipped = name == default
+            shipped, peer = name == default, name.startswith("syne_tune")
             color = ("tab:red" if shipped else "lightcoral") if ours else (
-                "tab:green" if name.startswith("top") else "tab:blue")
+                "tab:green" if name.startswith("top") else "tab:purple" if peer else "tab:blue")
             ax.errorbar(r["epochs_frac"][0], r["regret_pp"][0], xerr=r["epochs_frac"][1], yerr=r["regret_pp"][1],
-                        fmt="*" if ours else "o", ms=13 if shipped else (8 if ours else 5), capsize=2, color=color,
-                        zorder=3 if shipped else 2)
-            if shipped or name in ("median", "successive_halving", "patient", "prune_forever"):
+                        fmt="*" if ours else "s" if peer else "o", ms=13 if shipped else (8 if ours or peer else 5),
+                        capsize=2, color=color, zorder=3 if shipped else 2)
+            if shipped or peer or name in ("median", "successive_halving", "patient", "prune_forever"):
                 ax.annotate(name, (r["epochs_frac"][0], r["regret_pp"][0]), fontsize=7, xytext=(3, 3),
                             textcoords="offset points")
         ax.axhline(SAFE_REGRET_PP, color="grey", lw=0.6, ls="--")
@@ -98,7 +98,7 @@ def plot(results: Sequence[Mapping[str, Any]], path: Path, default: str = "forec
     for ax in list(axes.flat)[len(results):]:
         ax.axis("off")
     fig.suptitle("Studies drawn from each population: ours (red star: shipped; light: the other settings) against "
-                 "Optuna's pruners (blue) and top-k (green); dashed: 0.1 pp")
+                 "Optuna's pruners (blue), top-k (green) and Syne Tune's promotion ASHA (purple); dashed: 0.1 pp")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
