@@ -27,7 +27,6 @@ import numpy as np
 
 from epochgraph.forecast.records import RunRecord
 from epochgraph.search.replay import run_length
-from epochgraph.search.score_pruners import SAFE_REGRET_PP
 
 SYNE_TUNE_REQUIREMENT = "syne-tune==0.13.0"
 
@@ -140,13 +139,6 @@ def asha_promotion(runs: Sequence[RunRecord], eta: float = 3.0, seed: int = 0) -
 def score_asha(runs: Sequence[RunRecord], draws: Sequence[np.ndarray], eta: float = 3.0) -> dict[str, Any]:
     """Promotion-type ASHA over ``draws`` (studies of ``runs``, each in its drawn order), in the shape of
     `epochgraph.search.score_pruners.score`."""
-    res = [asha_promotion([runs[i] for i in d], eta=eta, seed=k) for k, d in enumerate(draws)]
-    epochs = np.array([r["epochs_frac"] for r in res])
-    regret = np.array([r["regret"] for r in res]) * 100
-    done = [r["best_done_frac"] for r in res if math.isfinite(r["best_done_frac"])]
-    return {"epochs_frac": [float(epochs.mean()), float(epochs.std())],
-            "best_done_frac": [float(np.mean(done)), float(np.std(done))] if done else [math.nan, math.nan],
-            "resumed": float(np.mean([r["resumed"] for r in res])),
-            "regret_pp": [float(regret.mean()), float(regret.std())],
-            "kept_best": float(np.mean(regret == 0)), "regret_le_0.1pp": float(np.mean(regret <= SAFE_REGRET_PP)),
-            "regret_per_draw": regret.tolist()}
+    from epochgraph.search.score_pruners import summarise
+
+    return summarise([asha_promotion([runs[i] for i in d], eta=eta, seed=k) for k, d in enumerate(draws)])

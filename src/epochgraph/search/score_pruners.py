@@ -57,6 +57,12 @@ def score(runs: Sequence[RunRecord], factory: PrunerFactory, draws: Sequence[np.
         res = Parallel(n_jobs=n_jobs)(delayed(_one)(runs, d, factory) for d in draws)
     else:
         res = [_one(runs, d, factory) for d in draws]
+    return summarise(res)
+
+
+def summarise(res: Sequence[Mapping[str, float]]) -> dict[str, Any]:
+    """A setting's studies (one replay's metrics each) over the draws: mean ± std of the epochs trained, of when the
+    best trial completed and of the regret (pp), the share of draws that kept the best, the per-draw regrets."""
     epochs = np.array([r["epochs_frac"] for r in res])
     regret = np.array([r["regret"] for r in res]) * 100
     done = [r["best_done_frac"] for r in res if math.isfinite(r["best_done_frac"])]  # NaN: the best never completed
