@@ -63,7 +63,8 @@ compare: setup
 # the pruning benchmark (conf/bench/bench.yaml): graph stage vs training, the recorded populations (resumable),
 # predictor tables, pruner replay, summary.  make bench ARGS="bench.quick=true" is the CI-sized run.
 bench: setup
-	@$(PY) -c "import syne_tune" 2>/dev/null || $(PY) -m pip install -q -e '.[bench]'
+	@$(PY) -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('syne_tune') is None)" \
+		|| $(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/bench.py $(ARGS)
 
 # the documentation site (mkdocs.yml, docs/): built with --strict into site/ (a broken link or a reference to a
