@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -9,6 +10,14 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 nothing listens on now (for a server a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
 
 # One cache folder for the session (`epochgraph.paths.cache_dir`), empty at its start, shared by every test, worker
 # and subprocess (they inherit the environment): the warm start is learnt and the empty MLflow store migrated once

@@ -4,7 +4,6 @@ that reach MLflow (runs and artifacts, checkpoints among them) through HTTP only
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import sys
 import time
@@ -12,11 +11,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_port
 
 
 @contextlib.contextmanager
@@ -24,7 +19,7 @@ def mlflow_server(folder: Path, timeout: float = 180.0) -> Iterator[str]:
     """``mlflow server`` on a free port of 127.0.0.1, its runs in ``folder/mlflow.db`` and the artifacts it serves
     in ``folder/artifacts`` (``make server``'s flags); yields its URI once it answers ``/health``."""
     folder.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
            f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts"),
            "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]

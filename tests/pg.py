@@ -6,19 +6,14 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.conftest import free_port
+
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:
@@ -42,7 +37,7 @@ def postgres_server(dbname: str = "epochgraph") -> Iterator[str]:
         pw = pwd.getpwnam("postgres")
         for p in (tmp, sock):
             os.chown(p, pw.pw_uid, pw.pw_gid)
-    port = _free_port()
+    port = free_port()
     user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
     run = dict(check=True, capture_output=True, text=True)
     try:

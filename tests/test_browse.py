@@ -16,14 +16,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from epochgraph.cli.browse import experiment_links
+from tests.conftest import free_port
 
 BROWSE = [sys.executable, "-m", "epochgraph.cli.browse"]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, deadline: float):
@@ -57,7 +53,7 @@ def _study(url: str) -> None:
 def test_dashboard_serves_the_study_storage_on_localhost(tmp_path):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     _study(url)
-    port = _free_port()
+    port = free_port()
     # the storage comes from EPOCHGRAPH_STORAGE_URL when set, as for storage=postgres sweeps
     proc = subprocess.Popen([*BROWSE, "dashboard", "--port", str(port)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=tmp_path,

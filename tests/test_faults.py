@@ -6,7 +6,6 @@ every trial is accounted for in Optuna and MLflow, and no run is left RUNNING.
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from epochgraph.errors import EpochgraphError
 from epochgraph.store.tracking import get_client
 from tests import inprocess
-from tests.conftest import TINY
+from tests.conftest import TINY, free_port
 
 pytestmark = pytest.mark.slow  # real processes, signals and servers: minutes; CI runs them
 
@@ -173,13 +172,8 @@ def test_two_workers_on_sqlite_lose_nothing(tmp_path):
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-CLOSED_PORT = _free_port()  # nothing listens there
+CLOSED_PORT = free_port()  # nothing listens there
 
 
 # the first case runs as a real process (the exit status a shell sees, nothing on the terminal but the line, the
