@@ -116,16 +116,18 @@ def draws_population(b: Mapping[str, Any], preset: str, runs: Sequence[RunRecord
         else:
             table[name] = res = {**score(runs, factory, draws, n_jobs=int(b["workers"])), "key": key}
             word = ""
-        tqdm.write(f"[bench] {preset} {name:22s} epochs {res['epochs_frac'][0]:.2f}  "
-                   f"regret {res['regret_pp'][0]:.2f} pp  kept {res['kept_best']:.2f}  "
-                   f"<=0.1pp {res['regret_le_0.1pp']:.2f} {word}", file=sys.stderr)
+        tqdm.write(_progress(preset, name, res, f"<=0.1pp {res['regret_le_0.1pp']:.2f} {word}"), file=sys.stderr)
     for name, peer in (d.get("peers") or {}).items():  # outside Optuna, by their own packages: scored every run
         table[name] = res = score_peer(name, peer or {}, runs, draws)
-        tqdm.write(f"[bench] {preset} {name:22s} epochs {res['epochs_frac'][0]:.2f}  "
-                   f"regret {res['regret_pp'][0]:.2f} pp  kept {res['kept_best']:.2f}  "
-                   f"best done at {res['best_done_frac'][0]:.2f}", file=sys.stderr)
+        tqdm.write(_progress(preset, name, res, f"best done at {res['best_done_frac'][0]:.2f}"), file=sys.stderr)
     return {"population": preset, "runs": len(runs), "epochs": n_epochs, "study_size": int(d["study_size"]),
             "draws": len(draws), "settings": table, "hindsight_cut": hindsight_cut(runs, draws)}
+
+
+def _progress(preset: str, name: str, res: Mapping[str, Any], tail: str) -> str:
+    """The draws step's line for one setting of one population."""
+    return (f"[bench] {preset} {name:22s} epochs {res['epochs_frac'][0]:.2f}  regret {res['regret_pp'][0]:.2f} pp  "
+            f"kept {res['kept_best']:.2f}  {tail}")
 
 
 PEERS = ("syne_tune",)  # setting names of the peers run by their own packages (not Optuna pruners)

@@ -22,6 +22,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from typing import Any
+from unittest import mock
 
 import numpy as np
 
@@ -117,19 +118,12 @@ def asha_promotion(runs: Sequence[RunRecord], eta: float = 3.0, seed: int = 0) -
     scheduler = ASHA(blackbox.configuration_space, metric="val_acc", mode="max", resource_attr="epoch", max_t=T,
                      grace_period=max(1, round(T / eta ** 2)), reduction_factor=eta, type="promotion",
                      points_to_evaluate=[{"run": i} for i in range(n)], random_seed=seed)
-    with tempfile.TemporaryDirectory() as folder, _quiet():
-        before = os.environ.get("SYNETUNE_FOLDER")
-        os.environ["SYNETUNE_FOLDER"] = folder  # Syne Tune's own files (results, metadata): gone afterwards
-        try:
-            Tuner(trial_backend=UserBlackboxBackend(blackbox=blackbox, elapsed_time_attr="elapsed"),
-                  scheduler=scheduler, n_workers=1, sleep_time=0, callbacks=[SimulatorCallback(), clock],
-                  stop_criterion=StoppingCriterion(max_wallclock_time=float(2 * T * n)), results_update_interval=1e9,
-                  print_update_interval=1e9, save_tuner=False, tuner_name="epochgraph-asha", metadata={}).run()
-        finally:
-            if before is None:
-                os.environ.pop("SYNETUNE_FOLDER", None)
-            else:
-                os.environ["SYNETUNE_FOLDER"] = before
+    # Syne Tune's own files (results, metadata) go to a folder that is gone afterwards
+    with tempfile.TemporaryDirectory() as folder, _quiet(), mock.patch.dict(os.environ, {"SYNETUNE_FOLDER": folder}):
+        Tuner(trial_backend=UserBlackboxBackend(blackbox=blackbox, elapsed_time_attr="elapsed"),
+              scheduler=scheduler, n_workers=1, sleep_time=0, callbacks=[SimulatorCallback(), clock],
+              stop_criterion=StoppingCriterion(max_wallclock_time=float(2 * T * n)), results_update_interval=1e9,
+              print_update_interval=1e9, save_tuner=False, tuner_name="epochgraph-asha", metadata={}).run()
     completed = [i for i in range(n) if clock.reached.get(i, 0) >= lengths[i]]
     budget = float(lengths.sum())
     return {"epochs_frac": clock.trained / budget, "regret": float(finals[best] - max(finals[completed], default=0.0)),
