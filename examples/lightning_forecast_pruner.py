@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> optuna.Study:
     data = load_data("fashion_mnist", train_size=args.train_size, val_size=args.val_size, test_size=100)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pruner = ForecastPruner(max_epoch=args.epochs, warm_start=args.warm_start, pause=args.pause,
-                            min_progress=0.3 if args.pause else 0.0)
+                            min_progress=0.11 if args.pause else 0.0)
     study = optuna.create_study(direction="maximize", storage=args.storage, study_name=args.study_name,
                                 load_if_exists=True, pruner=pruner, sampler=optuna.samplers.TPESampler(seed=args.seed))
     if args.pause:  # Optuna's loop, plus: paused trials resume before new ones are asked

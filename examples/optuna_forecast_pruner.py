@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # --8<-- [start:study]
     pruner = ForecastPruner(max_epoch=args.epochs, warm_start=args.warm_start, pause=args.pause,
-                            min_progress=0.3 if args.pause else 0.0)
+                            min_progress=0.11 if args.pause else 0.0)
     study = optuna.create_study(direction="maximize", pruner=pruner, storage=args.storage,
                                 study_name=args.study_name, load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=args.seed))

@@ -25,10 +25,12 @@ def test_default_is_the_pruner_make_run_uses_warm_started_without_the_population
     expected = {**OmegaConf.to_container(made, resolve=True), "warm_start": [str(TABLES)],
                 "warm_exclude": ["population_lenet"]}
     assert factory.config == expected
-    assert setting_factory("prune_forever", 10, "x", CFG).config["pause"] is False
+    assert expected["pause"] is True and expected["min_progress"] == 0.11  # make run pauses
+    forever = setting_factory("prune_forever", 10, "x", CFG).config
+    assert forever == {**expected, "pause": False, "min_progress": 0.0, "warm_exclude": ["x"]}  # pruner=forecast
     # a preset built on another (defaults list), as Hydra composes it
     pausing = setting_factory("forecast_pause", 10, "x", CFG).config
-    assert pausing == {**expected, "pause": True, "min_progress": 0.3, "warm_exclude": ["x"]}
+    assert pausing == {**expected, "warm_exclude": ["x"]}
     assert setting_factory("median", 10, "x", CFG).config["_target_"] == "optuna.pruners.MedianPruner"
     eager = setting_factory("eager", 10, "x", {**CFG, "variants": {"eager": {"pruner": "forecast", "delta": 0.2}}})
     assert eager.config["delta"] == 0.2 and eager.config["warm_exclude"] == ["x"]

@@ -8,11 +8,12 @@ draws that kept the best trial, and the share with regret <= 0.1 pp. Our populat
 recorded elsewhere are scored alike; a forecast pruner is warm-started from every table but the
 population scored.
 
-The headline sets the shipped default, and the setting of ours chosen on the other populations (the
+The headline sets the shipped default (``default``: make run's pruner, which pauses, built as ``epochgraph-replay``
+builds it), the prune-forever preset (``forecast``), and the setting of ours chosen on the other populations (the
 cheapest safe on all of them: the honest estimate of choosing a default this way), against Optuna's defaults
 (Median, SuccessiveHalving), Patient(Median), the Optuna setting chosen on the other populations (the
 cheapest that is safe on all of them), the cheapest safe Optuna setting in hindsight, and the one-epoch
-top-k baseline.
+top-k baseline and the peers (promotion-type ASHA as Syne Tune runs it).
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ def settings(b: Mapping[str, Any], n_epochs: int, preset: str) -> dict[str, Prun
     for name, changes in (d.get("optuna") or {}).items():
         changes = dict(changes or {})
         out[name] = pruner_factory(changes.pop("pruner", name), n_epochs, changes)
+    if d.get("default", True):  # make run's pruner exactly, as epochgraph-replay's setting `default` builds it
+        from epochgraph.search.score_pruners import DEFAULT, setting_factory
+
+        out = {DEFAULT: setting_factory(DEFAULT, n_epochs, preset, {"warm_start": [str(b["tables"])]}), **out}
     return out
 
 
@@ -175,15 +180,18 @@ def _cell(r: Mapping[str, Any] | None, name: str | None = None) -> str:
             f"{r['regret_pp'][0]:.2f} ± {r['regret_pp'][1]:.2f} pp{when}")
 
 
-def headline(results: Sequence[Mapping[str, Any]], default: str = "forecast") -> str:
-    """The markdown headline (see the module docstring) and the targets per population."""
-    rows = ["| population | ours (`pruner=forecast`) | ours chosen on the others | Median | SuccessiveHalving | "
+def headline(results: Sequence[Mapping[str, Any]], default: str = "default") -> str:
+    """The markdown headline (see the module docstring) and the targets per population: ``default`` (make run's
+    pruner: it pauses) against the prune-forever preset (``forecast``) and the peers."""
+    rows = ["| population | ours, pausing (make run's default) | ours, pruning for good (`pruner=forecast`) | "
+            "ours chosen on the others | Median | SuccessiveHalving | "
             "Patient(Median) | Optuna chosen on the others | cheapest safe Optuna in hindsight | one-epoch top-k | "
-            "promotion ASHA (Syne Tune) | ours / cheapest | targets |", "|---" * 12 + "|"]
+            "promotion ASHA (Syne Tune) | ours / cheapest | targets |", "|---" * 13 + "|"]
     for res in results:
         pr = res["settings"]
-        optuna_names = [n for n in pr if not n.startswith(("forecast", "top", *PEERS))]
-        ours, med, sh, pat = pr.get(default), pr.get("median"), pr.get("successive_halving"), pr.get("patient")
+        optuna_names = [n for n in pr if n != default and not n.startswith(("forecast", "top", *PEERS))]
+        ours = pr.get(default, pr.get("forecast"))
+        med, sh, pat = pr.get("median"), pr.get("successive_halving"), pr.get("patient")
         lopo = choose_on_others(results, res["population"], optuna_names)
         ours_lopo = choose_on_others(results, res["population"], [n for n in pr if n.startswith("forecast")])
         cheap = _cheapest_safe(pr, optuna_names)
@@ -200,7 +208,8 @@ def headline(results: Sequence[Mapping[str, Any]], default: str = "forecast") ->
                 share = ours["epochs_frac"][0] / pat["epochs_frac"][0]
                 checks.append(f"{share:.2f} × Patient's epochs" + (" (≤ 0.6)" if share <= 0.6 else " (> 0.6)"))
         rows.append(f"| {res['population']} ({res['runs']} runs × {res['epochs']} epochs) | {_cell(ours)} | "
-                    f"{_cell(pr.get(ours_lopo), ours_lopo)} | {_cell(med)} | {_cell(sh)} | {_cell(pat)} | "
+                    f"{_cell(pr.get('forecast'))} | {_cell(pr.get(ours_lopo), ours_lopo)} | "
+                    f"{_cell(med)} | {_cell(sh)} | {_cell(pat)} | "
                     f"{_cell(pr.get(lopo), lopo)} | "
                     f"{_cell(pr.get(cheap), cheap)} | {_cell(pr.get(top), top)} | {_cell(pr.get(asha))} | "
                     f"{ratio:.2f} | {'; '.join(checks)} |")
@@ -211,7 +220,7 @@ def ours_table(results: Sequence[Mapping[str, Any]]) -> str:
     """Every setting of ours on every population: epochs trained (share), mean regret (pp) and, where a draw
     lost it, the share of draws that kept the best trial; the count of populations it is safe on and the
     means over the populations, with Patient(Median) for scale."""
-    names = [n for n in results[0]["settings"] if n.startswith("forecast")] if results else []
+    names = [n for n in results[0]["settings"] if n == "default" or n.startswith("forecast")] if results else []
     names += ["patient"] if results and "patient" in results[0]["settings"] else []
     head = "| setting | " + " | ".join(r["population"] for r in results) + " | safe on | mean epochs | mean regret |"
     rows = [head, "|---" * (len(results) + 4) + "|"]
@@ -227,7 +236,8 @@ def ours_table(results: Sequence[Mapping[str, Any]]) -> str:
             safe += is_safe(x)
             epochs.append(x["epochs_frac"][0])
             regret.append(x["regret_pp"][0])
-        label = f"`{name}` (shipped)" if name == "forecast" else f"`{name}`"
+        label = {"default": "`default` (make run: pausing)", "forecast": "`forecast` (pruning for good)"}.get(
+            name, f"`{name}`")
         rows.append(f"| {label} | " + " | ".join(cells) + f" | {safe} of {len(epochs)} | {np.mean(epochs):.2f} | "
                     f"{np.mean(regret):.2f} |")
     if all("hindsight_cut" in r for r in results):
@@ -259,6 +269,6 @@ def draws_all(b: Mapping[str, Any]) -> list[dict[str, Any]]:
           "Every setting of ours: epochs trained (share), mean regret (pp), and in brackets the share of draws "
           "that kept the best trial where one lost it.\n\n" + ours_table(results))
     (out_dir / "draws.md").write_text(md)
-    plot(results, out_dir / "epochs_vs_regret.png")
+    plot(results, out_dir / "epochs_vs_regret.png", default="default")
     print(md)
     return results

@@ -46,8 +46,8 @@ CHECKPOINT_DIR = "checkpoint"  # a paused trial's resumable state in its MLflow 
 _CARRIED = tuple(a.split("{")[0] for a in (EPOCH_ATTR, FORECAST_EPOCH_ATTR, UPPER_ATTR))  # per-epoch attrs
 
 __all__ = ["CHECKPOINT_DIR", "CLAIM_ATTR", "by_standing", "carry_over", "checkpoint_artifact", "checkpoint_bytes",
-           "claim", "configurations", "could_lead", "delete_artifacts", "discard_checkpoints",
-           "finished_configurations", "load_checkpoint", "paused_here", "paused_trials", "pauses", "promoted",
+           "claim", "completions_needed", "configurations", "could_lead", "delete_artifacts", "discard_checkpoints",
+           "finished_configurations", "level", "load_checkpoint", "paused_here", "paused_trials", "pauses", "promoted",
            "resumable", "resume", "resumed_from", "save_checkpoint", "should_resume", "standing", "stops_for_good"]
 
 
@@ -229,57 +229,82 @@ def stops_for_good(trial: FrozenTrial) -> bool:
     return diverged(history) or any(v is not None and not math.isfinite(v) for v in acc)
 
 
-def promoted(study: optuna.Study, trial: FrozenTrial, eta: float) -> bool:
-    """Whether paused ``trial`` is among the top 1/``eta`` of the study's trials that reached the epoch it paused
-    at (by val_acc there), as promotion-type ASHA promotes from a rung."""
-    step = trial.last_step
-    if step is None:
-        return False
-    values = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False)
-              if step in t.intermediate_values and t.number != trial.number]
-    ahead = sum(v > trial.intermediate_values.get(step, -math.inf) for v in values)
-    return ahead < (len(values) + 1) / eta
+def level(trial: FrozenTrial, step: int, maximize: bool = True) -> float | None:
+    """Where ``trial`` stood at ``step``: its best finite value up to that epoch (None if it did not reach it). A
+    noisy curve's dip is not a standing: ranked by the value at the epoch alone, a winner whose val_acc dipped
+    there (a step of a large LR, an unlucky validation batch) sits low and stays paused."""
+    if step not in trial.intermediate_values:
+        return None
+    values = [v for s, v in trial.intermediate_values.items() if s <= step and math.isfinite(v)]
+    if not values:
+        return None
+    return max(values) if maximize else -min(values)
 
 
-def _finite_at(study: optuna.Study, step: int) -> list[float]:
-    """The finite val_acc every trial of the study reported at ``step``."""
-    return [t.intermediate_values[step] for t in study.get_trials(deepcopy=False)
-            if step in t.intermediate_values and math.isfinite(t.intermediate_values[step])]
+def _levels_at(study: optuna.Study, step: int, but: int | None = None) -> list[float]:
+    """`level` at ``step`` of each configuration that reached it (a resumed pause counted once, in the trial that
+    went on), but trial ``but``."""
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    out = [level(t, step, maximize) for t in configurations(study) if t.number != but]
+    return [v for v in out if v is not None]
 
 
 def _share_ahead(values: list[float], value: float) -> float:
     return sum(x > value for x in values) / max(1, len(values))
 
 
+def standing(study: optuna.Study, trial: FrozenTrial) -> float:
+    """The share of the study's other configurations that stood ahead of ``trial`` at its last epoch (`level`; 0:
+    it led, 1: no standing)."""
+    step = trial.last_step
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    mine = None if step is None else level(trial, step, maximize)
+    if mine is None:
+        return 1.0
+    return _share_ahead(_levels_at(study, step, but=trial.number), mine)
+
+
+def promoted(study: optuna.Study, trial: FrozenTrial, eta: float) -> bool:
+    """Whether paused ``trial`` is among the top 1/``eta`` of the study's configurations that reached the epoch it
+    paused at (by `level` there), as promotion-type ASHA promotes from a rung."""
+    step = trial.last_step
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    mine = None if step is None else level(trial, step, maximize)
+    if mine is None:
+        return False
+    others = _levels_at(study, step, but=trial.number)
+    return sum(v > mine for v in others) < (len(others) + 1) / eta
+
+
 def could_lead(study: optuna.Study, trial: FrozenTrial, top: int) -> bool:
     """Whether paused ``trial`` stands, at the epoch it paused at, no lower than one of the study's ``top`` best
-    completed trials stood there (the share of the trials that reached that epoch ahead of it): where early
-    epochs rank the end, the winners led there and only leaders resume; where they mislead, the winners sat
-    low, and so may a paused trial that could still win."""
+    completed trials stood there (the share of the configurations that reached that epoch ahead of it, by
+    `level`): where early epochs rank the end, the winners led there and only leaders resume; where they mislead,
+    the winners sat low, and so may a paused trial that could still win."""
     step = trial.last_step
     if step is None or step not in trial.intermediate_values:
         return False
-    at_step = _finite_at(study, step)
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     done = sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                   if t.value is not None and math.isfinite(t.value) and step in t.intermediate_values),
-                  key=lambda t: t.value, reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)[:top]
+                   if t.value is not None and math.isfinite(t.value) and level(t, step, maximize) is not None),
+                  key=lambda t: t.value, reverse=maximize)[:top]
     if not done:
         return True  # no winner to learn from: the pause was never backed
-    lowest = max(_share_ahead(at_step, t.intermediate_values[step]) for t in done)
-    return _share_ahead(at_step, trial.intermediate_values[step]) <= lowest + 1e-12
-
-
-def standing(study: optuna.Study, trial: FrozenTrial) -> float:
-    """The share of the study's trials that stood ahead of ``trial`` at its last epoch (0: it led)."""
-    step = trial.last_step
-    if step is None:
-        return 1.0
-    return _share_ahead(_finite_at(study, step), trial.intermediate_values[step])
+    at_step = _levels_at(study, step)
+    lowest = max(_share_ahead(at_step, level(t, step, maximize)) for t in done)
+    return _share_ahead(at_step, level(trial, step, maximize)) <= lowest + 1e-12
 
 
 def by_standing(study: optuna.Study, trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """``trials`` (paused ones), the best placed at the epoch it paused at first, then the latest pause."""
     return sorted(trials, key=lambda t: (standing(study, t), -(t.last_step or 0), t.number))
+
+
+def completions_needed(study: optuna.Study, pruner: Any) -> int:
+    """The completed trials the last pass asks for before the study's standings decide: the rank check's
+    ``min_complete``, or 1/``promote_eta`` of the study's configurations where that is fewer (a study of 10
+    trials completes 4, as promotion-type ASHA's top rung holds a third of a rung below)."""
+    return max(1, min(int(pruner.min_complete), math.ceil(len(configurations(study)) / float(pruner.promote_eta))))
 
 
 def should_resume(pruner: Any, study: optuna.Study, trial: FrozenTrial, last_pass: bool = False) -> bool:
@@ -288,10 +313,12 @@ def should_resume(pruner: Any, study: optuna.Study, trial: FrozenTrial, last_pas
     P(final >= best) >= ``delta`` again (what turns the evidence: completed trials whose forecasts at that epoch
     fell short widen the calibration margin, a refit that learnt late bloomers, a best that did not rise); or,
     where the study has not shown that the epoch ranks the end (``pruner.ranks_end``), it is among the top
-    1/``promote_eta`` of the trials at that epoch (`promoted`), and once the budget is spent (``last_pass``),
-    where it stands there no lower than one of the ``resume_top`` best completed trials stood (`could_lead`;
-    ``resume_top=0``, or fewer than ``min_complete`` completed trials: every such pause resumes): the study's own
-    winners show how far down a winner may sit."""
+    1/``promote_eta`` of the trials at that epoch (`promoted`); once the budget is spent (``last_pass``), also
+    where it stands there no lower than one of the ``resume_top`` best completed trials stood (`could_lead`: the
+    study's own winners show how far down a winner may sit). A trial paused last had no promotion before the last
+    pass, so the last pass promotes too. With ``resume_top=0``, or fewer completed trials than
+    `completions_needed`, every such pause resumes at the last pass. Standings are by each trial's best value so
+    far (`level`)."""
     try:
         p = pruner.prob_beat_best(study, trial, recalibrated=False)
     except Exception as err:  # as in prune: the trial stays paused, and the study goes on
@@ -302,10 +329,10 @@ def should_resume(pruner: Any, study: optuna.Study, trial: FrozenTrial, last_pas
     step = trial.last_step  # a trusted epoch ranks the end: the pause stands
     if step is None or pruner.ranks_end(study, int(step)):
         return False
-    if last_pass:  # a study with fewer completed trials than the rank check asks for has shown nothing at all
+    if last_pass:  # a study with fewer completed trials than it needs has shown no ranking at all: it resumes
         completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        return (pruner.resume_top <= 0 or completed < pruner.min_complete
-                or could_lead(study, trial, pruner.resume_top))
+        return (pruner.resume_top <= 0 or completed < completions_needed(study, pruner)
+                or promoted(study, trial, pruner.promote_eta) or could_lead(study, trial, pruner.resume_top))
     return promoted(study, trial, pruner.promote_eta)
 
 

@@ -9,8 +9,8 @@ the population scored. Per population and setting: the mean share of the epochs 
 accuracy points, the share of draws that kept the best trial, and the mean share of the epochs trained when
 the best trial completed (``best_done_frac``; pausing delays it).
 
-A setting is ``default`` (the pruner ``make run`` uses: ``conf/experiment/pruned_sweep.yaml``), ``prune_forever``
-(the same with ``pause=false``: pruning is final), any preset of ``conf/pruner`` (``forecast_pause``, ``patient``,
+A setting is ``default`` (the pruner ``make run`` uses: ``conf/experiment/pruned_sweep.yaml``; it pauses),
+``prune_forever`` (``conf/pruner/forecast.yaml`` with the experiment's changes and ``pause=false``: pruning is final), any preset of ``conf/pruner`` (``forecast_pause``, ``patient``,
 ``median``, ``successive_halving``, ``topk``, ...) or a name of ``variants`` (``{pruner: <preset>, <argument>:
 <value>, ...}``).
 """
@@ -137,8 +137,8 @@ def setting_factory(name: str, n_epochs: int, population: str, cfg: Mapping[str,
     warm = {"warm_start": [str(w) for w in cfg.get("warm_start") or []], "warm_exclude": [population]}
     if name in (DEFAULT, PRUNE_FOREVER):
         preset_name, changes = default_pruner()
-        if name == PRUNE_FOREVER:  # the same, pruning for good
-            changes["pause"] = False
+        if name == PRUNE_FOREVER:  # the forecast preset as shipped, with the experiment's changes: pruning for good
+            preset_name, changes = "forecast", {**changes, "pause": False}
     elif name in variants:
         changes = dict(variants[name] or {})
         preset_name = str(changes.pop("pruner", "forecast"))
