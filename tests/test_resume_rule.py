@@ -104,3 +104,15 @@ def test_completions_needed_is_min_complete_or_a_third_of_the_configurations():
     pruner = SimpleNamespace(min_complete=6, promote_eta=3.0)
     assert [pause.completions_needed(_study([([0.5], None)] * n), pruner) for n in (1, 3, 10, 16, 18, 64)] == \
         [1, 1, 4, 6, 6, 6]
+
+
+def test_resuming_writes_who_resumed_a_paused_trial_into_its_dashboard_note():
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    study = _study([([0.5, 0.6], 0.8), ([0.4, 0.5], None)])
+    paused = study.trials[1]
+    pause.add_note(study, paused._trial_id, "MLflow run of trial 1")
+    trial = pause.resume(study, paused)
+    note = get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id), paused._trial_id)
+    assert note["body"] == f"MLflow run of trial 1\n\n**Resumed** by trial {trial.number}, from epoch 2."
+    assert trial.number == 2 and trial.user_attrs["resumed_from"] == 1

@@ -45,10 +45,11 @@ log = logging.getLogger("epochgraph")
 CHECKPOINT_DIR = "checkpoint"  # a paused trial's resumable state in its MLflow run: checkpoint/epoch_NNN.pt
 _CARRIED = tuple(a.split("{")[0] for a in (EPOCH_ATTR, FORECAST_EPOCH_ATTR, UPPER_ATTR))  # per-epoch attrs
 
-__all__ = ["CHECKPOINT_DIR", "CLAIM_ATTR", "by_standing", "carry_over", "checkpoint_artifact", "checkpoint_bytes",
-           "claim", "completions_needed", "configurations", "could_lead", "delete_artifacts", "discard_checkpoints",
-           "finished_configurations", "level", "load_checkpoint", "paused_here", "paused_trials", "pauses", "promoted",
-           "resumable", "resume", "resumed_from", "save_checkpoint", "should_resume", "standing", "stops_for_good"]
+__all__ = ["CHECKPOINT_DIR", "CLAIM_ATTR", "add_note", "by_standing", "carry_over", "checkpoint_artifact",
+           "checkpoint_bytes", "claim", "completions_needed", "configurations", "could_lead",
+           "delete_artifacts", "discard_checkpoints", "finished_configurations", "level", "load_checkpoint",
+           "paused_here", "paused_trials", "pauses", "promoted", "resumable", "resume", "resumed_from",
+           "save_checkpoint", "should_resume", "standing", "stops_for_good"]
 
 
 def pauses(pruner: Any) -> bool:
@@ -107,6 +108,20 @@ def claim(study: optuna.Study, paused: FrozenTrial) -> bool:
     return stands and paused.number not in resumed_trials(study)
 
 
+def add_note(study: optuna.Study, trial_id: int, line: str) -> None:
+    """Add ``line`` to the trial's optuna-dashboard note (a paused trial's: where it paused, who resumed it), on
+    any worker and for a finished trial too (notes live in the study's system attrs); a note that cannot be
+    written is skipped with one debug line: the dashboard's view never stops a sweep."""
+    try:
+        from optuna_dashboard._note import get_note_from_system_attrs, save_note_with_version
+
+        note = get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id), trial_id)
+        body = f"{note['body']}\n\n{line}" if note["body"] else line
+        save_note_with_version(study._storage, study._study_id, trial_id, int(note["version"]) + 1, body)
+    except Exception as err:  # an optuna-dashboard without these internals, a storage refusing the write
+        log.debug("no note for trial id %d: %s", trial_id, err)
+
+
 def resume(study: optuna.Study, paused: FrozenTrial) -> optuna.trial.Trial:
     """A new RUNNING trial that goes on from ``paused``: its parameters, the user attr ``resumed_from``; the
     study records ``resumed_by`` for the paused one. The job (`carry_over`) brings the epochs over. Call it after
@@ -119,6 +134,7 @@ def resume(study: optuna.Study, paused: FrozenTrial) -> optuna.trial.Trial:
     trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
     trial = optuna.trial.Trial(study, trial_id)
     mark_resumed(study, paused.number, trial.number)
+    add_note(study, paused._trial_id, f"**Resumed** by trial {trial.number}, from epoch {paused_epoch(paused)}.")
     return trial
 
 

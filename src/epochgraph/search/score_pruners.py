@@ -10,9 +10,9 @@ accuracy points, the share of draws that kept the best trial, and the mean share
 the best trial completed (``best_done_frac``; pausing delays it).
 
 A setting is ``default`` (the pruner ``make run`` uses: ``conf/experiment/pruned_sweep.yaml``; it pauses),
-``prune_forever`` (``conf/pruner/forecast.yaml`` with the experiment's changes and ``pause=false``: pruning is final), any preset of ``conf/pruner`` (``forecast_pause``, ``patient``,
-``median``, ``successive_halving``, ``topk``, ...) or a name of ``variants`` (``{pruner: <preset>, <argument>:
-<value>, ...}``).
+``prune_forever`` (``conf/pruner/forecast.yaml`` with the experiment's changes and ``pause=false``: pruning is
+final), any preset of ``conf/pruner`` (``forecast_pause``, ``patient``, ``median``, ``successive_halving``,
+``topk``, ...) or a name of ``variants`` (``{pruner: <preset>, <argument>: <value>, ...}``).
 """
 
 from __future__ import annotations

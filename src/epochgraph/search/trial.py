@@ -25,7 +25,9 @@ from epochgraph.errors import EpochgraphError
 from epochgraph.hooks import EpochState
 from epochgraph.search.epoch_report import record_forecast, report_epoch
 from epochgraph.search.pause import (
+    add_note,
     carry_over,
+    checkpoint_artifact,
     discard_checkpoints,
     load_checkpoint,
     paused_here,
@@ -38,6 +40,7 @@ from epochgraph.search.trial_attrs import (
     FORECAST_METRICS,
     PAUSED_ATTR,
     PLANNED_EPOCHS_ATTR,
+    RESUMED_FROM_ATTR,
     SCHEDULE_ATTR,
     mark_paused,
     store_attr,
@@ -112,7 +115,9 @@ class TrialReporter:
         # MLflow UI it is told of), so it works wherever the UI runs; the second is the address known at sweep time
         page = url.split("#/", 1)[1].split("?", 1)[0] if "#/" in url else ""
         relative = f"[open it in the MLflow UI](/mlflow/{page}) · " if page else ""
-        save_note(self.trial, f"MLflow run of trial {self.trial.number}: {relative}[{run_id}]({url})")
+        went_on = self.trial.user_attrs.get(RESUMED_FROM_ATTR)
+        save_note(self.trial, f"MLflow run of trial {self.trial.number}: {relative}[{run_id}]({url})" + (
+            "" if went_on is None else f"\n\nGoes on from paused trial {went_on}, in its MLflow run."))
 
     def on_epoch_end(self, state: EpochState) -> None:
         m = state.metrics
@@ -145,6 +150,8 @@ class TrialReporter:
             return
         self.paused = True
         state.tags[PAUSED_ATTR] = str(state.epoch)
+        add_note(self.study, self.trial._trial_id, f"**Paused** after epoch {state.epoch}: its checkpoint "
+                 f"`{checkpoint_artifact(state.epoch)}` is in the MLflow run; the sweep may resume it.")
         log.info("trial %d paused after epoch %d: checkpoint of %.1f MB stored in its MLflow run",
                  self.trial.number, state.epoch, size / 2**20)
 
