@@ -32,6 +32,12 @@ def test_default_is_the_pruner_make_run_uses_warm_started_without_the_population
     pausing = setting_factory("forecast_pause", 10, "x", CFG).config
     assert pausing == {**expected, "warm_exclude": ["x"]}
     assert setting_factory("median", 10, "x", CFG).config["_target_"] == "optuna.pruners.MedianPruner"
+    # the benchmark's draws step scores the same pruner, first, beside its own settings
+    from epochgraph.bench import draws
+
+    made = draws.settings({"tables": str(TABLES), "draws": {"optuna": {"median": {}}}}, 10, "population_lenet")
+    assert list(made) == ["default", "median"] and made["default"].config == expected
+    assert list(draws.settings({"tables": str(TABLES), "draws": {"default": False}}, 10, "population_lenet")) == []
     eager = setting_factory("eager", 10, "x", {**CFG, "variants": {"eager": {"pruner": "forecast", "delta": 0.2}}})
     assert eager.config["delta"] == 0.2 and eager.config["warm_exclude"] == ["x"]
 

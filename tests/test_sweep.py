@@ -94,7 +94,7 @@ def test_signature_pruner_prunes_after_warm_up_and_sweep_resumes(tmp_path):
 def test_forecast_pruner_in_a_live_sweep_forecasts_from_the_first_incumbent(tmp_path):
     # the forecast alone, warm from the committed tables, pruning for good (pausing: the sweep test below)
     proc, storage, tracking = _sweep(tmp_path, "trainer.epochs=3", "data.train_size=1000", "hydra.sweeper.n_trials=4",
-                              "pruner.min_epoch=1", "pruner.delta=0.2", "pruner.base=null",
+                              "pruner=forecast", "pruner.min_epoch=1", "pruner.delta=0.2", "pruner.base=null",
                               "optim.lr=tag(log, interval(0.01, 0.3))")
     study = optuna.load_study(study_name="tiny", storage=storage)
     assert [t.state.is_finished() for t in study.trials] == [True] * 4

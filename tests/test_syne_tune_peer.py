@@ -52,7 +52,7 @@ def test_the_draws_step_scores_the_peer_on_its_draws_and_keeps_what_it_scored_be
     runs = _flat(9)
     b = {"tables": str(tmp_path), "workers": 1,
          "draws": {"study_size": 6, "draws": 2, "seed": 0, "optuna": {"none": {"pruner": "none"}},
-                   "peers": {"syne_tune_asha": {"eta": 3}}}}
+                   "peers": {"syne_tune_asha": {"eta": 3}}, "default": False}}
     first = draws.draws_population(b, "p", runs)
     asha = first["settings"]["syne_tune_asha"]
     assert asha["regret_pp"] == [0.0, 0.0] and asha["kept_best"] == 1.0 and 0 < asha["epochs_frac"][0] < 1
