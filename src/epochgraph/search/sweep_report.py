@@ -162,7 +162,9 @@ def report(study: optuna.Study, client, parent_run_id: str, epochs: int, out_dir
         lines.append(f"Checkpoints of paused trials: {s['checkpoint_peak_bytes'] / 2**20:.1f} MB at their peak "
                      f"(mlflow.keep_checkpoints=false deletes them once a trial's training ends)")
     if "pruned_with_forecast" in s:
-        lines.append(f"Forecast final val_acc of the {s['pruned_with_forecast']} trials pruned by the forecast: "
+        how = {(True, False): "paused", (True, True): "paused or pruned"}.get(
+            (bool(s["trials_paused"]), bool(s["trials_pruned"])), "pruned")  # stopped last: paused, or for good
+        lines.append(f"Forecast final val_acc of the {s['pruned_with_forecast']} trials {how} by the forecast: "
                      f"median {s['pruned_forecast_median']:.4f}, highest {s['pruned_forecast_max']:.4f}")
     if "best_value" in s and math.isfinite(s["best_value"]):
         lines.append(f"Best val_acc {s['best_value']:.4f} (trial {study.best_trial.number}): {study.best_trial.params}")
