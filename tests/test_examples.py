@@ -81,13 +81,16 @@ def test_the_hydra_example_sweeps_a_user_network(tmp_path):
                list(range(1, int(r.data.tags.get("pruned_at_epoch", 2)) + 1))
 
 
+TRIALS = 8  # with fewer, studies of 4-epoch trainings seldom resume a pause (the last pass needs a third completed)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("script, seed", [("optuna_forecast_pruner.py", 0), ("lightning_forecast_pruner.py", 0)])
+@pytest.mark.parametrize("script, seed", [("optuna_forecast_pruner.py", 0), ("lightning_forecast_pruner.py", 1)])
 def test_the_examples_pause_and_resume_with_epochgraph_optimize(script, seed, tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     tracking = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, str(ROOT / "examples" / script), "--trials", "5",
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / script), "--trials", str(TRIALS),
                           "--epochs", "4", "--train-size", "200", "--val-size", "100", "--batch-size", "50", "--pause",
                           "--seed", str(seed),
                           "--warm-start", str(ROOT / "bench" / "results" / "populations"), "--storage", storage,
@@ -96,13 +99,13 @@ def test_the_examples_pause_and_resume_with_epochgraph_optimize(script, seed, tm
     assert out.returncode == 0, out.stderr[-3000:]
     study = optuna.load_study(study_name="s", storage=storage)
     resumed = [t for t in study.trials if "resumed_from" in t.user_attrs]
-    assert len(study.trials) - len(resumed) == 5  # five configurations, a resumed one counted once
+    assert len(study.trials) - len(resumed) == TRIALS  # the configurations, a resumed one counted once
     assert resumed  # with this seed the forecast pauses a trial that the study later resumes
     for t in study.trials:  # every trial's epochs from 1 on, a resumed one carrying its paused epochs
         assert sorted(t.intermediate_values) == list(range(1, len(t.intermediate_values) + 1))
     for t in resumed:
         paused = study.trials[t.user_attrs["resumed_from"]]
-        assert paused.system_attrs["paused_at_epoch"] >= 2  # not before 30 % of its 4 epochs
+        assert paused.system_attrs["paused_at_epoch"] == paused.last_step  # its checkpoint is of its last epoch
         assert all(t.intermediate_values[e] == v for e, v in paused.intermediate_values.items())
     # the checkpoints of the trials that resumed are gone; those still paused stay for a later resume
     still = [t for t in study.trials if t.system_attrs.get("paused_at_epoch") and
@@ -113,7 +116,8 @@ def test_the_examples_pause_and_resume_with_epochgraph_optimize(script, seed, tm
     if script.startswith("lightning"):  # a resumed trial's fit goes on in the MLflow run of the trial it resumes
         client = mlflow.MlflowClient(tracking)
         runs = client.search_runs([client.get_experiment_by_name("examples").experiment_id])
-        assert len(runs) == 5 and {t.user_attrs["mlflow_run_id"] for t in study.trials} == {r.info.run_id for r in runs}
+        assert len(runs) == TRIALS and {t.user_attrs["mlflow_run_id"] for t in study.trials} == \
+            {r.info.run_id for r in runs}
         for r in runs:  # one curve, each epoch once: those of the last trial of its configuration
             last = max((t for t in study.trials if t.user_attrs["mlflow_run_id"] == r.info.run_id),
                        key=lambda t: len(t.intermediate_values))

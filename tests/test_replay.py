@@ -90,7 +90,8 @@ def test_the_draws_step_reuses_a_setting_scored_before_only_when_nothing_it_depe
     runs = [_run(f"r{i}", [0.1 * i, 0.1 * i + 0.02, 0.1 * i + 0.04]) for i in range(1, 7)]
     b = {"tables": str(tmp_path), "workers": 1,
          "draws": {"study_size": 4, "draws": 2, "seed": 0,
-                   "optuna": {"threshold": {"pruner": "median", "n_startup_trials": 1}, "none": {"pruner": "none"}}}}
+                   "optuna": {"threshold": {"pruner": "median", "n_startup_trials": 1}, "none": {"pruner": "none"}},
+                   "default": False}}
     first = draws.draws_population(b, "p", runs)
     assert first["settings"]["none"]["epochs_frac"][0] == 1.0 and first["settings"]["none"]["regret_pp"][0] == 0
     calls = []
