@@ -27,7 +27,9 @@ def test_default_is_the_pruner_make_run_uses_warm_started_without_the_population
     assert factory.config == expected
     assert expected["pause"] is True and expected["min_progress"] == 0.11  # make run pauses
     forever = setting_factory("prune_forever", 10, "x", CFG).config
-    assert forever == {**expected, "pause": False, "min_progress": 0.0, "warm_exclude": ["x"]}  # pruner=forecast
+    assert expected["calibrate"] is False  # a pause is guarded by the resume rule, not the calibration margin
+    # pruner=forecast
+    assert forever == {**expected, "pause": False, "min_progress": 0.0, "calibrate": True, "warm_exclude": ["x"]}
     # a preset built on another (defaults list), as Hydra composes it
     pausing = setting_factory("forecast_pause", 10, "x", CFG).config
     assert pausing == {**expected, "warm_exclude": ["x"]}
