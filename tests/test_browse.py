@@ -84,7 +84,9 @@ def test_dashboard_serves_the_study_storage_on_localhost(tmp_path):
         out, err = proc.communicate(timeout=120)
     stalled.close()
     assert f"optuna-dashboard on http://127.0.0.1:{port}/dashboard (storage: {url})" in out
-    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "epochgraph: terminated (SIGTERM)"
+    # one line says why it ended, no traceback; the server's access log of the last request may land after it
+    said = [line for line in err.strip().splitlines() if not line.startswith("127.0.0.1 - - [")]
+    assert proc.returncode == 143 and said[-1] == "epochgraph: terminated (SIGTERM)" and "Traceback" not in err
 
 
 @pytest.mark.slow  # a real process (the command, workers or a server): make test runs it
