@@ -260,8 +260,7 @@ def level(trial: FrozenTrial, step: int, maximize: bool = True) -> float | None:
 def _levels_at(study: optuna.Study, step: int, but: int | None = None) -> list[float]:
     """`level` at ``step`` of each configuration that reached it (a resumed pause counted once, in the trial that
     went on), but trial ``but``."""
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    out = [level(t, step, maximize) for t in configurations(study) if t.number != but]
+    out = [level(t, step, _maximize(study)) for t in configurations(study) if t.number != but]
     return [v for v in out if v is not None]
 
 
@@ -269,27 +268,33 @@ def _share_ahead(values: list[float], value: float) -> float:
     return sum(x > value for x in values) / max(1, len(values))
 
 
+def _maximize(study: optuna.Study) -> bool:
+    return study.direction == optuna.study.StudyDirection.MAXIMIZE
+
+
+def _place(study: optuna.Study, trial: FrozenTrial) -> tuple[int, int] | None:
+    """How many of the study's other configurations that reached ``trial``'s last epoch stood ahead of it there
+    (by `level`), and how many reached it; None where it has no standing."""
+    step = trial.last_step
+    mine = None if step is None else level(trial, step, _maximize(study))
+    if mine is None:
+        return None
+    others = _levels_at(study, step, but=trial.number)
+    return sum(v > mine for v in others), len(others)
+
+
 def standing(study: optuna.Study, trial: FrozenTrial) -> float:
     """The share of the study's other configurations that stood ahead of ``trial`` at its last epoch (`level`; 0:
     it led, 1: no standing)."""
-    step = trial.last_step
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    mine = None if step is None else level(trial, step, maximize)
-    if mine is None:
-        return 1.0
-    return _share_ahead(_levels_at(study, step, but=trial.number), mine)
+    place = _place(study, trial)
+    return 1.0 if place is None else place[0] / max(1, place[1])
 
 
 def promoted(study: optuna.Study, trial: FrozenTrial, eta: float) -> bool:
     """Whether paused ``trial`` is among the top 1/``eta`` of the study's configurations that reached the epoch it
     paused at (by `level` there), as promotion-type ASHA promotes from a rung."""
-    step = trial.last_step
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    mine = None if step is None else level(trial, step, maximize)
-    if mine is None:
-        return False
-    others = _levels_at(study, step, but=trial.number)
-    return sum(v > mine for v in others) < (len(others) + 1) / eta
+    place = _place(study, trial)
+    return place is not None and place[0] < (place[1] + 1) / eta
 
 
 def could_lead(study: optuna.Study, trial: FrozenTrial, top: int) -> bool:
@@ -300,7 +305,7 @@ def could_lead(study: optuna.Study, trial: FrozenTrial, top: int) -> bool:
     step = trial.last_step
     if step is None or step not in trial.intermediate_values:
         return False
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    maximize = _maximize(study)
     done = sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                    if t.value is not None and math.isfinite(t.value) and level(t, step, maximize) is not None),
                   key=lambda t: t.value, reverse=maximize)[:top]
