@@ -102,6 +102,8 @@ def test_two_worker_processes_resume_each_paused_trial_once_through_the_tracking
     # six configurations, all trained to the end: the paused ones by a trial that resumed them
     assert len(configs) == 6 and Counter(t.state.name for t in configs) == {"COMPLETE": 6}, \
         [(t.number, t.state.name) for t in trials]
+    # a trial asked beyond the budget (both workers asked for the last slot at once) stood down untrained
+    assert all("withdrawn" in t.system_attrs for t in trials if t.state.name == "FAIL")
     paused = [t for t in trials if "paused_at_epoch" in t.system_attrs]
     resumers = Counter(t.user_attrs["resumed_from"] for t in trials if "resumed_from" in t.user_attrs)
     assert paused and resumers == {t.number: 1 for t in paused}  # each paused trial resumed, exactly once

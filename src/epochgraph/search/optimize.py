@@ -150,12 +150,15 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.trial.Trial], floa
             resumes = pause.resumable(study, pause.by_standing(study, candidates) if last_pass else candidates,
                                       last_pass=last_pass)
         resumes = [t for t in resumes[:1] if pause.claim(study, t)]  # one worker resumes each paused trial
-        if last_pass and not resumes:
+        # the budget is spent, or the trials running on other workers take what is left of it
+        if not resumes and (last_pass or pause.open_slots(study, n_trials) <= 0):
             if pausing and pause.paused_trials(study) and _running(study):
                 time.sleep(1.0)  # another worker's trial may still change what should resume
                 continue
             return
         trial = pause.resume(study, resumes[0]) if resumes else study.ask()
+        if not resumes and pause.withdraw_surplus(study, trial, n_trials):
+            continue  # another worker asked for the last open slot at the same moment
         _run(study, objective, trial, checkpoint_dir, tuple(catch))
 
 

@@ -34,6 +34,7 @@ from epochgraph.search.trial_attrs import (
     PAUSED_ATTR,
     RESUMED_FROM_ATTR,
     UPPER_ATTR,
+    WITHDRAWN_ATTR,
     mark_resumed,
     paused_epoch,
     resumed_trials,
@@ -48,8 +49,9 @@ _CARRIED = tuple(a.split("{")[0] for a in (EPOCH_ATTR, FORECAST_EPOCH_ATTR, UPPE
 __all__ = ["CHECKPOINT_DIR", "CLAIM_ATTR", "add_note", "by_standing", "carry_over", "checkpoint_artifact",
            "checkpoint_bytes", "claim", "completions_needed", "configurations", "could_lead",
            "delete_artifacts", "discard_checkpoints", "finished_configurations", "level", "load_checkpoint",
-           "paused_here", "paused_trials", "pauses", "promoted", "resumable", "resume", "resumed_from",
-           "save_checkpoint", "should_resume", "standing", "stops_for_good"]
+           "open_slots", "paused_here", "paused_trials", "pauses", "promoted", "resumable", "resume", "resumed_from",
+           "save_checkpoint", "should_resume", "standing", "stops_for_good",
+           "withdraw_surplus"]
 
 
 def pauses(pruner: Any) -> bool:
@@ -67,9 +69,41 @@ def paused_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 def configurations(study: optuna.Study) -> list[FrozenTrial]:
     """One trial per configuration: every trial but the paused ones another trial resumed (their epochs go on
-    there)."""
+    there) and the ones withdrawn unrun (`withdraw_surplus`)."""
     resumed = resumed_trials(study)
-    return [t for t in study.get_trials(deepcopy=False) if t.number not in resumed]
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.number not in resumed and WITHDRAWN_ATTR not in t.system_attrs]
+
+
+def open_slots(study: optuna.Study, n_trials: int) -> int:
+    """How many new configurations the study may still start: ``n_trials`` less the finished ones and the ones
+    running (on any worker; a resumed trial is its paused configuration, counted once)."""
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    return n_trials - finished_configurations(study) - running
+
+
+def withdraw_surplus(study: optuna.Study, trial: optuna.trial.Trial, n_trials: int) -> bool:
+    """Whether ``trial``, just asked, is beyond ``n_trials``; if so it ends FAIL, untrained, with the system attr
+    ``withdrawn`` and a note saying why. Workers that find one open slot at the same moment each ask a trial; the
+    storage orders the trials it creates, so each worker counts the configurations asked before its own and only
+    the first ones within the budget go on: a study of many workers holds ``n_trials`` configurations, not one per
+    worker more. A re-queued or enqueued trial (``failed_trial``, ``fixed_params``) is never withdrawn."""
+    own = study._storage.get_trial(trial._trial_id)
+    if "failed_trial" in own.system_attrs or "fixed_params" in own.system_attrs:
+        return False
+    before = [t for t in study.get_trials(deepcopy=False)
+              if t._trial_id < trial._trial_id and t.state != TrialState.FAIL
+              and RESUMED_FROM_ATTR not in t.user_attrs]
+    if len(before) < n_trials:
+        return False
+    study._storage.set_trial_system_attr(trial._trial_id, WITHDRAWN_ATTR, True)
+    add_note(study, trial._trial_id, f"**Withdrawn**, never trained: {len(before)} configurations were asked "
+                                     f"before it, and the study's budget is n_trials={n_trials} (another worker "
+                                     "asked for the last one at the same moment).")
+    study.tell(trial, state=TrialState.FAIL)
+    log.info("trial %3d withdrawn: the study's %d configurations were asked (another worker took the last one)",
+             trial.number, n_trials)
+    return True
 
 
 def finished_configurations(study: optuna.Study) -> int:

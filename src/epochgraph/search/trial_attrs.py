@@ -39,6 +39,7 @@ CHECKPOINT_ATTR = "checkpoint"  # a paused trial's checkpoint: the artifact path
 CHECKPOINT_BYTES_ATTR = "checkpoint_bytes"  # its size
 RESUMED_FROM_ATTR = "resumed_from"  # a trial that goes on from a paused one: that trial's number (user attr)
 RESUMED_BY_ATTR = "resumed_by_{:06d}"  # study system attr: paused trial NNN was resumed by the trial it holds
+WITHDRAWN_ATTR = "withdrawn"  # a trial asked beyond n_trials (two workers asked at once): never trained, FAIL
 PLANNED_EPOCHS_ATTR = "planned_epochs"  # the epochs the training is planned for (its own T), declared at its start
 SCHEDULE_ATTR = "lr_schedule"  # the LR of every epoch of the training, planned before it starts
 RECORDED_METRICS = (*CURVE_METRICS, "lr")  # the curve values an epoch's record holds (beside sig/...)

@@ -416,7 +416,11 @@ class EpochgraphSweeper(Sweeper):
                 log.info("trial %3d RESUMES trial %d from epoch %d", trial.number, paused.number, paused_epoch(paused))
             with warnings.catch_warnings():  # heartbeats are meant for study.optimize; our jobs beat
                 warnings.simplefilter("ignore", UserWarning)
-                batch += [study.ask(space) for _ in range(min(self.n_jobs - len(batch), max(to_go, 0)))]
+                asked = [study.ask(space) for _ in range(min(self.n_jobs - len(batch), max(to_go, 0)))]
+            # another worker may have asked for the same open slot: the later asks stand down, untrained
+            batch += [t for t in asked if not pause.withdraw_surplus(study, t, self.n_trials)]
+            if not batch:
+                continue
             overrides = [
                 tuple(f"{k}={v}" for k, v in {**t.params, **fixed}.items())
                 + (f"optuna.study_name={study.study_name}", f"optuna.trial_number={t.number}",
