@@ -84,3 +84,20 @@ def test_unknown_experiment_and_missing_file_are_one_line_errors(records, tmp_pa
     with pytest.raises(EpochgraphError, match="is not readable Parquet"):
         read_table(bad)
 
+
+
+def test_the_length_population_draws_each_trainings_own_length_and_warm_up_reproducibly():
+    # conf/experiment/population_lenet_length.yaml: trainer.epochs and the warm-up are drawn per seed, inclusive
+    # of both ends, the same on every draw
+    from epochgraph.resolvers import randint
+    from tests.conftest import compose_train
+
+    drawn = [randint(10, 30, seed, "epochs") for seed in range(200)]
+    assert min(drawn) == 10 and max(drawn) == 30 and drawn == [randint(10, 30, s, "epochs") for s in range(200)]
+    with pytest.raises(ValueError, match="high=1 is below low=2"):
+        randint(2, 1, 0, "x")
+    cfgs = [compose_train(["+experiment=population_lenet_length", f"seed={s}"]) for s in range(8)]
+    lengths = {int(c.trainer.epochs) for c in cfgs}
+    warmups = {int(c.optim.schedule.warmup_epochs) for c in cfgs}
+    assert len(lengths) > 1 and lengths <= set(range(10, 31)) and warmups <= set(range(1, 7))
+    assert [int(c.trainer.epochs) for c in cfgs] == [randint(10, 30, s, "epochs") for s in range(8)]

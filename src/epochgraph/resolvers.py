@@ -1,6 +1,7 @@
 """OmegaConf resolvers for seeded random search inside a plain Hydra multirun.
 
-``${eg.loguniform:1e-3,1.0,${seed},lr}`` draws one value per (seed, name) pair, reproducibly, so that
+``${eg.loguniform:1e-3,1.0,${seed},lr}`` (also ``eg.uniform``, ``eg.randint``, ``eg.choice``) draws one value per
+(seed, name) pair, reproducibly, so that
 ``epochgraph-train -m seed=range(0,60) +experiment=population_lenet`` is a random search of 60 runs
 with Hydra's own basic sweeper.
 
@@ -34,6 +35,13 @@ def uniform(low: float, high: float, seed: int, name: str) -> float:
     return float(low + _rng(seed, name).random() * (high - low))
 
 
+def randint(low: int, high: int, seed: int, name: str) -> int:
+    """``${eg.randint:20,100,${seed},epochs}``: an integer from ``low`` to ``high``, both included."""
+    if int(high) < int(low):
+        raise ValueError(f"eg.randint: high={high} is below low={low}")
+    return int(_rng(seed, name).integers(int(low), int(high) + 1))
+
+
 def choice(*args):
     """``${eg.choice:a,b,c,${seed},name}``: one of the options."""
     *options, seed, name = args
@@ -51,7 +59,8 @@ def pythonpath() -> str:
 
 
 def register() -> None:
-    for fname, fn in (("eg.loguniform", loguniform), ("eg.uniform", uniform), ("eg.choice", choice),
+    for fname, fn in (("eg.loguniform", loguniform), ("eg.uniform", uniform), ("eg.randint", randint),
+                      ("eg.choice", choice),
                       ("eg.pythonpath", pythonpath)):
         if not OmegaConf.has_resolver(fname):
             OmegaConf.register_new_resolver(fname, fn)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,7 @@ def plot(results: Sequence[Mapping[str, Any]], path: Path, default: str = "forec
     rows = math.ceil(len(results) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.2 * rows), squeeze=False)
     for ax, res in zip(axes.flat, results):
-        for name, r in res["settings"].items():
+        for i, (name, r) in enumerate(res["settings"].items()):
             ours = name.startswith("forecast") or name in (default, "default", "prune_forever")
             shipped, peer = name == default, name.startswith("syne_tune")
             color = ("tab:red" if shipped else "lightcoral") if ours else (
@@ -94,8 +95,8 @@ def plot(results: Sequence[Mapping[str, Any]], path: Path, default: str = "forec
                         fmt="*" if ours else "s" if peer else "o", ms=13 if shipped else (8 if ours or peer else 5),
                         capsize=2, color=color, zorder=3 if shipped else 2)
             if shipped or peer or name in ("median", "successive_halving", "patient", "prune_forever"):
-                ax.annotate(name, (r["epochs_frac"][0], r["regret_pp"][0]), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")
+                ax.annotate(name, (r["epochs_frac"][0], r["regret_pp"][0]), fontsize=7,
+                            xytext=(3, 3 if i % 2 == 0 else -10), textcoords="offset points")  # neighbours apart
         ax.axhline(SAFE_REGRET_PP, color="grey", lw=0.6, ls="--")
         ax.set_title(f"{res['population']} ({res['draws']} studies of {res['study_size']})", fontsize=9)
         ax.set_xlabel("share of the epochs trained")
@@ -103,8 +104,9 @@ def plot(results: Sequence[Mapping[str, Any]], path: Path, default: str = "forec
         ax.set_xlim(0, 1.02)
     for ax in list(axes.flat)[len(results):]:
         ax.axis("off")
-    fig.suptitle("Studies drawn from each population: ours (red star: shipped; light: the other settings) against "
-                 "Optuna's pruners (blue), top-k (green) and Syne Tune's promotion ASHA (purple); dashed: 0.1 pp")
+    title = ("Studies drawn from each population: ours (red star: shipped; light: the other settings) against "
+             "Optuna's pruners (blue), top-k (green) and Syne Tune's promotion ASHA (purple); dashed: 0.1 pp")
+    fig.suptitle(textwrap.fill(title, width=int(11 * 5.2 * cols)))  # within the figure however few the panels
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
