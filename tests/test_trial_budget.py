@@ -100,3 +100,28 @@ def test_two_workers_of_a_plain_objective_finish_exactly_n_trials_configurations
     assert [t.state for t in pause.configurations(study)] == [TrialState.COMPLETE] * 7, \
         [(t.number, t.state.name) for t in trials]
     assert all(WITHDRAWN_ATTR in t.system_attrs for t in trials if t.state == TrialState.FAIL)
+
+
+def test_a_dead_workers_trial_is_failed_once_stale_and_a_live_one_beats(tmp_path):
+    # a storage with heartbeats: a trial left RUNNING by a worker that died holds no slot once its heartbeat is
+    # older than grace_period; a trial epochgraph.optimize runs beats, so a stale check during its run spares it
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1,
+                                         grace_period=2)
+    study = optuna.create_study(storage=storage)
+    zombie = study.ask(DIST)
+    storage.record_heartbeat(zombie._trial_id)
+    time.sleep(2.5)
+    alive: list[bool] = []
+
+    def objective(trial):
+        if not alive:
+            time.sleep(2.5)  # longer than grace_period: without its heartbeat it would be stale now
+            optuna.storages.fail_stale_trials(study)
+            alive.append(study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING)
+        return trial.suggest_float("x", 0, 1)
+
+    epochgraph.optimize(study, objective, n_trials=2)
+    assert study._storage.get_trial(zombie._trial_id).state == TrialState.FAIL
+    assert alive == [True]
+    assert [t.state for t in pause.configurations(study)] == [TrialState.FAIL, TrialState.COMPLETE,
+                                                             TrialState.COMPLETE]

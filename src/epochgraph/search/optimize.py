@@ -27,7 +27,10 @@ should go on instead (a resumed trial is a new trial with the paused one's param
 ``n_trials`` configurations finished, it asks the paused trials again, the best placed first, until none should
 resume. A paused trial's checkpoint is a file under ``checkpoint_dir`` (shared by the workers of one study), deleted
 once the trial that resumed it ends; a checkpoint that is missing or unreadable makes `resume_state` return None
-with one warning, and the trial trains from scratch.
+with one warning, and the trial trains from scratch. Several workers may run `optimize` on one study: ``n_trials``
+counts the trials running on every worker (`epochgraph.search.pause.open_slots`, `withdraw_surplus`); with a storage
+that has ``heartbeat_interval`` a running trial beats, and a dead worker's trial is failed once its heartbeat is
+stale, as with ``study.optimize``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,6 +54,7 @@ from epochgraph.search.trial_attrs import (
     paused_epoch,
     store_attr,
 )
+from epochgraph.store import optuna_internals
 
 log = logging.getLogger("epochgraph")
 _PENDING: dict[int, tuple[int, Any]] = {}  # trial id -> (epoch, the last checkpoint report_epoch was given)
@@ -143,6 +148,9 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.trial.Trial], floa
     checkpoint_dir = Path(checkpoint_dir)
     pausing = pause.pauses(study.pruner)
     while True:
+        # as study.optimize: a trial whose worker died is failed once its heartbeat is stale (a storage with
+        # heartbeat_interval; the retry callback may re-queue it), so that it holds no slot of the budget forever
+        _quietly(optuna.storages.fail_stale_trials, study)
         last_pass = pause.finished_configurations(study) >= n_trials
         resumes = []
         if pausing:
@@ -156,16 +164,26 @@ def optimize(study: optuna.Study, objective: Callable[[optuna.trial.Trial], floa
                 time.sleep(1.0)  # another worker's trial may still change what should resume
                 continue
             return
-        trial = pause.resume(study, resumes[0]) if resumes else study.ask()
+        trial = pause.resume(study, resumes[0]) if resumes else _quietly(study.ask)
         if not resumes and pause.withdraw_surplus(study, trial, n_trials):
             continue  # another worker asked for the last open slot at the same moment
         _run(study, objective, trial, checkpoint_dir, tuple(catch))
 
 
+def _quietly(call: Callable, *args: Any) -> Any:
+    """``call(*args)`` without Optuna's notes that heartbeats are experimental and meant for ``study.optimize``:
+    `optimize` beats and fails stale trials as ``study.optimize`` does."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        return call(*args)
+
+
 def _run(study: optuna.Study, objective: Callable, trial: optuna.trial.Trial, checkpoint_dir: Path,
          catch: tuple[type[Exception], ...]) -> None:
     try:
-        value = objective(trial)
+        with optuna_internals.heartbeat(study, trial):  # as study.optimize: other workers see it is alive
+            value = objective(trial)
     except optuna.TrialPruned:
         if pause.paused_here(trial, trial.storage.get_trial(trial._trial_id).last_step or -1):
             _save(study, trial, checkpoint_dir)
