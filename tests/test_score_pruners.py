@@ -87,12 +87,16 @@ def test_a_sweep_exported_as_a_table_is_scored_by_the_command(tmp_path, tracking
     assert df["run_id"].nunique() == 3 and set(df["experiment"]) == {"mine"}  # the pruned trial left out
     assert sorted(df.groupby("run_id")["epoch"].max()) == [3, 3, 3] and set(df["trainer.epochs"]) == {3}
     # the commands, as a user runs them (without a new interpreter): a table in, replay.json out
+    here = tmp_path / "here"  # the folder the user runs the commands in
+    here.mkdir()
     proc = inprocess.run("epochgraph.cli.replay", [f"tables=[{path}]", "trials=3", "draws=1",
-                                                   "settings=[median,patient]", f"output_dir={tmp_path / 'out'}"])
+                                                   "settings=[median,patient]", f"output_dir={tmp_path / 'out'}"],
+                         cwd=here)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(Path(tmp_path / "out" / "replay.json").read_text())
     assert set(res["mine"]) == {"median", "patient"} and res["mine"]["patient"]["epochs_frac"] == 1.0
     bad = inprocess.run("epochgraph.cli.export", ["experiment=nope", f"output={tmp_path / 'x.parquet'}",
-                                                  f"tracking_uri={tracking_uri}"])
+                                                  f"tracking_uri={tracking_uri}"], cwd=here)
     assert bad.returncode == 2 and "unknown MLflow experiment 'nope'" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "x.parquet").exists()
+    assert list(here.iterdir()) == []  # no replay.log or export.log left where they ran
