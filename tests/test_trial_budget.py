@@ -106,16 +106,16 @@ def test_a_dead_workers_trial_is_failed_once_stale_and_a_live_one_beats(tmp_path
     # a storage with heartbeats: a trial left RUNNING by a worker that died holds no slot once its heartbeat is
     # older than grace_period; a trial epochgraph.optimize runs beats, so a stale check during its run spares it
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1,
-                                         grace_period=2)
+                                         grace_period=4)
     study = optuna.create_study(storage=storage)
     zombie = study.ask(DIST)
     storage.record_heartbeat(zombie._trial_id)
-    time.sleep(2.5)
+    time.sleep(4.5)
     alive: list[bool] = []
 
     def objective(trial):
         if not alive:
-            time.sleep(2.5)  # longer than grace_period: without its heartbeat it would be stale now
+            time.sleep(4.5)  # longer than grace_period (beats every 1 s: 3 s to spare on a busy machine)
             optuna.storages.fail_stale_trials(study)
             alive.append(study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING)
         return trial.suggest_float("x", 0, 1)
