@@ -63,3 +63,10 @@ def run_state(trial: optuna.trial.FrozenTrial) -> str:
     from epochgraph.search.trial_attrs import paused_epoch
 
     return "PAUSED" if paused_epoch(trial) is not None else trial.state.name
+
+
+def dashboard_note(study: optuna.Study, trial_id: int) -> str:
+    """The optuna-dashboard note of the trial ``trial_id`` (as the dashboard reads it from the study)."""
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    return get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id), trial_id)["body"]

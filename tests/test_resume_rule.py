@@ -11,6 +11,7 @@ from optuna.trial import TrialState, create_trial
 
 from epochgraph.search import pause
 from epochgraph.search.trial_attrs import PAUSED_ATTR
+from tests.pausing import dashboard_note
 
 DIST = {"x": FloatDistribution(0, 1)}
 
@@ -107,12 +108,10 @@ def test_completions_needed_is_min_complete_or_a_third_of_the_configurations():
 
 
 def test_resuming_writes_who_resumed_a_paused_trial_into_its_dashboard_note():
-    from optuna_dashboard._note import get_note_from_system_attrs
-
     study = _study([([0.5, 0.6], 0.8), ([0.4, 0.5], None)])
     paused = study.trials[1]
     pause.add_note(study, paused._trial_id, "MLflow run of trial 1")
     trial = pause.resume(study, paused)
-    note = get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id), paused._trial_id)
-    assert note["body"] == f"MLflow run of trial 1\n\n**Resumed** by trial {trial.number}, from epoch 2."
+    assert dashboard_note(study, paused._trial_id) == \
+        f"MLflow run of trial 1\n\n**Resumed** by trial {trial.number}, from epoch 2."
     assert trial.number == 2 and trial.user_attrs["resumed_from"] == 1

@@ -242,9 +242,8 @@ def test_a_sweep_pauses_trials_and_resumes_them_in_the_last_pass(tmp_path):
     assert parent["epochs_trained"] == 9 and parent["epochs_budget"] == 9 and parent["checkpoint_peak_bytes"] > 0
     assert "3 complete, 0 pruned, 0 paused, 1 resumed" in proc.stdout and "MB at their peak" in proc.stdout
     # optuna-dashboard shows a paused trial as pruned: its note says where it paused and which trial went on
-    from optuna_dashboard._note import get_note_from_system_attrs
+    from tests.pausing import dashboard_note
 
-    notes = study._storage.get_study_system_attrs(study._study_id)
-    paused_note = get_note_from_system_attrs(notes, study.trials[1]._trial_id)["body"]
+    paused_note = dashboard_note(study, study.trials[1]._trial_id)
     assert "**Paused** after epoch 1" in paused_note and "**Resumed** by trial 3, from epoch 1." in paused_note
-    assert "Goes on from paused trial 1" in get_note_from_system_attrs(notes, study.trials[3]._trial_id)["body"]
+    assert "Goes on from paused trial 1" in dashboard_note(study, study.trials[3]._trial_id)

@@ -14,6 +14,7 @@ from optuna.trial import TrialState, create_trial
 import epochgraph
 from epochgraph.search import pause
 from epochgraph.search.trial_attrs import PAUSED_ATTR, RESUMED_FROM_ATTR, WITHDRAWN_ATTR
+from tests.pausing import dashboard_note
 
 DIST = {"x": FloatDistribution(0, 1)}
 
@@ -26,12 +27,6 @@ def _study(tmp_path, *states: TrialState) -> optuna.Study:
     return study
 
 
-def _note(study: optuna.Study, trial_id: int) -> str:
-    from optuna_dashboard._note import get_note_from_system_attrs
-
-    return get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id), trial_id)["body"]
-
-
 def test_of_two_workers_asking_for_the_last_slot_at_once_the_later_ask_stands_down(tmp_path):
     study = _study(tmp_path, TrialState.COMPLETE, TrialState.PRUNED)
     assert pause.open_slots(study, 3) == 1  # both workers see one open slot ...
@@ -41,7 +36,7 @@ def test_of_two_workers_asking_for_the_last_slot_at_once_the_later_ask_stands_do
     assert pause.withdraw_surplus(study, first, 3) is False
     withdrawn = study._storage.get_trial(second._trial_id)
     assert withdrawn.state == TrialState.FAIL and withdrawn.system_attrs[WITHDRAWN_ATTR] is True
-    assert "**Withdrawn**, never trained: 3 configurations were asked" in _note(study, second._trial_id)
+    assert "**Withdrawn**, never trained: 3 configurations were asked" in dashboard_note(study, second._trial_id)
     assert [t.number for t in pause.configurations(study)] == [0, 1, first.number]
     assert pause.open_slots(study, 3) == 0  # the first one runs: the budget is taken
 

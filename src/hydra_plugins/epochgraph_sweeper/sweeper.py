@@ -384,22 +384,21 @@ class EpochgraphSweeper(Sweeper):
         waited_for: list[int] = []
         pausing = pause.pauses(study.pruner)
         while True:
-            counts = {s: len(study.get_trials(deepcopy=False, states=(s,)))
-                      for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)}
+            n_running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
             # a paused trial that was resumed goes on as another trial: one configuration, counted once
             finished = self._finished(study)
-            to_go = self.n_trials - finished - counts[TrialState.RUNNING]
+            to_go = self.n_trials - finished - n_running  # (`pause.open_slots`, with the counts the loop needs anyway)
             resumes: list[FrozenTrial] = []
             if pausing:
                 self._peak_checkpoint = max(self._peak_checkpoint, pause.checkpoint_bytes(study))
                 if finished < self.n_trials:  # promotion first: a paused trial that should go on before a new one
                     resumes = self._resumable(study, pause.paused_trials(study))
-                elif not counts[TrialState.RUNNING]:
+                elif not n_running:
                     # the budget is spent: the paused trials are asked again, the best placed at their epoch first,
                     # until none should resume (what each resumed one finishes at is evidence for the others)
                     resumes = self._resumable(study, pause.by_standing(study, pause.paused_trials(study)),
                                               last_pass=True)
-            if finished >= self.n_trials and not resumes and not (pausing and counts[TrialState.RUNNING]):
+            if finished >= self.n_trials and not resumes and not (pausing and n_running):
                 return  # (a sweep that pauses waits for the running trials: their pauses may still resume)
             if to_go <= 0 and not resumes:
                 running = sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
